@@ -1,0 +1,167 @@
+"""`mmt`: the command line. Each subcommand is a thin layer over a library function."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .config import ConfigError
+from .data.manifest import DataError
+from .modalities.image import MediaError
+
+
+def _cmd_data_shapes(a: argparse.Namespace) -> None:
+    from .data import shapes
+
+    path = shapes.generate(a.out, split=a.split, n=a.n, seed=a.seed, questions_per_image=a.questions)
+    print(f"wrote {path}")
+
+
+def _cmd_train(a: argparse.Namespace) -> None:
+    from .train.checkpoint import list_checkpoints
+    from .train.config import load_run_config
+    from .train.trainer import train
+
+    run = load_run_config(a.config, a.set)
+    if not a.resume and list_checkpoints(Path(a.out) / "checkpoints"):
+        raise ConfigError(f"{a.out} already holds checkpoints: pass --resume to continue, or choose another --out")
+    train(run, a.out, resume=a.resume)
+
+
+def _load_model(path: str, device: str):
+    import torch
+
+    from .models.multimodal import MultimodalTransformerModel
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = MultimodalTransformerModel.from_pretrained(path, map_location=device)
+    if model.tokenizer is None:
+        raise DataError(f"{path}: no tokenizer.json next to the model")
+    return model
+
+
+def _cmd_generate(a: argparse.Namespace) -> None:
+    from .data.manifest import Example, read_manifest
+    from .evaluate import predict
+
+    model = _load_model(a.model, a.device)
+    if a.data:
+        if not a.out:
+            raise ConfigError("--data needs --out PRED.jsonl")
+        examples = read_manifest(a.data, require_target=False, skip_bad=a.skip_bad)
+        preds = predict(model, examples, batch_size=a.batch_size, max_new_tokens=a.max_new_tokens, progress=True)
+        out = Path(a.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        with tmp.open("w") as f:
+            for ex, p in zip(examples, preds):
+                f.write(json.dumps({"id": ex.id, "prompt": ex.prompt, "prediction": p}) + "\n")
+        tmp.replace(out)
+        print(f"wrote {len(preds)} predictions to {out}")
+        return
+    if a.prompt is None:
+        raise ConfigError("give --prompt TEXT (with --image PATH), or --data MANIFEST --out PRED.jsonl")
+    if model.image_processor is not None and not a.image:
+        raise ConfigError("this model needs an image: pass --image PATH")
+    image = Path(a.image) if a.image else None
+    if image is not None and not image.is_file():
+        raise MediaError(f"image file not found: {image}")
+    ex = Example(id="cli", task="generate", prompt=a.prompt, target=None, image=image, text=a.text, source="--image")
+    print(predict(model, [ex], max_new_tokens=a.max_new_tokens)[0])
+
+
+def _cmd_eval(a: argparse.Namespace) -> None:
+    from .data.manifest import read_manifest
+    from .evaluate import predict, score
+
+    model = _load_model(a.model, a.device)
+    examples = read_manifest(a.data, skip_bad=a.skip_bad)
+    report = score(examples, predict(model, examples, batch_size=a.batch_size, max_new_tokens=a.max_new_tokens,
+                                     progress=True))
+    text = json.dumps(report, indent=2)
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(text + "\n")
+    print(text)
+
+
+def _cmd_demo(a: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    run_demo(a.out, budget_minutes=a.budget_minutes, config=a.config, overrides=a.set, serve=not a.no_serve,
+             eval_n=a.eval_n, eval_seed=a.eval_seed)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mmt", description="multimodaltransformer: train, evaluate and run "
+                                "multimodal Transformers")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
+    s = data.add_parser("shapes", help="write a ShapesWorld split (images + manifest.jsonl)")
+    s.add_argument("--split", choices=["train", "val", "test", "novel"], default="train")
+    s.add_argument("--n", type=int, default=1000, help="number of images")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--questions", type=int, default=3, help="questions per image")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=_cmd_data_shapes)
+
+    t = sub.add_parser("train", help="train a model from a YAML config")
+    t.add_argument("config", help="YAML file, or the name of a packaged config (shapes-tiny, demo)")
+    t.add_argument("--out", required=True)
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in OUT")
+    t.set_defaults(func=_cmd_train)
+
+    def model_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("model", help="a saved model directory (config.json + model.safetensors + tokenizer.json)")
+        sp.add_argument("--max-new-tokens", type=int, default=48)
+        sp.add_argument("--batch-size", type=int, default=64)
+        sp.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (auto: cuda if available)")
+        sp.add_argument("--skip-bad", action="store_true", help="skip and count bad manifest lines")
+
+    g = sub.add_parser("generate", help="answer one prompt, or every line of a manifest")
+    model_args(g)
+    g.add_argument("--image")
+    g.add_argument("--prompt")
+    g.add_argument("--text", help="optional input text placed before the prompt")
+    g.add_argument("--data", help="manifest.jsonl to predict")
+    g.add_argument("--out", help="predictions JSONL (with --data)")
+    g.set_defaults(func=_cmd_generate)
+
+    e = sub.add_parser("eval", help="score a model on a manifest, per task")
+    model_args(e)
+    e.add_argument("--data", required=True)
+    e.add_argument("--out", help="REPORT.json")
+    e.set_defaults(func=_cmd_eval)
+
+    d = sub.add_parser("demo", help="generate ShapesWorld, train, evaluate, show predictions")
+    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--budget-minutes", type=float, default=8.0, help="training wall-time budget")
+    d.add_argument("--config", default="demo", help="YAML file or packaged config name")
+    d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    d.add_argument("--eval-n", type=int, default=500, help="test / novel images to evaluate")
+    d.add_argument("--eval-seed", type=int, default=1)
+    d.add_argument("--no-serve", action="store_true", help="stop after evaluation (serving comes later)")
+    d.set_defaults(func=_cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ConfigError, DataError, MediaError, FileNotFoundError) as e:
+        print(f"mmt: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mmt: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

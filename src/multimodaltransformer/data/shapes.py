@@ -1,0 +1,189 @@
+"""ShapesWorld: a seeded synthetic image-text dataset that needs no download.
+
+Each 64x64 image holds 1-3 objects (5 shapes x 8 colours x 2 sizes), one per column
+(left / middle / right), so captions and answers are unambiguous functions of the image:
+- caption: objects left to right, "a small red circle left of a large blue square";
+- questions: colour, shape, size, count, position (absolute and relative), yes/no existence;
+- class label: the shape of the largest object (the leftmost of equals).
+The `novel` split only holds images with at least one colour-shape pair never used in
+train/val/test, which measures compositional generalisation.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from PIL import Image, ImageDraw, ImageFilter
+
+SHAPES = ("circle", "square", "triangle", "diamond", "cross")
+PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles",
+           "diamond": "diamonds", "cross": "crosses"}
+COLORS = {
+    "red": (215, 35, 35), "green": (40, 170, 60), "blue": (45, 85, 230), "yellow": (235, 215, 40),
+    "purple": (140, 60, 200), "orange": (245, 135, 25), "cyan": (45, 210, 220), "pink": (245, 135, 200),
+}
+SIZES = {"small": 11, "large": 19}  # object extent in pixels at 64x64
+COLUMNS = ("left", "middle", "right")
+NUMBERS = ("zero", "one", "two", "three")
+# Colour i is never paired with shape i % 5 outside the novel split.
+NOVEL_PAIRS = frozenset((c, SHAPES[i % len(SHAPES)]) for i, c in enumerate(COLORS))
+SPLITS = ("train", "val", "test", "novel")
+CAPTION_PROMPT = "describe the image."
+CLASSIFY_PROMPT = "what is the main shape in the image?"
+IMAGE_SIZE = 64
+_SS = 4  # supersampling factor for anti-aliased edges
+
+
+@dataclass(frozen=True)
+class Obj:
+    color: str
+    shape: str
+    size: str
+    column: int
+    y: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.color} {self.shape}"
+
+    @property
+    def phrase(self) -> str:
+        return f"a {self.size} {self.color} {self.shape}"
+
+
+def _pairs(split: str) -> list[tuple[str, str]]:
+    allp = [(c, s) for c in COLORS for s in SHAPES]
+    return [p for p in allp if p not in NOVEL_PAIRS] if split != "novel" else allp
+
+
+def sample_scene(rng: random.Random, split: str) -> list[Obj]:
+    """1-3 objects in distinct columns, left to right; novel scenes contain a held-out pair."""
+    k = rng.randint(1, 3)
+    columns = sorted(rng.sample(range(3), k))
+    pairs = _pairs(split)
+    novel_at = rng.randrange(k) if split == "novel" else -1
+    objs = []
+    for i, col in enumerate(columns):
+        color, shape = rng.choice(sorted(NOVEL_PAIRS)) if i == novel_at else rng.choice(pairs)
+        size = rng.choice(list(SIZES))
+        half = SIZES[size] // 2
+        objs.append(Obj(color, shape, size, col, rng.randint(half + 3, IMAGE_SIZE - half - 4)))
+    return objs
+
+
+def render(objs: list[Obj], rng: random.Random) -> Image.Image:
+    """Draw the scene supersampled, then downsample (anti-aliasing) and add mild noise."""
+    S = IMAGE_SIZE * _SS
+    bg = tuple(rng.randint(20, 45) for _ in range(3))
+    im = Image.new("RGB", (S, S), bg)
+    d = ImageDraw.Draw(im)
+    col_w = IMAGE_SIZE / 3
+    for o in objs:
+        r = SIZES[o.size] / 2
+        jitter = (col_w / 2 - r - 1) * rng.uniform(-1, 1) * 0.8
+        cx, cy, r = (o.column * col_w + col_w / 2 + jitter) * _SS, o.y * _SS, r * _SS
+        fill = tuple(max(0, min(255, v + rng.randint(-15, 15))) for v in COLORS[o.color])
+        if o.shape == "circle":
+            d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+        elif o.shape == "square":
+            q = r * 0.85
+            d.rectangle([cx - q, cy - q, cx + q, cy + q], fill=fill)
+        elif o.shape == "triangle":
+            d.polygon([(cx, cy - r), (cx + r, cy + r * 0.8), (cx - r, cy + r * 0.8)], fill=fill)
+        elif o.shape == "diamond":
+            d.polygon([(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)], fill=fill)
+        elif o.shape == "cross":
+            t = r * 0.38
+            d.rectangle([cx - r, cy - t, cx + r, cy + t], fill=fill)
+            d.rectangle([cx - t, cy - r, cx + t, cy + r], fill=fill)
+    im = im.resize((IMAGE_SIZE, IMAGE_SIZE), Image.LANCZOS)
+    noise = Image.effect_noise((IMAGE_SIZE, IMAGE_SIZE), 6).convert("RGB")
+    return Image.blend(im, noise.filter(ImageFilter.BLUR), 0.04)
+
+
+def caption(objs: list[Obj]) -> str:
+    return " left of ".join(o.phrase for o in objs)
+
+
+def class_label(objs: list[Obj]) -> str:
+    largest = max(objs, key=lambda o: (SIZES[o.size], -o.column))
+    return largest.shape
+
+
+def questions(objs: list[Obj], rng: random.Random, split: str, k: int = 3) -> list[tuple[str, str, str]]:
+    """Up to k (type, question, answer) of distinct types, each answerable from the image."""
+    shapes = [o.shape for o in objs]
+    colors = [o.color for o in objs]
+    gens = {}
+    uniq_shape = [o for o in objs if shapes.count(o.shape) == 1]
+    uniq_color = [o for o in objs if colors.count(o.color) == 1]
+    uniq_name = [o for o in objs if [p.name for p in objs].count(o.name) == 1]
+    if uniq_shape:
+        o = rng.choice(uniq_shape)
+        gens["color"] = (f"what color is the {o.shape}?", o.color)
+    if uniq_color:
+        o = rng.choice(uniq_color)
+        gens["shape"] = (f"what shape is the {o.color} object?", o.shape)
+    if uniq_name:
+        o = rng.choice(uniq_name)
+        gens["size"] = (f"what size is the {o.name}?", o.size)
+        o = rng.choice(uniq_name)
+        gens["position"] = (f"where is the {o.name}?", COLUMNS[o.column])
+    if rng.random() < 0.5:
+        gens["count"] = ("how many objects are there?", NUMBERS[len(objs)])
+    else:
+        s = rng.choice(SHAPES)
+        gens["count"] = (f"how many {PLURALS[s]} are there?", NUMBERS[shapes.count(s)])
+    # Existence, balanced; negatives are often near misses (right colour or right shape).
+    if rng.random() < 0.5:
+        o = rng.choice(objs)
+        gens["exist"] = (f"is there a {o.name}?", "yes")
+    else:
+        present = {(o.color, o.shape) for o in objs}
+        near = [p for p in _pairs(split) if p not in present
+                and any(p[0] == c or p[1] == s for c, s in present)]
+        far = [p for p in _pairs(split) if p not in present]
+        c, s = rng.choice(near if near and rng.random() < 0.7 else far)
+        gens["exist"] = (f"is there a {c} {s}?", "no")
+    if len(uniq_name) >= 2:
+        a, b = rng.sample(uniq_name, 2)
+        gens["relation"] = (f"is the {a.name} left of the {b.name}?", "yes" if a.column < b.column else "no")
+    types = rng.sample(sorted(gens), min(k, len(gens)))
+    return [(t, *gens[t]) for t in types]
+
+
+def generate(out: str | Path, split: Literal["train", "val", "test", "novel"] = "train",
+             n: int = 1000, seed: int = 0, questions_per_image: int = 3, progress: bool = True) -> Path:
+    """Write `n` images and OUT/manifest.jsonl (caption, VQA and classify lines per image)."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown ShapesWorld split {split!r}; choose from {list(SPLITS)}")
+    if n <= 0:
+        raise ValueError(f"n must be positive, got {n}")
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    rng = random.Random(f"shapesworld/{split}/{seed}")  # str seeds are hashed stably (sha512)
+    tmp = out / "manifest.jsonl.tmp"
+    from tqdm import tqdm
+
+    with tmp.open("w") as f:
+        for i in tqdm(range(n), desc=f"shapes {split}", disable=not progress, unit="img"):
+            objs = sample_scene(rng, split)
+            rel = f"images/{split}-{seed}-{i:06d}.png"
+            render(objs, rng).save(out / rel)
+            base = {"image": rel, "split": split, "objects": [o.__dict__ for o in objs]}
+            uid = f"{split}-{seed}-{i:06d}"
+            rows = [{"id": f"{uid}-cap", "task": "caption", "prompt": CAPTION_PROMPT, "target": caption(objs)}]
+            for j, (qtype, q, a) in enumerate(questions(objs, rng, split, questions_per_image)):
+                rows.append({"id": f"{uid}-q{j}", "task": "vqa", "prompt": q, "target": a, "question_type": qtype})
+            rows.append({"id": f"{uid}-cls", "task": "classify", "prompt": CLASSIFY_PROMPT,
+                         "target": class_label(objs)})
+            for row in rows:
+                f.write(json.dumps({**row, **base}) + "\n")
+    tmp.replace(out / "manifest.jsonl")
+    (out / "info.json").write_text(json.dumps({"dataset": "shapesworld", "split": split, "n": n, "seed": seed,
+                                                "questions_per_image": questions_per_image}) + "\n")
+    return out / "manifest.jsonl"

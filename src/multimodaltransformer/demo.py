@@ -1,0 +1,80 @@
+"""`mmt demo`: ShapesWorld end to end on a CPU, with no downloads.
+
+Generate data (cached) -> train within a time budget -> evaluate on held-out `test` and on
+`novel` (unseen colour-shape pairs) -> print a table and example predictions -> metrics.json.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .data.manifest import read_manifest
+from .data.sources import resolve_source
+from .evaluate import predict, score
+from .train.config import load_run_config
+from .train.trainer import train
+
+HEADLINE = ("vqa_accuracy", "caption_exact_match", "caption_bleu4", "classify_accuracy")
+
+
+def run_demo(out: str | Path = "runs/demo", budget_minutes: float = 8.0, config: str = "demo",
+             overrides: list[str] | None = None, serve: bool = False, eval_n: int = 500,
+             eval_seed: int = 1) -> dict:
+    out = Path(out)
+    run = load_run_config(config, [f"train.time_budget_minutes={budget_minutes}", *(overrides or [])])
+    for stale in ("checkpoints", "log.jsonl"):  # a demo always starts fresh
+        p = out / stale
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    splits = {s: resolve_source(f"shapes:split={s},n={eval_n},seed={eval_seed}", run.data.cache_dir)
+              for s in ("test", "novel")}
+    model = train(run, out)
+    summary = json.loads((out / "train_summary.json").read_text())
+
+    metrics: dict = {}
+    for split, manifest in splits.items():
+        examples = read_manifest(manifest)
+        preds = predict(model, examples, progress=True)
+        metrics[split] = score(examples, preds)
+        with (out / f"predictions-{split}.jsonl").open("w") as f:
+            for ex, p in zip(examples, preds):
+                f.write(json.dumps({"id": ex.id, "task": ex.task, "prompt": ex.prompt, "prediction": p,
+                                    "target": ex.target}) + "\n")
+        if split == "test":
+            _show_examples(examples, preds)
+    metrics["train_seconds"] = round(summary["train_seconds"], 1)
+    metrics["train_steps"] = summary["steps"]
+    metrics["parameters"] = summary["parameters"]
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+
+    tqdm.write("\n" + _table(metrics))
+    tqdm.write(f"\ntrained {summary['steps']} steps in {summary['train_seconds']:.0f}s, "
+               f"{summary['parameters'] / 1e6:.2f}M parameters")
+    tqdm.write(f"model: {out / 'model'}   metrics: {out / 'metrics.json'}")
+    tqdm.write(f"try:   mmt generate {out / 'model'} --image {examples[0].image} --prompt \"describe the image.\"")
+    if serve:
+        tqdm.write("(serving the model comes with the serving issue; --no-serve is implied for now)")
+    return metrics
+
+
+def _table(metrics: dict) -> str:
+    rows = [f"{'split':<8}" + "".join(f"{k:>22}" for k in HEADLINE)]
+    for split in ("test", "novel"):
+        m = metrics[split]
+        rows.append(f"{split:<8}" + "".join(f"{m.get(k, float('nan')):>22.4f}" for k in HEADLINE))
+    return "\n".join(rows)
+
+
+def _show_examples(examples: list, preds: list[str], images: int = 3) -> None:
+    shown: list = []
+    for ex, p in zip(examples, preds):
+        if ex.image not in shown:
+            if len(shown) == images:
+                break
+            shown.append(ex.image)
+            tqdm.write(f"\n{ex.image}")
+        mark = "ok " if p.strip().lower() == (ex.target or "").lower() else "XX "
+        tqdm.write(f"  {mark}{ex.task:<8} {ex.prompt:<45} -> {p}" + ("" if mark == "ok " else f"  (want {ex.target})"))

@@ -1,0 +1,6 @@
+"""Per-modality processors (raw input -> tensors) and encoders (tensors -> token features)."""
+
+from .image import ImageProcessor, MediaError, ViTConfig, ViTEncoder, load_image
+from .text import TextTokenizer
+
+__all__ = ["ImageProcessor", "MediaError", "ViTConfig", "ViTEncoder", "load_image", "TextTokenizer"]

@@ -1,0 +1,91 @@
+"""Images: the processor (file or PIL image -> normalised tensor) and the ViT encoder.
+
+Legend: B batch, N patches, C model dim, P patch size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor, nn
+
+from ..nn import Transformer, TransformerConfig
+
+
+class MediaError(ValueError):
+    """A media file is missing, unreadable or corrupt; the message names it."""
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Open an image file fully (so corruption surfaces here, not later) as RGB."""
+    path = Path(path)
+    if not path.is_file():
+        raise MediaError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise MediaError(f"cannot read image {path}: {e}") from e
+
+
+@dataclass
+class ImageProcessor:
+    """Resize to `image_size` and normalise to roughly [-1, 1]; returns (3, H, W) float tensors."""
+
+    image_size: int = 64
+    mean: float = 0.5
+    std: float = 0.5
+
+    def __call__(self, image: Image.Image | str | Path) -> Tensor:
+        return self.normalize(self.to_uint8(image))
+
+    def to_uint8(self, image: Image.Image | str | Path) -> Tensor:
+        """Decode and resize: (3, H, W) uint8, a quarter of the memory of floats (for caching)."""
+        if not isinstance(image, Image.Image):
+            image = load_image(image)
+        image = image.convert("RGB")
+        if image.size != (self.image_size, self.image_size):
+            image = image.resize((self.image_size, self.image_size), Image.BICUBIC)
+        return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+    def normalize(self, x: Tensor) -> Tensor:
+        """uint8 (..., 3, H, W) -> float in about [-1, 1]."""
+        return (x.float() / 255.0 - self.mean) / self.std
+
+
+@dataclass
+class ViTConfig(TransformerConfig):
+    """Vision Transformer: non-overlapping P x P patches, learned positions, bidirectional blocks."""
+
+    image_size: int = 64
+    patch_size: int = 8
+    channels: int = 3
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}")
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+class ViTEncoder(nn.Module):
+    """pixel_values (B, 3, H, W) -> patch features (B, N, C)."""
+
+    def __init__(self, cfg: ViTConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.patch_embed = nn.Conv2d(cfg.channels, cfg.dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.pos_embed = nn.Parameter(torch.randn(1, cfg.num_patches, cfg.dim) * 0.02)
+        self.transformer = Transformer(cfg)
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        x = self.patch_embed(pixel_values).flatten(2).transpose(1, 2)  # (B, N, C)
+        return self.transformer(x + self.pos_embed)

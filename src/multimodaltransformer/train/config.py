@@ -1,0 +1,83 @@
+"""Run configuration: model + data + optimisation, read from YAML with `--set` overrides."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ..config import ConfigError, apply_overrides, from_dict, load_yaml
+from ..models.multimodal import MultimodalTransformer
+
+
+def default_cache_dir() -> str:
+    return os.environ.get("MMT_CACHE", str(Path.home() / ".cache" / "multimodaltransformer"))
+
+
+@dataclass
+class DataConfig:
+    """Sources are manifest paths or built-in ShapesWorld specs: `shapes:split=train,n=2000,seed=0`."""
+
+    train: str = "shapes:split=train,n=2000,seed=0"
+    val: str | None = "shapes:split=val,n=100,seed=0"
+    cache_dir: str = field(default_factory=default_cache_dir)
+    skip_bad: bool = False  # skip (and count) bad lines and unreadable files instead of failing
+    tokenizer_vocab_size: int = 512
+    tasks: list[str] | None = None  # train only on these tasks (None: every task in the manifest)
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 32
+    max_steps: int = 500
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.05  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 50
+    weight_decay: float = 0.05
+    beta1: float = 0.9
+    beta2: float = 0.98
+    grad_clip: float = 1.0
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 250
+    eval_examples: int = 200  # per task, for the generation accuracy during validation
+    save_every: int = 250
+    keep_last: int = 2
+    time_budget_minutes: float | None = None  # fit max_steps to this wall time (measured after a few steps)
+    threads: int | None = None  # torch intra-op threads (None: torch's default)
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "max_steps", "log_every", "eval_every", "save_every", "keep_last"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"train.{name} must be positive, got {getattr(self, name)}")
+        if self.lr <= 0 or self.warmup_steps < 0:
+            raise ValueError("train.lr must be positive and train.warmup_steps non-negative")
+
+
+@dataclass
+class RunConfig:
+    model: MultimodalTransformer = field(default_factory=MultimodalTransformer)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def packaged_config(name: str) -> Path:
+    """Path of a config shipped with the package (`configs/NAME.yaml`)."""
+    path = Path(str(resources.files("multimodaltransformer") / "configs" / f"{name}.yaml"))
+    if not path.is_file():
+        raise ConfigError(f"no packaged config named {name!r}")
+    return path
+
+
+def load_run_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """YAML file (or the name of a packaged config) + `key=value` overrides -> RunConfig."""
+    p = Path(path)
+    if not p.exists() and not p.suffix:
+        p = packaged_config(str(path))
+    raw: dict[str, Any] = apply_overrides(load_yaml(p), overrides or [])
+    try:
+        return from_dict(RunConfig, raw)
+    except ConfigError as e:
+        raise ConfigError(f"{p}: {e}") from e

@@ -21,7 +21,7 @@ def tokenizer(shapes_dir):
     from multimodaltransformer.data import read_manifest
 
     texts = [s for e in read_manifest(shapes_dir) for s in (e.prompt, e.target)]
-    return TextTokenizer.train(texts, vocab_size=320)
+    return TextTokenizer.train(texts, vocab_size=400)
 
 
 def tiny_config(vocab_size: int = 320, image: bool = True) -> MultimodalTransformer:

@@ -112,3 +112,38 @@ def test_text_only_model():
     assert torch.equal(fast, model.generate(ids, max_new_tokens=5, eos_token_id=[], use_cache=False))
     with pytest.raises(ValueError, match="no image encoder"):
         model(input_ids=ids, pixel_values=torch.randn(2, 3, 32, 32))
+
+
+def test_packed_segments_equal_separate_sequences(tiny_model, tokenizer):
+    """Two examples packed behind one image give the same logits and loss as run apart."""
+    from multimodaltransformer.data import ManifestDataset, TrainCollator, read_manifest
+    from multimodaltransformer.modalities import ImageProcessor
+
+    tiny_model.train(False)
+    examples = read_manifest(_shapes_manifest(tokenizer))[:5]  # one image: caption, 3 questions, class
+    assert len({e.image for e in examples}) == 1
+    proc = ImageProcessor(32)
+    packed_ds = ManifestDataset(examples, tokenizer, proc, 60, pack=True)
+    apart_ds = ManifestDataset(examples, tokenizer, proc, 60, pack=False)
+    collate = TrainCollator(tokenizer.pad_id, proc)
+    packed = collate([packed_ds[0]])
+    apart = collate([apart_ds[i] for i in range(len(apart_ds))])
+    assert len(packed_ds) == 1 and len(apart_ds) == 5 and "segment_ids" in packed
+    lp = tiny_model(packed).logits[0]
+    la = tiny_model(apart).logits
+    offset = 0
+    for r in range(5):
+        n = int(apart["attention_mask"][r].sum())
+        torch.testing.assert_close(lp[offset:offset + n], la[r, :n], atol=1e-5, rtol=1e-5)
+        offset += n
+    torch.testing.assert_close(tiny_model(packed).loss, tiny_model(apart).loss, atol=1e-5, rtol=1e-5)
+
+
+def _shapes_manifest(tokenizer):
+    import pathlib
+    import tempfile
+
+    from multimodaltransformer.data import shapes
+
+    out = pathlib.Path(tempfile.mkdtemp())
+    return shapes.generate(out, "train", n=1, seed=5, progress=False)

@@ -53,6 +53,8 @@ def bleu(hypotheses: Sequence[str], references: Sequence[Sequence[str]], max_ord
             hyp_ngrams = _ngrams(h, n)
             correct[n - 1] += sum(min(c, max_ref[g]) for g, c in hyp_ngrams.items())
             total[n - 1] += max(len(h) - n + 1, 0)
+    if not any(correct):
+        return 0.0
     precisions = [0.0] * max_order
     smooth = 1.0
     for n in range(max_order):

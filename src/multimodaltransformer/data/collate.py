@@ -38,11 +38,15 @@ def encode_example(tok: TextTokenizer, ex: Example, max_len: int) -> tuple[list[
 
 
 class ManifestDataset(Dataset):
-    """Examples with their images decoded once and cached as uint8 (several examples share one)."""
+    """Examples with their images decoded once and cached as uint8 (several examples share one).
+
+    With `pack`, an item is one image with all its examples as segments of one sequence
+    (see `segment_mask`): the image is encoded once per step instead of once per example.
+    """
 
     def __init__(self, examples: Sequence[Example], tokenizer: TextTokenizer,
                  image_processor: ImageProcessor | None, max_text_len: int,
-                 skip_bad: bool = False) -> None:
+                 skip_bad: bool = False, pack: bool = False) -> None:
         self.tokenizer, self.processor, self.max_text_len = tokenizer, image_processor, max_text_len
         self.images: dict[str, Tensor] = {}
         self.examples: list[Example] = []
@@ -66,6 +70,11 @@ class ManifestDataset(Dataset):
                           stacklevel=2)
         if not self.examples:
             raise DataError("no usable examples left")
+        groups: dict[str, list[int]] = {}
+        for i, ex in enumerate(self.examples):
+            key = str(ex.image) if (pack and ex.image is not None) else f"#{i}"
+            groups.setdefault(key, []).append(i)
+        self.groups = list(groups.values())
 
     def _image(self, ex: Example) -> Tensor | None:
         if ex.image is None:
@@ -81,16 +90,22 @@ class ManifestDataset(Dataset):
         return self.images[key]
 
     def __len__(self) -> int:
-        return len(self.examples)
+        return len(self.groups)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        ex = self.examples[i]
-        ids, labels, _ = encode_example(self.tokenizer, ex, self.max_text_len)
-        return {"input_ids": ids, "labels": labels, "image": self._image(ex), "task": ex.task}
+        ids, labels, segments = [], [], []
+        for k, j in enumerate(self.groups[i], 1):
+            e_ids, e_labels, _ = encode_example(self.tokenizer, self.examples[j], self.max_text_len)
+            ids += e_ids
+            labels += e_labels
+            segments += [k] * len(e_ids)
+        first = self.examples[self.groups[i][0]]
+        return {"input_ids": ids, "labels": labels, "segment_ids": segments, "image": self._image(first),
+                "tasks": [self.examples[j].task for j in self.groups[i]]}
 
 
 class TrainCollator:
-    """Right-pads text; stacks and normalises images."""
+    """Right-pads text (segment id 0 marks padding); stacks and normalises images."""
 
     def __init__(self, pad_id: int, image_processor: ImageProcessor | None) -> None:
         self.pad_id, self.processor = pad_id, image_processor
@@ -99,13 +114,15 @@ class TrainCollator:
         T = max(len(it["input_ids"]) for it in items)
         ids = torch.full((len(items), T), self.pad_id, dtype=torch.long)
         labels = torch.full((len(items), T), IGNORE_INDEX, dtype=torch.long)
-        mask = torch.zeros((len(items), T), dtype=torch.bool)
+        segments = torch.zeros((len(items), T), dtype=torch.long)
         for r, it in enumerate(items):
             n = len(it["input_ids"])
             ids[r, :n] = torch.tensor(it["input_ids"])
             labels[r, :n] = torch.tensor(it["labels"])
-            mask[r, :n] = True
-        batch = {"input_ids": ids, "attention_mask": mask, "labels": labels, "tasks": [it["task"] for it in items]}
+            segments[r, :n] = torch.tensor(it["segment_ids"])
+        batch = {"input_ids": ids, "attention_mask": segments > 0, "labels": labels, "tasks": [it["tasks"] for it in items]}
+        if int(segments.max()) > 1:  # packed rows: the model restarts positions per segment
+            batch["segment_ids"] = segments
         images = [it["image"] for it in items]
         if any(im is not None for im in images):
             if any(im is None for im in images):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -65,9 +66,15 @@ class ViTConfig(TransformerConfig):
     image_size: int = 64
     patch_size: int = 8
     channels: int = 3
+    # "linear": one P x P stride-P convolution (the original ViT). "conv": stride-2 3x3
+    # convolutions down to the same patch grid (Xiao et al. 2021, "Early convolutions help
+    # transformers see better"): much better small-shape recognition for little compute.
+    stem: Literal["linear", "conv"] = "linear"
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.stem == "conv" and (self.patch_size & (self.patch_size - 1) or self.patch_size < 2):
+            raise ValueError(f"a conv stem needs a power-of-two patch_size, got {self.patch_size}")
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}")
 
@@ -76,13 +83,29 @@ class ViTConfig(TransformerConfig):
         return (self.image_size // self.patch_size) ** 2
 
 
+def conv_stem(channels: int, dim: int, patch_size: int) -> nn.Sequential:
+    """log2(P) stride-2 3x3 conv + BN + ReLU layers (widths growing to dim/2), then a 1x1 to dim."""
+    layers: list[nn.Module] = []
+    steps = patch_size.bit_length() - 1
+    c_in = channels
+    for i in range(steps):
+        c_out = max(16, dim // 2 ** (steps - i))
+        layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
+        c_in = c_out
+    layers.append(nn.Conv2d(c_in, dim, 1))
+    return nn.Sequential(*layers)
+
+
 class ViTEncoder(nn.Module):
     """pixel_values (B, 3, H, W) -> patch features (B, N, C)."""
 
     def __init__(self, cfg: ViTConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.patch_embed = nn.Conv2d(cfg.channels, cfg.dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        if cfg.stem == "linear":
+            self.patch_embed = nn.Conv2d(cfg.channels, cfg.dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        else:
+            self.patch_embed = conv_stem(cfg.channels, cfg.dim, cfg.patch_size)
         self.pos_embed = nn.Parameter(torch.randn(1, cfg.num_patches, cfg.dim) * 0.02)
         self.transformer = Transformer(cfg)
 

@@ -67,6 +67,19 @@ def causal_mask(mask: Tensor, q_start: int, q_len: int, k_len: int) -> Tensor:
     return allowed | (k == q)
 
 
+def segment_mask(segments: Tensor, n_prefix: int) -> Tensor:
+    """Mask (B, 1, S, S) for packed rows: prefix tokens, then text segments 1..K (0 = padding).
+
+    Each segment sees the shared prefix (the image) and, causally, its own tokens only, so K
+    examples packed behind one image train exactly as K separate sequences would.
+    """
+    S = segments.shape[1]
+    idx = torch.arange(S, device=segments.device)
+    same = (segments[:, :, None] == segments[:, None, :]) & (segments > 0)[:, None, :]
+    allowed = (idx[None, :] <= idx[:, None]) & (same | (idx < n_prefix)[None, None, :])
+    return (allowed | torch.eye(S, dtype=torch.bool, device=segments.device))[:, None]
+
+
 class MultimodalTransformerModel(nn.Module):
     """Image (optional) + text -> next-token logits; `generate` decodes greedily with a KV cache.
 
@@ -105,22 +118,37 @@ class MultimodalTransformerModel(nn.Module):
 
     def forward(self, batch: Mapping[str, Any] | None = None, *, input_ids: Tensor | None = None,
                 attention_mask: Tensor | None = None, pixel_values: Tensor | None = None,
-                labels: Tensor | None = None, **_: Any) -> ModelOutput:
+                labels: Tensor | None = None, segment_ids: Tensor | None = None, **_: Any) -> ModelOutput:
         """Call as `model(batch)` with a dict from the collator, or with keyword tensors.
 
         `labels` (B, T) are aligned with `input_ids` (IGNORE_INDEX where no loss); the shift
-        happens here, as in Hugging Face models.
+        happens here, as in Hugging Face models. `segment_ids` (B, T), from the packing
+        collator, mark several examples that share one image (0 = padding): positions restart
+        and attention stays within each example.
         """
         if batch is not None:
             return self.forward(**{k: v for k, v in batch.items() if isinstance(v, Tensor)})
         if input_ids is None:
             raise ValueError("input_ids are required")
+        if segment_ids is not None:
+            attention_mask = segment_ids > 0
         x, mask = self.embed(input_ids, attention_mask, pixel_values)
         S = x.shape[1]
-        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        if segment_ids is None:
+            positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+            attn = causal_mask(mask, 0, S, S)
+        else:
+            n = S - input_ids.shape[1]
+            segments = torch.cat([segment_ids.new_zeros(segment_ids.shape[0], n), segment_ids], dim=1)
+            idx = torch.arange(S, device=x.device).expand_as(segments)
+            starts = torch.cat([torch.ones_like(segments[:, :1], dtype=torch.bool),
+                                segments[:, 1:] != segments[:, :-1]], dim=1)
+            seg_start = torch.where(starts, idx, torch.zeros_like(idx)).cummax(-1).values
+            positions = torch.where(idx < n, idx, idx - seg_start + n)  # each segment restarts after the prefix
+            attn = segment_mask(segments, n)
         if int(positions.max()) >= self.max_seq_len:
             raise ValueError(f"sequence of {int(positions.max()) + 1} positions exceeds max_seq_len {self.max_seq_len}")
-        logits = self.decoder(x, positions, causal_mask(mask, 0, S, S))
+        logits = self.decoder(x, positions, attn)
         logits = logits[:, S - input_ids.shape[1]:]  # text positions only
         loss = None
         if labels is not None:

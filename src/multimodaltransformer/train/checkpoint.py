@@ -103,6 +103,6 @@ def load_latest(ckpt_dir: Path, model: MultimodalTransformerModel, opt: torch.op
             _load_optimizer(opt, tensors, state.pop("optimizer"))
             state["path"] = str(path)
             return state
-        except (OSError, ValueError, KeyError, RuntimeError) as e:
+        except Exception as e:  # noqa: BLE001 - any unreadable checkpoint means: try an older one
             warnings.warn(f"checkpoint {path} is unreadable ({e}); trying an older one", stacklevel=2)
     return None

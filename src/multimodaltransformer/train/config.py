@@ -26,6 +26,9 @@ class DataConfig:
     skip_bad: bool = False  # skip (and count) bad lines and unreadable files instead of failing
     tokenizer_vocab_size: int = 512
     tasks: list[str] | None = None  # train only on these tasks (None: every task in the manifest)
+    # One sequence per image holding all its examples (attention kept apart per example):
+    # the image is encoded once, not once per question. batch_size then counts images.
+    pack: bool = True
 
 
 @dataclass

@@ -92,7 +92,8 @@ class Trainer:
         self.model = MultimodalTransformerModel(mcfg)
         self.model.tokenizer = tok
         max_text = mcfg.decoder.max_seq_len - mcfg.num_media_tokens
-        self.train_set = ManifestDataset(self.train_examples, tok, self.model.image_processor, max_text, d.skip_bad)
+        self.train_set = ManifestDataset(self.train_examples, tok, self.model.image_processor, max_text, d.skip_bad,
+                                         pack=d.pack)
         self.collate = TrainCollator(tok.pad_id, self.model.image_processor)
         self.opt = torch.optim.AdamW(_param_groups(self.model, t.weight_decay), lr=t.lr,
                                      betas=(t.beta1, t.beta2), fused=False)
@@ -135,7 +136,8 @@ class Trainer:
         model, t = self.model, self.run.train
         model.eval()
         max_text = self.run.model.decoder.max_seq_len - self.run.model.num_media_tokens
-        val_set = ManifestDataset(self.val_examples[:1024], model.tokenizer, model.image_processor, max_text)
+        val_set = ManifestDataset(self.val_examples[:1024], model.tokenizer, model.image_processor, max_text,
+                                  pack=self.run.data.pack)
         losses = []
         for s in range(0, len(val_set), t.batch_size):
             batch = self.collate([val_set[i] for i in range(s, min(s + t.batch_size, len(val_set)))])
@@ -155,7 +157,8 @@ class Trainer:
         self._setup(resume)
         t, model = self.run.train, self.model
         n_params = sum(p.numel() for p in model.parameters())
-        tqdm.write(f"model: {n_params / 1e6:.2f}M parameters; {len(self.train_set)} training examples; "
+        tqdm.write(f"model: {n_params / 1e6:.2f}M parameters; {len(self.train_set.examples)} training examples "
+                   f"in {len(self.train_set)} sequences; "
                    f"vocab {model.tokenizer.vocab_size}")
         model.train()
         batches = self._batches()
@@ -177,7 +180,7 @@ class Trainer:
             self.opt.step()
             self.opt.zero_grad(set_to_none=True)
             self.step += 1
-            window_n += batch["input_ids"].shape[0]
+            window_n += sum(len(tasks) for tasks in batch["tasks"])
             for g in self.opt.param_groups:
                 g["lr"] = t.lr * lr_factor(self.step, t.warmup_steps, self.total_steps, t.min_lr_ratio)
             if not self.calibrated:  # fit the step count to the time budget, once

@@ -11,7 +11,7 @@ def test_packaged_configs_load():
 
 
 def test_overrides_apply_typed_values():
-    run = load_run_config("shapes-tiny", ["train.max_steps=7", "model.decoder.depth=3", "train.lr=0.01"])
+    run = load_run_config("shapes-tiny", ["train.max_steps=7", "model.decoder.depth=3", "train.lr=1e-2"])
     assert run.train.max_steps == 7 and run.model.decoder.depth == 3 and run.train.lr == 0.01
 
 

@@ -103,7 +103,7 @@ def test_collator_masks_prompt_and_padding(shapes_dir, tokenizer):
 
 
 def test_shapes_spec_resolves_and_caches(tmp_path):
-    assert parse_shapes_spec("shapes:split=val,n=7,seed=2") == {"split": "val", "n": 7, "seed": 2}
+    assert parse_shapes_spec("shapes:split=val,n=7,seed=2") == {"split": "val", "n": 7, "seed": 2, "questions": 3}
     with pytest.raises(DataError, match="unknown key"):
         parse_shapes_spec("shapes:colour=red")
     p = resolve_source("shapes:split=val,n=3,seed=2", tmp_path, progress=False)

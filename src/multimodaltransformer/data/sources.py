@@ -8,14 +8,14 @@ from .manifest import DataError
 
 
 def parse_shapes_spec(spec: str) -> dict[str, str | int]:
-    """`shapes:split=train,n=2000,seed=0` -> {"split": "train", "n": 2000, "seed": 0}."""
-    args: dict[str, str | int] = {"split": "train", "n": 1000, "seed": 0}
+    """`shapes:split=train,n=2000,seed=0[,questions=3]` -> {"split": "train", "n": 2000, "seed": 0, ...}."""
+    args: dict[str, str | int] = {"split": "train", "n": 1000, "seed": 0, "questions": 3}
     body = spec.split(":", 1)[1]
     for part in filter(None, body.split(",")):
         key, _, value = part.partition("=")
         key = key.strip()
-        if key not in ("split", "n", "seed"):
-            raise DataError(f"data source {spec!r}: unknown key {key!r} (use split, n, seed)")
+        if key not in args:
+            raise DataError(f"data source {spec!r}: unknown key {key!r} (use {', '.join(args)})")
         try:
             args[key] = value.strip() if key == "split" else int(value)
         except ValueError as e:
@@ -29,9 +29,11 @@ def resolve_source(spec: str, cache_dir: str | Path, progress: bool = True) -> P
         from . import shapes
 
         a = parse_shapes_spec(spec)
-        out = Path(cache_dir).expanduser() / "shapesworld" / f"{a['split']}-n{a['n']}-seed{a['seed']}"
+        name = f"{a['split']}-n{a['n']}-seed{a['seed']}" + (f"-q{a['questions']}" if a["questions"] != 3 else "")
+        out = Path(cache_dir).expanduser() / "shapesworld" / name
         if not (out / "manifest.jsonl").is_file():
-            shapes.generate(out, split=a["split"], n=a["n"], seed=a["seed"], progress=progress)  # type: ignore[arg-type]
+            shapes.generate(out, split=a["split"], n=a["n"], seed=a["seed"],  # type: ignore[arg-type]
+                            questions_per_image=int(a["questions"]), progress=progress)
         return out / "manifest.jsonl"
     path = Path(spec).expanduser()
     if path.is_dir():

@@ -32,6 +32,23 @@ from .config import RunConfig
 CALIBRATION_STEPS = 15  # steps timed before fitting max_steps to a time budget
 
 
+class TimeBudget:
+    """Fits the step count to a wall-time budget: planned after a few timed steps, then
+    re-planned after each validation, whose cost is then known."""
+
+    def __init__(self, seconds: float, max_steps: int, eval_every: int) -> None:
+        self.seconds, self.max_steps, self.eval_every = seconds, max_steps, eval_every
+        self.start = time.perf_counter()
+        self.step_time, self.steps, self.eval_time, self.evals = 0.0, 0, 0.0, 0
+
+    def plan(self, step: int) -> int:
+        per_step = self.step_time / max(1, self.steps)
+        eval_cost = self.eval_time / self.evals if self.evals else 0.0
+        remaining = self.seconds - (time.perf_counter() - self.start) - eval_cost  # the final validation
+        n = int(remaining / (per_step + eval_cost / self.eval_every))
+        return max(step + 1, min(self.max_steps, step + n))
+
+
 def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
     """Linear warmup to 1, then cosine decay to `min_ratio` at `total`."""
     if step < warmup:
@@ -98,7 +115,7 @@ class Trainer:
         self.opt = torch.optim.AdamW(_param_groups(self.model, t.weight_decay), lr=t.lr,
                                      betas=(t.beta1, t.beta2), fused=False)
         self.step, self.epoch, self.pos, self.total_steps = 0, 0, 0, t.max_steps
-        self.calibrated = t.time_budget_minutes is None
+        self.calibrated = False  # True once a resumed budgeted run restores its planned step count
         if resume:
             state = load_latest(self.ckpt_dir, self.model, self.opt)
             if state is None:
@@ -152,6 +169,13 @@ class Trainer:
         model.train()
         return {"val_loss": sum(losses) / len(losses), **metrics}
 
+    def _replan(self, budget: TimeBudget, bar: tqdm) -> None:
+        total = budget.plan(self.step)
+        if total != self.total_steps:
+            self.total_steps = bar.total = total
+            per_step = budget.step_time / budget.steps
+            tqdm.write(f"time budget {budget.seconds / 60:g} min at {per_step:.3f} s/step: {total} steps")
+
     def fit(self, resume: bool = False) -> MultimodalTransformerModel:
         self.out.mkdir(parents=True, exist_ok=True)
         self._setup(resume)
@@ -167,10 +191,13 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=self.step, desc="train", disable=not self.progress,
                    unit="step", dynamic_ncols=True, mininterval=1 if sys.stderr.isatty() else 15)
         started = time.perf_counter()
-        budget = None if t.time_budget_minutes is None else t.time_budget_minutes * 60
-        calib_start, calib_from = None, self.step
+        budget = None
+        if t.time_budget_minutes is not None and not self.calibrated:
+            budget = TimeBudget(t.time_budget_minutes * 60, t.max_steps, t.eval_every)
+        calib_from = self.step
         window_t, window_n = time.perf_counter(), 0
         while self.step < self.total_steps:
+            step_start = time.perf_counter()
             batch = next(batches)
             loss = model(batch).loss
             if not torch.isfinite(loss):
@@ -183,18 +210,11 @@ class Trainer:
             window_n += sum(len(tasks) for tasks in batch["tasks"])
             for g in self.opt.param_groups:
                 g["lr"] = t.lr * lr_factor(self.step, t.warmup_steps, self.total_steps, t.min_lr_ratio)
-            if not self.calibrated:  # fit the step count to the time budget, once
-                if self.step - calib_from == 3:
-                    calib_start = time.perf_counter()
-                elif calib_start is not None and self.step - calib_from == 3 + CALIBRATION_STEPS:
-                    per_step = (time.perf_counter() - calib_start) / CALIBRATION_STEPS
-                    evals = max(0, t.max_steps // t.eval_every)
-                    usable = budget - (time.perf_counter() - started) - evals * 20 * per_step
-                    self.total_steps = max(self.step + 1, min(t.max_steps, self.step + int(usable / per_step)))
-                    self.calibrated = True
-                    bar.total = self.total_steps
-                    tqdm.write(f"time budget {t.time_budget_minutes} min at {per_step:.3f} s/step: "
-                               f"training {self.total_steps} steps")
+            if budget is not None and self.step - calib_from > 3:  # the first steps run slow: skip them
+                budget.step_time += time.perf_counter() - step_start
+                budget.steps += 1
+                if budget.steps == CALIBRATION_STEPS:
+                    self._replan(budget, bar)
             bar.update(1)
             if self.step % t.log_every == 0 or self.step == self.total_steps:
                 elapsed = time.perf_counter() - window_t
@@ -205,7 +225,12 @@ class Trainer:
                 self._log({"step": self.step, "loss": loss.item(), "lr": lr, "grad_norm": float(grad_norm),
                            "examples_per_s": rate, "elapsed_s": time.perf_counter() - started})
             if self.step % t.eval_every == 0 or self.step == self.total_steps:
+                eval_start = time.perf_counter()
                 metrics = self.validate()
+                if budget is not None and self.step < self.total_steps:
+                    budget.eval_time += time.perf_counter() - eval_start
+                    budget.evals += 1
+                    self._replan(budget, bar)
                 if metrics:
                     self._log({"step": self.step, **metrics})
                     brief = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}

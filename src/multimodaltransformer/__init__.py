@@ -3,7 +3,8 @@
 Data flows one way: processor -> encoder -> fusion -> decoder -> generation.
 """
 
+from .hub import convert, load_pretrained
 from .models import MultimodalTransformer, MultimodalTransformerModel
 
 __version__ = "0.1.0"
-__all__ = ["MultimodalTransformer", "MultimodalTransformerModel", "__version__"]
+__all__ = ["MultimodalTransformer", "MultimodalTransformerModel", "convert", "load_pretrained", "__version__"]

@@ -95,6 +95,12 @@ def _cmd_demo(a: argparse.Namespace) -> None:
              eval_n=a.eval_n, eval_seed=a.eval_seed)
 
 
+def _cmd_convert(a: argparse.Namespace) -> None:
+    from .hub import convert
+
+    print(f"wrote {convert(a.path, a.out)}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mmt", description="multimodaltransformer: train, evaluate and run "
                                 "multimodal Transformers")
@@ -147,6 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--eval-seed", type=int, default=1)
     d.add_argument("--no-serve", action="store_true", help="stop after evaluation (serving comes later)")
     d.set_defaults(func=_cmd_demo)
+
+    c = sub.add_parser("convert", help="write a Hugging Face (gpt2, bert, vit, clip) or saved checkpoint "
+                       "in this library's format")
+    c.add_argument("path", help="a directory with config.json + model.safetensors (or pytorch_model.bin)")
+    c.add_argument("out", help="output directory (config.json + model.safetensors + tokenizer.json)")
+    c.set_defaults(func=_cmd_convert)
     return p
 
 

@@ -14,7 +14,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor, nn
 
-from ..nn import Transformer, TransformerConfig
+from ..nn import TransformerConfig, TransformerStack
 
 
 class MediaError(ValueError):
@@ -107,7 +107,7 @@ class ViTEncoder(nn.Module):
         else:
             self.patch_embed = conv_stem(cfg.channels, cfg.dim, cfg.patch_size)
         self.pos_embed = nn.Parameter(torch.randn(1, cfg.num_patches, cfg.dim) * 0.02)
-        self.transformer = Transformer(cfg)
+        self.transformer = TransformerStack(cfg)
 
     def forward(self, pixel_values: Tensor) -> Tensor:
         x = self.patch_embed(pixel_values).flatten(2).transpose(1, 2)  # (B, N, C)

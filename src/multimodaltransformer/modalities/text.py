@@ -1,4 +1,4 @@
-"""Text: a byte-level BPE tokenizer built and trained with HF `tokenizers`.
+"""Text: a byte-level BPE tokenizer built and trained with HF `tokenizers`, and an LSTM baseline encoder.
 
 Byte-level means any string encodes (no <unk> in practice) and decodes back exactly.
 """
@@ -6,9 +6,15 @@ Byte-level means any string encodes (no <unk> in practice) and decodes back exac
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from ..nn import EncoderOutput
 
 SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>", "<sep>", "<unk>"]
 TOKENIZER_FILE = "tokenizer.json"
@@ -62,3 +68,46 @@ class TextTokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         """Text of `ids`, dropping special tokens; surrounding spaces stripped."""
         return self.tokenizer.decode(list(ids), skip_special_tokens=True).strip()
+
+
+@dataclass
+class LSTMTextConfig:
+    """A recurrent text encoder: the pre-Transformer baseline the seeds compare against."""
+
+    vocab_size: int = 1024
+    dim: int = 128  # embedding width
+    hidden: int = 128  # per direction
+    layers: int = 1
+    bidirectional: bool = True
+    dropout: float = 0.0
+    pad_id: int = 0
+
+    def __post_init__(self) -> None:
+        if min(self.vocab_size, self.dim, self.hidden, self.layers) <= 0:
+            raise ValueError(f"vocab_size, dim, hidden and layers must be positive, got {self}")
+
+
+class LSTMTextEncoder(nn.Module):
+    """input_ids (B, T) + right-padded attention_mask -> EncoderOutput(features (B, T, H'), pooled (B, H')).
+
+    H' = hidden x directions. Padding is packed away, so a padded row gives the same result as the
+    row alone; the pooled vector is the last layer's final state (both directions concatenated).
+    """
+
+    def __init__(self, cfg: LSTMTextConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.dim, padding_idx=cfg.pad_id)
+        self.lstm = nn.LSTM(cfg.dim, cfg.hidden, num_layers=cfg.layers, batch_first=True,
+                            bidirectional=cfg.bidirectional, dropout=cfg.dropout if cfg.layers > 1 else 0.0)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> EncoderOutput:
+        B, T = input_ids.shape
+        lengths = (attention_mask.long().sum(-1) if attention_mask is not None
+                   else torch.full((B,), T, dtype=torch.long)).clamp(min=1).cpu()
+        packed = pack_padded_sequence(self.embed(input_ids), lengths, batch_first=True, enforce_sorted=False)
+        out, (h, _) = self.lstm(packed)
+        features, _ = pad_packed_sequence(out, batch_first=True, total_length=T)  # (B, T, H')
+        dirs = 2 if self.cfg.bidirectional else 1
+        pooled = h.view(self.cfg.layers, dirs, B, self.cfg.hidden)[-1].transpose(0, 1).reshape(B, -1)
+        return EncoderOutput(features, pooled)

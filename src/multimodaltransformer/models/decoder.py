@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..nn import Transformer, TransformerConfig
+from ..nn import TransformerConfig, TransformerStack
 
 
 @dataclass
@@ -29,7 +29,7 @@ class GPTDecoder(nn.Module):
         self.tok_embed = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.pos_embed = nn.Embedding(cfg.max_seq_len, cfg.dim)
         self.drop = nn.Dropout(cfg.dropout)
-        self.transformer = Transformer(cfg)
+        self.transformer = TransformerStack(cfg)
         self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_embed.weight

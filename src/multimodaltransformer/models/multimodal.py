@@ -145,6 +145,7 @@ class MultimodalTransformerModel(nn.Module):
                                 segments[:, 1:] != segments[:, :-1]], dim=1)
             seg_start = torch.where(starts, idx, torch.zeros_like(idx)).cummax(-1).values
             positions = torch.where(idx < n, idx, idx - seg_start + n)  # each segment restarts after the prefix
+            positions = positions.masked_fill((idx >= n) & (segments == 0), 0)  # padding
             attn = segment_mask(segments, n)
         if int(positions.max()) >= self.max_seq_len:
             raise ValueError(f"sequence of {int(positions.max()) + 1} positions exceeds max_seq_len {self.max_seq_len}")

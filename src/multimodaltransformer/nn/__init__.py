@@ -1,6 +1,17 @@
 """Building blocks written once and shared by every encoder and decoder."""
 
-from .attention import KVCache, MultiHeadAttention
-from .blocks import MLP, Transformer, TransformerBlock, TransformerConfig
+from .attention import KVCache, MultiHeadAttention, causal_mask, causal_padding_mask, padding_mask
+from .blocks import MLP, QuickGELU, RMSNorm, TransformerBlock, TransformerConfig, build_activation, build_norm
+from .position import (ALiBi, LearnedPosition, PositionalEncoding, RotaryPosition, SinusoidalPosition,
+                       apply_rotary, build_position)
+from .transformer import (EncoderDecoderConfig, EncoderOutput, Transformer, TransformerDecoder,
+                          TransformerEncoder, TransformerStack)
 
-__all__ = ["KVCache", "MultiHeadAttention", "MLP", "Transformer", "TransformerBlock", "TransformerConfig"]
+__all__ = [
+    "KVCache", "MultiHeadAttention", "causal_mask", "causal_padding_mask", "padding_mask",
+    "MLP", "QuickGELU", "RMSNorm", "TransformerBlock", "TransformerConfig", "build_activation", "build_norm",
+    "ALiBi", "LearnedPosition", "PositionalEncoding", "RotaryPosition", "SinusoidalPosition", "apply_rotary",
+    "build_position",
+    "EncoderDecoderConfig", "EncoderOutput", "Transformer", "TransformerDecoder", "TransformerEncoder",
+    "TransformerStack",
+]

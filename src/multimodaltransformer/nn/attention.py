@@ -1,7 +1,8 @@
 """Multi-head attention (self and cross) on `F.scaled_dot_product_attention`, with a KV cache.
 
-Legend: B batch, T query length, S key length, H heads, D head dim, C model dim.
-Masks are boolean, True = may attend, broadcastable to (B, H, T, S).
+Legend: B batch, T query length, S key length, H query heads, G key/value heads (G divides H;
+G < H is grouped-query attention), D head dim, C model dim.
+Masks are boolean, True = may attend, or additive float (ALiBi folded in), broadcastable to (B, H, T, S).
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .position import apply_rotary
 
 
 class KVCache(nn.Module):
@@ -22,42 +25,93 @@ class KVCache(nn.Module):
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
     def update(self, input_pos: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Write k, v (B, H, T, D) at positions `input_pos` (T,); return the full buffers."""
+        """Write k, v (B, G, T, D) at positions `input_pos` (T,); return the full buffers."""
         self.k.index_copy_(2, input_pos, k)
         self.v.index_copy_(2, input_pos, v)
         return self.k, self.v
 
 
 class MultiHeadAttention(nn.Module):
-    """Scaled dot-product attention over H heads; `context` switches it to cross attention."""
+    """Scaled dot-product attention over H heads; `context` switches it to cross attention.
 
-    def __init__(self, dim: int, heads: int, bias: bool = True, dropout: float = 0.0) -> None:
+    `kv_heads` < `heads` shares each key/value head among heads // kv_heads query heads (GQA).
+    A cross-attention layer (`cross=True`) with a cache projects its context once, at prefill,
+    and reuses those keys/values when later steps pass no context.
+    """
+
+    def __init__(self, dim: int, heads: int, bias: bool = True, dropout: float = 0.0, *,
+                 kv_heads: int | None = None, qkv_bias: bool | None = None, cross: bool = False) -> None:
         super().__init__()
+        kv_heads = kv_heads or heads
         if dim % heads:
             raise ValueError(f"dim {dim} must be divisible by heads {heads}")
-        self.heads, self.head_dim, self.dropout = heads, dim // heads, dropout
-        self.q_proj = nn.Linear(dim, dim, bias=bias)
-        self.k_proj = nn.Linear(dim, dim, bias=bias)
-        self.v_proj = nn.Linear(dim, dim, bias=bias)
+        if heads % kv_heads:
+            raise ValueError(f"heads {heads} must be divisible by kv_heads {kv_heads}")
+        qkv_bias = bias if qkv_bias is None else qkv_bias
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, dim // heads
+        self.dropout, self.cross = dropout, cross
+        self.q_proj = nn.Linear(dim, dim, bias=qkv_bias)
+        self.k_proj = nn.Linear(dim, kv_heads * self.head_dim, bias=qkv_bias)
+        self.v_proj = nn.Linear(dim, kv_heads * self.head_dim, bias=qkv_bias)
         self.out_proj = nn.Linear(dim, dim, bias=bias)
         self.kv_cache: KVCache | None = None
 
-    def _split(self, x: Tensor) -> Tensor:
+    def _split(self, x: Tensor, heads: int) -> Tensor:
         B, T, _ = x.shape
-        return x.view(B, T, self.heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        return x.view(B, T, heads, self.head_dim).transpose(1, 2)  # (B, heads, T, D)
 
     def forward(self, x: Tensor, context: Tensor | None = None, mask: Tensor | None = None,
-                input_pos: Tensor | None = None) -> Tensor:
+                input_pos: Tensor | None = None, rotary: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """x (B, T, C); context (B, S, C) or None for self attention; returns (B, T, C).
 
         With a KV cache set and `input_pos` given, the new keys/values are written at those
         positions and attention runs over the whole buffer (the mask hides unwritten slots).
+        `rotary` (cos, sin) from `RotaryPosition` rotates queries and keys before caching.
         """
-        src = x if context is None else context
-        q, k, v = self._split(self.q_proj(x)), self._split(self.k_proj(src)), self._split(self.v_proj(src))
-        if self.kv_cache is not None and input_pos is not None:
-            k, v = self.kv_cache.update(input_pos, k, v)
+        q = self._split(self.q_proj(x), self.heads)
+        if self.cross and context is None:  # decode step: the context's K/V were cached at prefill
+            if self.kv_cache is None:
+                raise ValueError("cross attention needs a context (or a cache filled at prefill)")
+            k, v = self.kv_cache.k, self.kv_cache.v
+        else:
+            src = x if context is None else context
+            k, v = self._split(self.k_proj(src), self.kv_heads), self._split(self.v_proj(src), self.kv_heads)
+            if rotary is not None:
+                q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+            if self.kv_cache is not None and self.cross:
+                k, v = self.kv_cache.update(torch.arange(k.shape[2], device=k.device), k, v)
+            elif self.kv_cache is not None and input_pos is not None:
+                k, v = self.kv_cache.update(input_pos, k, v)
+        if self.kv_heads != self.heads:  # GQA: each K/V head serves heads // kv_heads query heads
+            k = k.repeat_interleave(self.heads // self.kv_heads, dim=1)
+            v = v.repeat_interleave(self.heads // self.kv_heads, dim=1)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
         B, H, T, D = y.shape
         return self.out_proj(y.transpose(1, 2).reshape(B, T, H * D))
+
+
+def padding_mask(attention_mask: Tensor) -> Tensor:
+    """(B, S) with 1/True for real tokens -> key mask (B, 1, 1, S), True = may attend."""
+    return attention_mask.bool()[:, None, None, :]
+
+
+def causal_mask(q_len: int, k_len: int | None = None, *, q_start: int = 0,
+                device: torch.device | str | None = None) -> Tensor:
+    """(q_len, k_len) True where key index <= query index; queries sit at q_start.. (for caches)."""
+    k_len = q_start + q_len if k_len is None else k_len
+    q = torch.arange(q_start, q_start + q_len, device=device)[:, None]
+    return torch.arange(k_len, device=device)[None, :] <= q
+
+
+def causal_padding_mask(attention_mask: Tensor | None, q_len: int,
+                        device: torch.device | str | None = None) -> Tensor:
+    """Causal mask combined with a (B, T) key padding mask -> (B or 1, 1, T, T).
+
+    A query always sees itself, so rows of padding tokens never become all-masked (NaN).
+    """
+    causal = causal_mask(q_len, device=device)
+    if attention_mask is None:
+        return causal
+    eye = torch.eye(q_len, dtype=torch.bool, device=device)
+    return (causal & padding_mask(attention_mask)) | eye

@@ -1,0 +1,118 @@
+"""Pretrained checkpoints: `load_pretrained(dir)` for Hugging Face directories and our own, `convert`.
+
+Each family is a module with the same small interface, so adding one (Llama, Whisper ...) is a
+new mapping file plus an entry in FAMILIES:
+  MODEL                      our nn.Module class, built from its config dataclass;
+  PREFIXES                   prefixes a head model puts before the base model's tensor names;
+  config_from_hf(hf, names)  config.json dict (+ the checkpoint's tensor names) -> our config;
+  weight_map(cfg)            our tensor name -> checkpoint tensor name (+ transform);
+  tokenizer_from_files(dir)  optional: a tokenizer from legacy vocab files when there is no tokenizer.json.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from tokenizers import Tokenizer
+from torch import Tensor, nn
+
+from ..models.base import TOKENIZER_FILE, load_state_strict
+from ..models.bert import BERT
+from ..models.clip import CLIP
+from ..models.gpt2 import GPT2
+from ..models.multimodal import MultimodalTransformerModel
+from ..models.vit import VisionTransformer
+from . import bert, clip, gpt2, vit
+from .mapping import CheckpointError, map_weights
+
+__all__ = ["CheckpointError", "FAMILIES", "OWN_MODELS", "convert", "load_pretrained"]
+
+# Hugging Face `model_type` -> mapping module.
+FAMILIES: dict[str, ModuleType] = {"gpt2": gpt2, "bert": bert, "vit": vit, "clip": clip}
+# Our own `model_type` -> model class with `from_pretrained`.
+OWN_MODELS: dict[str, Any] = {
+    "multimodaltransformer": MultimodalTransformerModel, "mmt-gpt2": GPT2, "mmt-bert": BERT,
+    "mmt-vit": VisionTransformer, "mmt-clip": CLIP,
+}
+
+
+def read_config(directory: Path) -> dict[str, Any]:
+    file = directory / "config.json"
+    if not file.is_file():
+        raise FileNotFoundError(f"{file} not found: not a model directory")
+    try:
+        raw = json.loads(file.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{file}: invalid JSON: {e}") from e
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{file}: expected a JSON object")
+    return raw
+
+
+def _read_one(file: Path) -> dict[str, Tensor]:
+    if file.suffix == ".safetensors":
+        return load_file(str(file))
+    return torch.load(file, map_location="cpu", weights_only=True)  # never unpickle arbitrary objects
+
+
+def read_weights(directory: Path) -> dict[str, Tensor]:
+    """model.safetensors, else pytorch_model.bin (weights only), each possibly sharded with an index."""
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (directory / name).is_file():
+            return _read_one(directory / name)
+        index = directory / f"{name}.index.json"
+        if index.is_file():
+            state: dict[str, Tensor] = {}
+            for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):
+                state |= _read_one(directory / shard)
+            return state
+    raise FileNotFoundError(f"{directory}: no model.safetensors or pytorch_model.bin")
+
+
+def read_tokenizer(directory: Path, family: ModuleType | None = None) -> Tokenizer | None:
+    if (directory / TOKENIZER_FILE).is_file():
+        return Tokenizer.from_file(str(directory / TOKENIZER_FILE))
+    from_files = getattr(family, "tokenizer_from_files", None)
+    return from_files(directory) if from_files is not None else None
+
+
+def load_pretrained(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
+    """A Hugging Face directory (config.json + weights) or one of ours -> this library's model, in eval mode.
+
+    The tokenizer, when the directory has one, is attached as `model.tokenizer`.
+    """
+    directory = Path(path)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory}: not a model directory")
+    raw = read_config(directory)
+    model_type = raw.get("model_type")
+    if model_type in OWN_MODELS:
+        return OWN_MODELS[model_type].from_pretrained(directory, map_location=map_location)
+    family = FAMILIES.get(model_type)
+    if family is None:
+        raise CheckpointError(f"{directory / 'config.json'}: unknown model_type {model_type!r}; supported: "
+                              f"{sorted(FAMILIES)} (Hugging Face) and {sorted(OWN_MODELS)} (ours)")
+    state = read_weights(directory)
+    try:
+        cfg = family.config_from_hf(raw, set(state))
+    except (TypeError, ValueError) as e:  # a config our dataclasses reject (e.g. dim not divisible by heads)
+        if isinstance(e, CheckpointError):
+            raise
+        raise CheckpointError(f"{family.FAMILY} config {directory / 'config.json'}: {e}") from e
+    model = family.MODEL(cfg)
+    weights = map_weights(family.FAMILY, family.weight_map(cfg), state, model, directory, family.PREFIXES)
+    load_state_strict(model, weights, directory)
+    model.tokenizer = read_tokenizer(directory, family)
+    return model.to(map_location).eval()
+
+
+def convert(path: str | Path, out: str | Path) -> Path:
+    """Write any supported checkpoint in this library's format: config.json + model.safetensors + tokenizer.json."""
+    model = load_pretrained(path)
+    model.save_pretrained(out)
+    return Path(out)

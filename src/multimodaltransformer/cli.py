@@ -33,11 +33,15 @@ def _cmd_train(a: argparse.Namespace) -> None:
 def _load_model(path: str, device: str):
     import torch
 
+    from .hub import load_pretrained
     from .models.multimodal import MultimodalTransformerModel
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = MultimodalTransformerModel.from_pretrained(path, map_location=device)
+    model = load_pretrained(path, map_location=device)
+    if not isinstance(model, MultimodalTransformerModel):
+        raise ConfigError(f"{path}: a {type(model).__name__} does not answer prompts about images; "
+                          "use a model trained or composed by this library")
     if model.tokenizer is None:
         raise DataError(f"{path}: no tokenizer.json next to the model")
     return model
@@ -146,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="generate ShapesWorld, train, evaluate, show predictions")
     d.add_argument("--out", default="runs/demo")
-    d.add_argument("--budget-minutes", type=float, default=8.0, help="training wall-time budget")
+    d.add_argument("--budget-minutes", type=float, default=9.0, help="training wall-time budget")
     d.add_argument("--config", default="demo", help="YAML file or packaged config name")
     d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     d.add_argument("--eval-n", type=int, default=500, help="test / novel images to evaluate")

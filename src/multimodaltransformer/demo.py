@@ -21,7 +21,7 @@ from .train.trainer import train
 HEADLINE = ("vqa_accuracy", "caption_exact_match", "caption_bleu4", "classify_accuracy")
 
 
-def run_demo(out: str | Path = "runs/demo", budget_minutes: float = 8.0, config: str = "demo",
+def run_demo(out: str | Path = "runs/demo", budget_minutes: float = 9.0, config: str = "demo",
              overrides: list[str] | None = None, serve: bool = False, eval_n: int = 500,
              eval_seed: int = 1) -> dict:
     out = Path(out)

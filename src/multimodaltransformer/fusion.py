@@ -7,14 +7,21 @@ Legend: B batch, N media tokens, T text tokens, C decoder dim.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import Tensor, nn
 
 
 class EarlyFusion(nn.Module):
-    def __init__(self, media_dim: int, dim: int) -> None:
+    """`projector`: "linear" (ClipCap/LLaVA-1) or "mlp", Linear-GELU-Linear (LLaVA-1.5)."""
+
+    def __init__(self, media_dim: int, dim: int, projector: Literal["linear", "mlp"] = "linear") -> None:
         super().__init__()
-        self.proj = nn.Linear(media_dim, dim)
+        if projector == "linear":
+            self.proj: nn.Module = nn.Linear(media_dim, dim)
+        else:
+            self.proj = nn.Sequential(nn.Linear(media_dim, dim), nn.GELU(), nn.Linear(dim, dim))
         self.type_embed = nn.Parameter(torch.zeros(1, 1, dim))
 
     def forward(self, media: Tensor, text: Tensor, text_mask: Tensor) -> tuple[Tensor, Tensor]:

@@ -44,7 +44,7 @@ def generate(model: Any, input_ids: Tensor, attention_mask: Tensor | None = None
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     new_tokens: list[Tensor] = []
     # The decoder has max_seq_len positions: stop when they are used up.
-    n_media = getattr(getattr(model, "config", None), "num_media_tokens", 0) if pixel_values is not None else 0
+    n_media = model.num_media_tokens if pixel_values is not None else 0
     room = model.max_seq_len - n_media - int(mask.sum(-1).max())
     if room < 0:
         raise ValueError(f"prompt of {int(mask.sum(-1).max())} tokens (+{n_media} media) exceeds "

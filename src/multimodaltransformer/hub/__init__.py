@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from ..models.base import TOKENIZER_FILE, load_state_strict
 from ..models.bert import BERT
 from ..models.clip import CLIP
+from ..models.composed import ComposedModel
 from ..models.gpt2 import GPT2
 from ..models.multimodal import MultimodalTransformerModel
 from ..models.vit import VisionTransformer
@@ -37,7 +38,7 @@ FAMILIES: dict[str, ModuleType] = {"gpt2": gpt2, "bert": bert, "vit": vit, "clip
 # Our own `model_type` -> model class with `from_pretrained`.
 OWN_MODELS: dict[str, Any] = {
     "multimodaltransformer": MultimodalTransformerModel, "mmt-gpt2": GPT2, "mmt-bert": BERT,
-    "mmt-vit": VisionTransformer, "mmt-clip": CLIP,
+    "mmt-vit": VisionTransformer, "mmt-clip": CLIP, "mmt-composed": ComposedModel,
 }
 
 

@@ -39,8 +39,8 @@ class ImageProcessor:
     """Resize to `image_size` and normalise to roughly [-1, 1]; returns (3, H, W) float tensors."""
 
     image_size: int = 64
-    mean: float = 0.5
-    std: float = 0.5
+    mean: float | tuple[float, float, float] = 0.5  # one value, or one per RGB channel
+    std: float | tuple[float, float, float] = 0.5
 
     def __call__(self, image: Image.Image | str | Path) -> Tensor:
         return self.normalize(self.to_uint8(image))
@@ -55,8 +55,10 @@ class ImageProcessor:
         return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
 
     def normalize(self, x: Tensor) -> Tensor:
-        """uint8 (..., 3, H, W) -> float in about [-1, 1]."""
-        return (x.float() / 255.0 - self.mean) / self.std
+        """uint8 (..., 3, H, W) -> (x / 255 - mean) / std per channel."""
+        mean = torch.tensor(self.mean, dtype=torch.float32).reshape(-1, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32).reshape(-1, 1, 1)
+        return (x.float() / 255.0 - mean) / std
 
 
 @dataclass

@@ -21,15 +21,34 @@ TOKENIZER_FILE = "tokenizer.json"
 
 
 class TextTokenizer:
-    """Thin wrapper that knows the special tokens the models rely on."""
+    """Thin wrapper that knows the special tokens the models rely on (pad, bos, eos, sep, unk).
 
-    def __init__(self, tokenizer: Tokenizer) -> None:
+    Our own tokenizers have dedicated tokens; a pretrained LM's tokenizer maps them onto its
+    own ids (`for_language_model`), and those ids travel in the model's config.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, special_ids: dict[str, int] | None = None) -> None:
         self.tokenizer = tokenizer
-        ids = {t: tokenizer.token_to_id(t) for t in SPECIAL_TOKENS}
-        missing = [t for t, i in ids.items() if i is None]
-        if missing:
-            raise ValueError(f"tokenizer lacks special token(s) {missing}")
-        self.pad_id, self.bos_id, self.eos_id, self.sep_id, self.unk_id = (ids[t] for t in SPECIAL_TOKENS)
+        if special_ids is None:
+            ids = {t.strip("<>"): tokenizer.token_to_id(t) for t in SPECIAL_TOKENS}
+            missing = [t for t, i in ids.items() if i is None]
+            if missing:
+                raise ValueError(f"tokenizer lacks special token(s) {missing}")
+            special_ids = ids  # type: ignore[assignment]
+        self.special_ids = dict(special_ids)
+        self.pad_id, self.bos_id, self.eos_id, self.sep_id, self.unk_id = (
+            self.special_ids[k] for k in ("pad", "bos", "eos", "sep", "unk"))
+
+    @classmethod
+    def for_language_model(cls, tokenizer: Tokenizer, eos_id: int, bos_id: int | None = None,
+                           separator: str = "\n") -> "TextTokenizer":
+        """Wrap a pretrained LM's tokenizer: pad/bos/unk default to its EOS, `separator` (one token)
+        ends the prompt."""
+        sep = tokenizer.encode(separator, add_special_tokens=False).ids
+        if len(sep) != 1:
+            raise ValueError(f"separator {separator!r} is {len(sep)} tokens for this tokenizer; choose one token")
+        bos = eos_id if bos_id is None else bos_id
+        return cls(tokenizer, {"pad": eos_id, "bos": bos, "eos": eos_id, "sep": sep[0], "unk": eos_id})
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int = 1024, min_frequency: int = 2) -> "TextTokenizer":

@@ -21,6 +21,7 @@ from ..config import ConfigError, from_dict, to_dict
 from ..fusion import EarlyFusion
 from ..modalities.image import ImageProcessor, ViTConfig, ViTEncoder
 from ..modalities.text import TOKENIZER_FILE, TextTokenizer
+from .base import load_state_strict, tied_aliases
 from .decoder import DecoderConfig, GPTDecoder
 
 CONFIG_FILE = "config.json"
@@ -155,7 +156,7 @@ class MultimodalTransformerModel(nn.Module):
         if labels is not None:
             loss = F.cross_entropy(
                 logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
-                ignore_index=IGNORE_INDEX, label_smoothing=self.config.label_smoothing)
+                ignore_index=IGNORE_INDEX, label_smoothing=self.label_smoothing)
         return ModelOutput(loss, logits)
 
     # ---- incremental decoding (used by generation/) ----------------------------------------
@@ -163,6 +164,15 @@ class MultimodalTransformerModel(nn.Module):
     def max_seq_len(self) -> int:
         """Positions the decoder can address, image tokens included."""
         return self.config.decoder.max_seq_len
+
+    @property
+    def num_media_tokens(self) -> int:
+        """Tokens the image adds in front of the text."""
+        return self.config.num_media_tokens
+
+    @property
+    def label_smoothing(self) -> float:
+        return self.config.label_smoothing
 
     def setup_caches(self, batch: int, max_len: int) -> None:
         self.decoder.transformer.setup_caches(batch, max_len)
@@ -193,9 +203,8 @@ class MultimodalTransformerModel(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         (directory / CONFIG_FILE).write_text(json.dumps(to_dict(self.config), indent=2) + "\n")
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        if self.config.decoder.tie_embeddings:
-            state.pop("decoder.lm_head.weight", None)  # safetensors refuses shared storage
+        skip = tied_aliases(self)  # safetensors refuses shared storage; the tie is rebuilt on load
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items() if k not in skip}
         save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(directory)
@@ -213,22 +222,7 @@ class MultimodalTransformerModel(nn.Module):
             raise ConfigError(f"{directory / CONFIG_FILE}: invalid JSON: {e}") from e
         model = cls(from_dict(MultimodalTransformer, raw, CONFIG_FILE))
         state = load_file(str(directory / WEIGHTS_FILE), device=str(map_location))
-        load_state_dict_strict(model, state, directory / WEIGHTS_FILE)
+        load_state_strict(model, state, directory / WEIGHTS_FILE)
         if (directory / TOKENIZER_FILE).is_file():
             model.tokenizer = TextTokenizer.from_pretrained(directory)
         return model.to(map_location).eval()
-
-
-def load_state_dict_strict(model: nn.Module, state: dict[str, Tensor], source: Path | str) -> None:
-    """Load `state` into `model`, naming any missing, unexpected or mis-shaped tensor."""
-    own = model.state_dict()
-    tied = {"decoder.lm_head.weight"} if getattr(model.config.decoder, "tie_embeddings", False) else set()
-    missing = sorted(set(own) - set(state) - tied)
-    unexpected = sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise ValueError(f"{source}: missing tensors {missing[:8]}, unexpected tensors {unexpected[:8]}")
-    for name, tensor in state.items():
-        if tensor.shape != own[name].shape:
-            raise ValueError(
-                f"{source}: tensor {name!r} has shape {tuple(tensor.shape)}, model expects {tuple(own[name].shape)}")
-    model.load_state_dict(state, strict=False)

@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..models.multimodal import MultimodalTransformerModel, load_state_dict_strict
+from ..models.base import load_state_strict
+from ..models.multimodal import MultimodalTransformerModel
 
 STATE_FILE = "trainer_state.json"
 OPTIM_FILE = "optimizer.safetensors"
@@ -97,7 +98,7 @@ def load_latest(ckpt_dir: Path, model: MultimodalTransformerModel, opt: torch.op
     for path in reversed(list_checkpoints(ckpt_dir)):
         try:
             state = json.loads((path / STATE_FILE).read_text())
-            load_state_dict_strict(model, load_file(str(path / "model.safetensors")), path / "model.safetensors")
+            load_state_strict(model, load_file(str(path / "model.safetensors")), path / "model.safetensors")
             tensors = load_file(str(path / OPTIM_FILE))
             torch.set_rng_state(tensors.pop("rng.torch"))
             _load_optimizer(opt, tensors, state.pop("optimizer"))

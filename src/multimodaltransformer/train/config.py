@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError, apply_overrides, from_dict, load_yaml
+from ..models.composed import ComposedConfig
 from ..models.multimodal import MultimodalTransformer
 
 
@@ -64,6 +65,8 @@ class RunConfig:
     model: MultimodalTransformer = field(default_factory=MultimodalTransformer)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    # Build the model from pretrained parts instead of `model` (image encoder + projector + LM).
+    compose: ComposedConfig | None = None
 
 
 def packaged_config(name: str) -> Path:

@@ -26,6 +26,7 @@ from ..data.sources import resolve_source
 from ..evaluate import predict, score
 from ..modalities.text import TextTokenizer
 from ..models.multimodal import MultimodalTransformerModel
+from ..nn.lora import count_parameters
 from .checkpoint import atomic_dir_write, load_latest, save_checkpoint
 from .config import RunConfig
 
@@ -96,19 +97,10 @@ class Trainer:
             read_manifest(resolve_source(d.train, d.cache_dir, self.progress), skip_bad=d.skip_bad), d.tasks, d.train)
         self.val_examples = (_select(read_manifest(resolve_source(d.val, d.cache_dir, self.progress),
                                                    skip_bad=d.skip_bad), d.tasks, d.val) if d.val else [])
-        tok_path = self.out / "tokenizer.json"
-        if resume and tok_path.is_file():
-            tok = TextTokenizer.from_pretrained(tok_path)
-        else:
-            texts = [s for e in self.train_examples for s in (e.prompt, e.target, e.text) if s]
-            tok = TextTokenizer.train(texts, vocab_size=d.tokenizer_vocab_size)
-            tok.save_pretrained(self.out)
-        mcfg = replace(run.model, decoder=replace(run.model.decoder, vocab_size=tok.vocab_size))
-        self.run = run = replace(run, model=mcfg)
-        save_json(run, self.out / "run_config.json")
-        self.model = MultimodalTransformerModel(mcfg)
-        self.model.tokenizer = tok
-        max_text = mcfg.decoder.max_seq_len - mcfg.num_media_tokens
+        self.model = self._build_model(resume)
+        tok = self.model.tokenizer
+        save_json(self.run, self.out / "run_config.json")
+        max_text = self.model.max_seq_len - self.model.num_media_tokens
         self.train_set = ManifestDataset(self.train_examples, tok, self.model.image_processor, max_text, d.skip_bad,
                                          pack=d.pack)
         self.collate = TrainCollator(tok.pad_id, self.model.image_processor)
@@ -127,6 +119,27 @@ class Trainer:
                 random.setstate(_tuple(state["python_rng"]))
                 np.random.set_state(_np_state(state["numpy_rng"]))
                 tqdm.write(f"resumed from {state['path']} at step {self.step}")
+
+    def _build_model(self, resume: bool) -> MultimodalTransformerModel:
+        """The model of `run.compose` (pretrained parts), else a fresh one with a tokenizer trained
+        on the training text (kept across resumes)."""
+        run = self.run
+        if run.compose is not None:
+            from ..models.composed import ComposedModel
+
+            return ComposedModel.compose(run.compose)
+        tok_path = self.out / "tokenizer.json"
+        if resume and tok_path.is_file():
+            tok = TextTokenizer.from_pretrained(tok_path)
+        else:
+            texts = [s for e in self.train_examples for s in (e.prompt, e.target, e.text) if s]
+            tok = TextTokenizer.train(texts, vocab_size=run.data.tokenizer_vocab_size)
+            tok.save_pretrained(self.out)
+        mcfg = replace(run.model, decoder=replace(run.model.decoder, vocab_size=tok.vocab_size))
+        self.run = replace(run, model=mcfg)
+        model = MultimodalTransformerModel(mcfg)
+        model.tokenizer = tok
+        return model
 
     def _batches(self):
         """Endless, resumable batches: epoch e visits a permutation seeded by (seed, e)."""
@@ -152,7 +165,7 @@ class Trainer:
             return {}
         model, t = self.model, self.run.train
         model.eval()
-        max_text = self.run.model.decoder.max_seq_len - self.run.model.num_media_tokens
+        max_text = model.max_seq_len - model.num_media_tokens
         val_set = ManifestDataset(self.val_examples[:1024], model.tokenizer, model.image_processor, max_text,
                                   pack=self.run.data.pack)
         losses = []
@@ -180,8 +193,8 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         self._setup(resume)
         t, model = self.run.train, self.model
-        n_params = sum(p.numel() for p in model.parameters())
-        tqdm.write(f"model: {n_params / 1e6:.2f}M parameters; {len(self.train_set.examples)} training examples "
+        trainable, n_params = count_parameters(model)
+        tqdm.write(f"model: {n_params / 1e6:.2f}M parameters ({trainable / 1e6:.2f}M trainable); {len(self.train_set.examples)} training examples "
                    f"in {len(self.train_set)} sequences; "
                    f"vocab {model.tokenizer.vocab_size}")
         model.train()

@@ -1,0 +1,216 @@
+"""Composition from pretrained parts (the LLaVA / ClipCap recipe): image encoder -> projector -> LM.
+
+Any image encoder `load_pretrained` reads (Hugging Face ViT or CLIP, ours, or the image encoder of
+a trained multimodal model) feeds its patch tokens through a projector into any decoder LM it
+reads (GPT-2, ...), as a prefix to the text. Components can be frozen, and the LM can carry LoRA
+adapters. The sources are read once; a saved composed model carries its parts' configs and
+rebuilds without them. Legend: B batch, N image tokens, C dims.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from safetensors.torch import load_file
+from torch import Tensor, nn
+
+from ..config import ConfigError, from_dict, to_dict
+from ..fusion import EarlyFusion
+from ..modalities.image import ImageProcessor, ViTConfig, ViTEncoder
+from ..modalities.text import TextTokenizer
+from ..nn.lora import LoRAConfig, apply_lora, merge_lora
+from .base import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, load_state_strict
+from .multimodal import MultimodalTransformerModel
+from .vit import VisionTransformer, VisionTransformerConfig
+
+Component = Literal["vision", "projector", "language"]
+
+
+@dataclass
+class ComposedConfig:
+    vision_source: str | None = None  # a directory load_pretrained reads (HF vit/clip, ours, a trained model)
+    language_source: str | None = None  # a decoder LM directory (HF gpt2, ours)
+    projector: Literal["linear", "mlp"] = "mlp"
+    freeze: list[Component] = field(default_factory=lambda: ["vision"])
+    lora: LoRAConfig | None = None  # adapters on the language model
+    separator: str = "\n"  # ends the prompt; must be one token of the LM's tokenizer
+    label_smoothing: float = 0.0
+    # Filled in when the parts are read; a saved model rebuilds from these alone.
+    vision: dict[str, Any] | None = None
+    language: dict[str, Any] | None = None
+    special_ids: dict[str, int] | None = None
+    image: dict[str, Any] | None = None  # ImageProcessor fields
+    model_type: Literal["mmt-composed"] = "mmt-composed"
+
+
+class VisionTokens(nn.Module):
+    """Patch tokens (B, N, C) of a ViT-like encoder; the [CLS] token of HF-style ViTs is dropped."""
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, pixel_values: Tensor) -> Tensor:
+        if isinstance(self.encoder, VisionTransformer):
+            return self.encoder(pixel_values).last_hidden_state[:, 1:]
+        return self.encoder(pixel_values)
+
+
+class LMDecoder(nn.Module):
+    """The decoder interface the multimodal model drives (embed; embeddings + positions -> logits)
+    over a pretrained decoder LM with `tok_embed`, `transformer` (a TransformerStack) and `lm_head`."""
+
+    def __init__(self, lm: nn.Module) -> None:
+        super().__init__()
+        self.lm = lm
+
+    @property
+    def transformer(self) -> nn.Module:
+        return self.lm.transformer
+
+    def embed(self, input_ids: Tensor) -> Tensor:
+        return self.lm.tok_embed(input_ids)
+
+    def forward(self, x: Tensor, positions: Tensor, mask: Tensor | None = None,
+                input_pos: Tensor | None = None) -> Tensor:
+        return self.lm.lm_head(self.lm.transformer(x, mask, input_pos, positions=positions))
+
+
+def _vision_parts(model: nn.Module, source: str) -> tuple[nn.Module, dict[str, Any], ImageProcessor]:
+    """(encoder, its config with a `kind`, image processor) from whatever load_pretrained returned."""
+    from .clip import CLIP
+
+    if isinstance(model, MultimodalTransformerModel) and model.image_encoder is not None:
+        enc = model.image_encoder
+        return enc, {"kind": "vit-encoder", **to_dict(enc.cfg)}, model.image_processor
+    if isinstance(model, CLIP):
+        model = model.vision_model
+    if isinstance(model, VisionTransformer):
+        proc = _hf_image_processor(Path(source), model.config.image_size)
+        return model, {"kind": "vision-transformer", **to_dict(model.config)}, proc
+    raise ConfigError(f"{source}: {type(model).__name__} is not an image encoder (use a ViT, CLIP or a "
+                      "trained multimodal model)")
+
+
+def _hf_image_processor(directory: Path, size: int) -> ImageProcessor:
+    """Mean/std from a Hugging Face preprocessor_config.json when there is one."""
+    file = directory / "preprocessor_config.json"
+    if file.is_file():
+        raw = json.loads(file.read_text())
+        return ImageProcessor(size, tuple(raw.get("image_mean", (0.5,) * 3)), tuple(raw.get("image_std", (0.5,) * 3)))
+    return ImageProcessor(size)
+
+
+def _build_vision(cfg: dict[str, Any]) -> nn.Module:
+    kind, rest = cfg["kind"], {k: v for k, v in cfg.items() if k != "kind"}
+    if kind == "vit-encoder":
+        return ViTEncoder(from_dict(ViTConfig, rest, "vision"))
+    return VisionTransformer(from_dict(VisionTransformerConfig, rest, "vision"))
+
+
+def _build_language(cfg: dict[str, Any]) -> nn.Module:
+    from ..hub import OWN_MODELS
+
+    cls = OWN_MODELS.get(cfg.get("model_type", ""))
+    if cls is None or not hasattr(cls, "config_class"):
+        raise ConfigError(f"language: unknown decoder LM model_type {cfg.get('model_type')!r}")
+    return cls(from_dict(cls.config_class, cfg, "language"))
+
+
+class ComposedModel(MultimodalTransformerModel):
+    """Same interface as MultimodalTransformerModel (forward, generate, save_pretrained)."""
+
+    def __init__(self, config: ComposedConfig, vision: nn.Module, language: nn.Module,
+                 tokenizer: TextTokenizer | None = None, image_processor: ImageProcessor | None = None) -> None:
+        nn.Module.__init__(self)
+        self.config = config
+        for name in ("tok_embed", "transformer", "lm_head"):
+            if not hasattr(language, name):
+                raise ConfigError(f"language: {type(language).__name__} is not a decoder LM (no {name})")
+        self.image_encoder = VisionTokens(vision)
+        self.decoder = LMDecoder(language)
+        with torch.no_grad():
+            n_media, media_dim = self.image_encoder(torch.zeros(1, 3, *(2 * [self._image_size(vision)]))).shape[1:]
+        self._num_media = int(n_media)
+        lm_dim = language.tok_embed.weight.shape[1]
+        self.fusion = EarlyFusion(int(media_dim), lm_dim, config.projector)
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor or ImageProcessor(**(config.image or {}))
+        parts = {"vision": self.image_encoder, "projector": self.fusion, "language": self.decoder}
+        for name in config.freeze:
+            parts[name].requires_grad_(False)
+        if config.lora is not None:
+            apply_lora(self.decoder.lm, config.lora)
+
+    @staticmethod
+    def _image_size(vision: nn.Module) -> int:
+        cfg = getattr(vision, "config", None) or vision.cfg
+        return cfg.image_size
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.decoder.lm.config.transformer.max_seq_len
+
+    @property
+    def num_media_tokens(self) -> int:
+        return self._num_media
+
+    @property
+    def label_smoothing(self) -> float:
+        return self.config.label_smoothing
+
+    def train(self, mode: bool = True) -> "ComposedModel":
+        super().train(mode)
+        if "vision" in self.config.freeze:  # a frozen encoder keeps eval behaviour (BatchNorm, dropout)
+            self.image_encoder.eval()
+        return self
+
+    def merge_lora(self) -> "ComposedModel":
+        """Fold the LoRA adapters into the LM's weights (for export); the config drops `lora`."""
+        merge_lora(self)
+        self.config = dataclasses.replace(self.config, lora=None)
+        return self
+
+    @classmethod
+    def compose(cls, config: ComposedConfig) -> "ComposedModel":
+        """Read the parts from `vision_source` and `language_source` and assemble them."""
+        from ..hub import load_pretrained
+
+        if not config.vision_source or not config.language_source:
+            raise ConfigError("compose: give both vision_source and language_source directories")
+        vision, vcfg, proc = _vision_parts(load_pretrained(config.vision_source), config.vision_source)
+        language = load_pretrained(config.language_source)
+        hf_tok = getattr(language, "tokenizer", None)
+        if hf_tok is None:
+            raise ConfigError(f"{config.language_source}: the language model has no tokenizer files")
+        eos = getattr(language.config, "eos_token_id", None)
+        if eos is None:
+            raise ConfigError(f"{config.language_source}: the language model names no eos_token_id")
+        tok = TextTokenizer.for_language_model(hf_tok, eos, separator=config.separator)
+        config = dataclasses.replace(
+            config, vision=vcfg, language=to_dict(language.config), special_ids=tok.special_ids,
+            image={"image_size": proc.image_size, "mean": proc.mean, "std": proc.std})
+        model = cls(config, vision, language, tok, proc)
+        return model
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "ComposedModel":
+        directory = Path(directory)
+        for name in (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE):
+            if not (directory / name).is_file():
+                raise FileNotFoundError(f"{directory / name} not found: not a saved composed model")
+        config = from_dict(ComposedConfig, json.loads((directory / CONFIG_FILE).read_text()), CONFIG_FILE)
+        if config.vision is None or config.language is None or config.special_ids is None:
+            raise ConfigError(f"{directory / CONFIG_FILE}: a saved composed model needs vision, language "
+                              "and special_ids")
+        from tokenizers import Tokenizer
+
+        tok = TextTokenizer(Tokenizer.from_file(str(directory / TOKENIZER_FILE)), config.special_ids)
+        model = cls(config, _build_vision(config.vision), _build_language(config.language), tok)
+        load_state_strict(model, load_file(str(directory / WEIGHTS_FILE)), directory / WEIGHTS_FILE)
+        return model.to(map_location).eval()

@@ -127,3 +127,28 @@ def test_train_a_composed_model_and_generate(parts, shapes_dir, tmp_path):
     assert main(["generate", str(tmp_path / "run" / "model"), "--data", m, "--out", str(pred),
                  "--max-new-tokens", "3"]) == 0
     assert len(pred.read_text().splitlines()) == len(read_manifest(m))
+
+
+def test_text_only_fine_tuning_of_an_imported_gpt2(parts, tmp_path):
+    """The seeds' GPT-2 fine-tuning recipe through `mmt train`: a text manifest, language_source only."""
+    import json
+
+    from multimodaltransformer.train.config import load_run_config
+    from multimodaltransformer.train.trainer import train
+
+    m = tmp_path / "text.jsonl"
+    lines = [{"id": str(i), "task": "lm", "prompt": "", "target": t}
+             for i, t in enumerate(["a red circle left of a blue square", "how many objects are there?"] * 8)]
+    m.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    run = load_run_config("shapes-tiny", [f"compose={{language_source: {parts / 'gpt2'}, freeze: []}}",
+                                          f"data.train={m}", "data.val=null", "train.max_steps=150", "train.log_every=5",
+                                          "train.batch_size=8", "train.lr=5e-3", "train.warmup_steps=5"])
+    model = train(run, tmp_path / "run", progress=False)
+    assert model.image_encoder is None and model.num_media_tokens == 0
+    log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["loss"] < 0.5 * log[0]["loss"]
+    loaded = load_pretrained(tmp_path / "run" / "model")
+    tok = loaded.tokenizer
+    ids = torch.tensor([[tok.bos_id, tok.sep_id]])
+    out = loaded.generate(ids, max_new_tokens=40)
+    assert tok.decode(out[0, 2:].tolist()) in {"a red circle left of a blue square", "how many objects are there?"}

@@ -33,7 +33,8 @@ Component = Literal["vision", "projector", "language"]
 
 @dataclass
 class ComposedConfig:
-    vision_source: str | None = None  # a directory load_pretrained reads (HF vit/clip, ours, a trained model)
+    vision_source: str | None = None  # a directory load_pretrained reads (HF vit/clip, ours, a trained model);
+    # None: a text-only model (fine-tuning a pretrained LM on text, the seeds' GPT-2 recipe)
     language_source: str | None = None  # a decoder LM directory (HF gpt2, ours)
     projector: Literal["linear", "mlp"] = "mlp"
     freeze: list[Component] = field(default_factory=lambda: ["vision"])
@@ -125,25 +126,29 @@ def _build_language(cfg: dict[str, Any]) -> nn.Module:
 class ComposedModel(MultimodalTransformerModel):
     """Same interface as MultimodalTransformerModel (forward, generate, save_pretrained)."""
 
-    def __init__(self, config: ComposedConfig, vision: nn.Module, language: nn.Module,
+    def __init__(self, config: ComposedConfig, vision: nn.Module | None, language: nn.Module,
                  tokenizer: TextTokenizer | None = None, image_processor: ImageProcessor | None = None) -> None:
         nn.Module.__init__(self)
         self.config = config
         for name in ("tok_embed", "transformer", "lm_head"):
             if not hasattr(language, name):
                 raise ConfigError(f"language: {type(language).__name__} is not a decoder LM (no {name})")
-        self.image_encoder = VisionTokens(vision)
         self.decoder = LMDecoder(language)
-        with torch.no_grad():
-            n_media, media_dim = self.image_encoder(torch.zeros(1, 3, *(2 * [self._image_size(vision)]))).shape[1:]
-        self._num_media = int(n_media)
-        lm_dim = language.tok_embed.weight.shape[1]
-        self.fusion = EarlyFusion(int(media_dim), lm_dim, config.projector)
         self.tokenizer = tokenizer
-        self.image_processor = image_processor or ImageProcessor(**(config.image or {}))
+        self.image_encoder = self.fusion = self.image_processor = None
+        self._num_media = 0
+        if vision is not None:
+            self.image_encoder = VisionTokens(vision)
+            with torch.no_grad():
+                probe = torch.zeros(1, 3, *(2 * [self._image_size(vision)]))
+                n_media, media_dim = self.image_encoder(probe).shape[1:]
+            self._num_media = int(n_media)
+            self.fusion = EarlyFusion(int(media_dim), language.tok_embed.weight.shape[1], config.projector)
+            self.image_processor = image_processor or ImageProcessor(**(config.image or {}))
         parts = {"vision": self.image_encoder, "projector": self.fusion, "language": self.decoder}
         for name in config.freeze:
-            parts[name].requires_grad_(False)
+            if parts[name] is not None:
+                parts[name].requires_grad_(False)
         if config.lora is not None:
             apply_lora(self.decoder.lm, config.lora)
 
@@ -166,7 +171,7 @@ class ComposedModel(MultimodalTransformerModel):
 
     def train(self, mode: bool = True) -> "ComposedModel":
         super().train(mode)
-        if "vision" in self.config.freeze:  # a frozen encoder keeps eval behaviour (BatchNorm, dropout)
+        if "vision" in self.config.freeze and self.image_encoder is not None:  # a frozen encoder keeps eval behaviour (BatchNorm, dropout)
             self.image_encoder.eval()
         return self
 
@@ -181,9 +186,11 @@ class ComposedModel(MultimodalTransformerModel):
         """Read the parts from `vision_source` and `language_source` and assemble them."""
         from ..hub import load_pretrained
 
-        if not config.vision_source or not config.language_source:
-            raise ConfigError("compose: give both vision_source and language_source directories")
-        vision, vcfg, proc = _vision_parts(load_pretrained(config.vision_source), config.vision_source)
+        if not config.language_source:
+            raise ConfigError("compose: give language_source (a decoder LM directory)")
+        vision, vcfg, proc = None, None, None
+        if config.vision_source:
+            vision, vcfg, proc = _vision_parts(load_pretrained(config.vision_source), config.vision_source)
         language = load_pretrained(config.language_source)
         hf_tok = getattr(language, "tokenizer", None)
         if hf_tok is None:
@@ -194,7 +201,7 @@ class ComposedModel(MultimodalTransformerModel):
         tok = TextTokenizer.for_language_model(hf_tok, eos, separator=config.separator)
         config = dataclasses.replace(
             config, vision=vcfg, language=to_dict(language.config), special_ids=tok.special_ids,
-            image={"image_size": proc.image_size, "mean": proc.mean, "std": proc.std})
+            image={"image_size": proc.image_size, "mean": proc.mean, "std": proc.std} if proc else None)
         model = cls(config, vision, language, tok, proc)
         return model
 
@@ -205,12 +212,12 @@ class ComposedModel(MultimodalTransformerModel):
             if not (directory / name).is_file():
                 raise FileNotFoundError(f"{directory / name} not found: not a saved composed model")
         config = from_dict(ComposedConfig, json.loads((directory / CONFIG_FILE).read_text()), CONFIG_FILE)
-        if config.vision is None or config.language is None or config.special_ids is None:
-            raise ConfigError(f"{directory / CONFIG_FILE}: a saved composed model needs vision, language "
-                              "and special_ids")
+        if config.language is None or config.special_ids is None:
+            raise ConfigError(f"{directory / CONFIG_FILE}: a saved composed model needs language and special_ids")
         from tokenizers import Tokenizer
 
         tok = TextTokenizer(Tokenizer.from_file(str(directory / TOKENIZER_FILE)), config.special_ids)
-        model = cls(config, _build_vision(config.vision), _build_language(config.language), tok)
+        vision = _build_vision(config.vision) if config.vision is not None else None
+        model = cls(config, vision, _build_language(config.language), tok)
         load_state_strict(model, load_file(str(directory / WEIGHTS_FILE)), directory / WEIGHTS_FILE)
         return model.to(map_location).eval()

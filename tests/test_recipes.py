@@ -12,7 +12,7 @@ def test_seed_gpt2_fine_tuning_recipe(parts):  # noqa: F811
     tok = model.tokenizer
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    batches = [["a red circle left of a blue square", "how many objects are there?"]] * 12
+    batches = [["a red circle left of a blue square", "how many objects are there?"]] * 30
     losses = []
     for texts in batches:
         enc = tok.encode_batch(texts)

@@ -60,27 +60,38 @@ class PretrainedModel(nn.Module):
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Write config.json + model.safetensors (+ tokenizer.json when a tokenizer is attached)."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / CONFIG_FILE).write_text(json.dumps(to_dict(self.config), indent=2) + "\n")
-        skip = tied_aliases(self)  # safetensors refuses shared storage; the tie is rebuilt on load
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items() if k not in skip}
-        save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
+        directory = write_model_dir(self, directory)
         if self.tokenizer is not None:
             self.tokenizer.save(str(directory / TOKENIZER_FILE))
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "PretrainedModel":
         directory = Path(directory)
-        for name in (CONFIG_FILE, WEIGHTS_FILE):
-            if not (directory / name).is_file():
-                raise FileNotFoundError(f"{directory / name} not found: not a saved model directory")
-        try:
-            raw = json.loads((directory / CONFIG_FILE).read_text())
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{directory / CONFIG_FILE}: invalid JSON: {e}") from e
-        model = cls(from_dict(cls.config_class, raw, str(directory / CONFIG_FILE)))
+        model = cls(read_model_config(directory, cls.config_class))
         load_state_strict(model, load_file(str(directory / WEIGHTS_FILE)), directory / WEIGHTS_FILE)
         if (directory / TOKENIZER_FILE).is_file():
             model.tokenizer = Tokenizer.from_file(str(directory / TOKENIZER_FILE))
         return model.to(map_location).eval()
+
+
+def write_model_dir(model: nn.Module, directory: str | Path) -> Path:
+    """config.json (the model's `config` dataclass) + model.safetensors; returns the directory."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / CONFIG_FILE).write_text(json.dumps(to_dict(model.config), indent=2) + "\n")
+    skip = tied_aliases(model)  # safetensors refuses shared storage; the tie is rebuilt on load
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k not in skip}
+    save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
+    return directory
+
+
+def read_model_config(directory: Path, config_class: type) -> Any:
+    """The config dataclass of a saved model directory, with errors that name the file."""
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        if not (directory / name).is_file():
+            raise FileNotFoundError(f"{directory / name} not found: not a saved model directory")
+    try:
+        raw = json.loads((directory / CONFIG_FILE).read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{directory / CONFIG_FILE}: invalid JSON: {e}") from e
+    return from_dict(config_class, raw, str(directory / CONFIG_FILE))

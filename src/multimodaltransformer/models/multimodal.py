@@ -6,7 +6,6 @@ Legend: B batch, N image tokens, T text tokens, S = N + T, C decoder dim, V voca
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,18 +13,15 @@ from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from ..config import ConfigError, from_dict, to_dict
 from ..fusion import EarlyFusion
 from ..modalities.image import ImageProcessor, ViTConfig, ViTEncoder
 from ..modalities.text import TOKENIZER_FILE, TextTokenizer
-from .base import load_state_strict, tied_aliases
+from .base import WEIGHTS_FILE, load_state_strict, read_model_config, write_model_dir
 from .decoder import DecoderConfig, GPTDecoder
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
 IGNORE_INDEX = -100
 
 
@@ -200,12 +196,7 @@ class MultimodalTransformerModel(nn.Module):
     # ---- save / load -----------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> None:
         """Write config.json + model.safetensors (+ tokenizer.json when a tokenizer is attached)."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / CONFIG_FILE).write_text(json.dumps(to_dict(self.config), indent=2) + "\n")
-        skip = tied_aliases(self)  # safetensors refuses shared storage; the tie is rebuilt on load
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items() if k not in skip}
-        save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
+        directory = write_model_dir(self, directory)
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(directory)
 
@@ -213,14 +204,7 @@ class MultimodalTransformerModel(nn.Module):
     def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu"
                         ) -> "MultimodalTransformerModel":
         directory = Path(directory)
-        for name in (CONFIG_FILE, WEIGHTS_FILE):
-            if not (directory / name).is_file():
-                raise FileNotFoundError(f"{directory / name} not found: not a saved model directory")
-        try:
-            raw = json.loads((directory / CONFIG_FILE).read_text())
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{directory / CONFIG_FILE}: invalid JSON: {e}") from e
-        model = cls(from_dict(MultimodalTransformer, raw, CONFIG_FILE))
+        model = cls(read_model_config(directory, MultimodalTransformer))
         state = load_file(str(directory / WEIGHTS_FILE), device=str(map_location))
         load_state_strict(model, state, directory / WEIGHTS_FILE)
         if (directory / TOKENIZER_FILE).is_file():

@@ -22,7 +22,7 @@ def test_errors_exit_2_with_a_message(tmp_path, capsys):
     assert main(["train", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "o")]) == 2
     assert "config file not found" in capsys.readouterr().err
     assert main(["generate", str(tmp_path), "--prompt", "hi"]) == 2
-    assert "not a saved model directory" in capsys.readouterr().err
+    assert "not a model directory" in capsys.readouterr().err
 
 
 def test_module_entry_point():

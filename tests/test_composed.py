@@ -2,37 +2,11 @@
 
 import pytest
 import torch
-import transformers as hf
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from multimodaltransformer.data import ManifestDataset, TrainCollator, read_manifest
 from multimodaltransformer.hub import load_pretrained
 from multimodaltransformer.models.composed import ComposedConfig, ComposedModel
 from multimodaltransformer.nn.lora import LoRAConfig, LoRALinear, count_parameters
-
-from hub_utils import perturb
-
-
-@pytest.fixture(scope="module")
-def parts(tmp_path_factory, shapes_dir):
-    root = tmp_path_factory.mktemp("parts")
-    torch.manual_seed(0)
-    vit = perturb(hf.ViTModel(hf.ViTConfig(hidden_size=24, num_hidden_layers=1, num_attention_heads=2,
-                                            intermediate_size=40, image_size=32, patch_size=8)))
-    vit.save_pretrained(root / "vit")
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    texts = [s for e in read_manifest(shapes_dir) for s in (e.prompt, e.target)]
-    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=330, special_tokens=["<|endoftext|>"],
-                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                                       show_progress=False))
-    eos = tok.token_to_id("<|endoftext|>")
-    gpt2 = perturb(hf.GPT2LMHeadModel(hf.GPT2Config(vocab_size=tok.get_vocab_size(), n_embd=32, n_layer=2,
-                                                    n_head=2, n_positions=96, bos_token_id=eos, eos_token_id=eos)))
-    gpt2.save_pretrained(root / "gpt2")
-    tok.save(str(root / "gpt2" / "tokenizer.json"))
-    return root
 
 
 def _batch(model, shapes_dir, n=2):

@@ -4,10 +4,8 @@ import torch
 
 from multimodaltransformer import load_pretrained
 
-from test_composed import parts  # noqa: F401  (fixture: a tiny HF GPT-2 with tokenizer.json)
 
-
-def test_seed_gpt2_fine_tuning_recipe(parts):  # noqa: F811
+def test_seed_gpt2_fine_tuning_recipe(parts):
     model = load_pretrained(parts / "gpt2")
     tok = model.tokenizer
     model.train()

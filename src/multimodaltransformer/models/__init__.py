@@ -5,11 +5,16 @@ from .bert import BERT, BERTConfig, mean_pool
 from .clip import CLIP, CLIPConfig, CLIPOutput, CLIPTextConfig, CLIPTextEncoder
 from .decoder import DecoderConfig, GPTDecoder
 from .gpt2 import GPT2, GPT2Config
+from .llama import Llama, LlamaConfig
+from .lm import DecoderLM, DecoderLMConfig
 from .multimodal import ModelOutput, MultimodalTransformer, MultimodalTransformerModel
 from .vit import VisionTransformer, VisionTransformerConfig
+from .whisper import Whisper, WhisperConfig, WhisperOutput
 
 __all__ = [
     "DecoderConfig", "GPTDecoder", "ModelOutput", "MultimodalTransformer", "MultimodalTransformerModel",
     "PretrainedModel", "BERT", "BERTConfig", "mean_pool", "CLIP", "CLIPConfig", "CLIPOutput", "CLIPTextConfig",
-    "CLIPTextEncoder", "GPT2", "GPT2Config", "VisionTransformer", "VisionTransformerConfig",
+    "CLIPTextEncoder", "DecoderLM", "DecoderLMConfig", "GPT2", "GPT2Config", "Llama", "LlamaConfig",
+    "VisionTransformer", "VisionTransformerConfig",
+    "Whisper", "WhisperConfig", "WhisperOutput",
 ]

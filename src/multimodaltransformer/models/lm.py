@@ -1,0 +1,149 @@
+"""Decoder-only language models (GPT-2, Llama ...): token embeddings -> causal stack -> LM head.
+
+One class for every family: what differs is configuration (positions, norm, activation, GQA,
+biases, tied head) and the weight mapping in hub/. Families subclass `DecoderLMConfig` only to
+give their defaults and their saved `model_type`. Legend: B batch, T length, L cache slots,
+C dim, V vocab.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import closing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..nn import TransformerConfig, TransformerStack, causal_padding_mask
+from .base import PretrainedModel
+from .multimodal import IGNORE_INDEX, ModelOutput
+
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
+
+
+@dataclass
+class DecoderLMConfig:
+    """What every decoder-only LM needs; a family subclass sets the defaults and `model_type`."""
+
+    transformer: TransformerConfig = field(default_factory=TransformerConfig)
+    vocab_size: int = 32000
+    tie_embeddings: bool = True
+    bos_token_id: int | None = None
+    # one id or several (Llama 3 stops at <|end_of_text|> and <|eot_id|>)
+    eos_token_id: int | list[int] | None = None
+
+
+def greedy(logits: Tensor) -> Tensor:
+    return logits.argmax(-1)
+
+
+def read_chat_template(directory: Path) -> str | None:
+    """chat_template.jinja (ours, and transformers >= 4.43), else tokenizer_config.json's `chat_template`."""
+    if (directory / CHAT_TEMPLATE_FILE).is_file():
+        return (directory / CHAT_TEMPLATE_FILE).read_text()
+    config = directory / "tokenizer_config.json"
+    if not config.is_file():
+        return None
+    template = json.loads(config.read_text()).get("chat_template")
+    if isinstance(template, list):  # named templates: [{"name": "default", "template": ...}, ...]
+        template = next((t["template"] for t in template if t.get("name") == "default"), None)
+    return template if isinstance(template, str) else None
+
+
+class DecoderLM(PretrainedModel):
+    """`model(input_ids, attention_mask=None).logits` (B, T, V), as HF `*ForCausalLM`.
+
+    `chat_template` (a Jinja string, or None) travels with the model for `chat.Chat`.
+    """
+
+    config_class = DecoderLMConfig
+
+    def __init__(self, config: DecoderLMConfig) -> None:
+        super().__init__(config)
+        C = config.transformer.dim
+        self.tok_embed = nn.Embedding(config.vocab_size, C)
+        self.transformer = TransformerStack(config.transformer)
+        self.lm_head = nn.Linear(C, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.tok_embed.weight
+        self.chat_template: str | None = None
+
+    @property
+    def eos_ids(self) -> list[int]:
+        eos = self.config.eos_token_id
+        return [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, position_ids: Tensor | None = None,
+                labels: Tensor | None = None) -> ModelOutput:
+        """Positions default to 0..T-1 whatever the padding (as in HF); `labels` are shifted here."""
+        T = input_ids.shape[1]
+        if T > self.config.transformer.max_seq_len:
+            raise ValueError(f"sequence of {T} tokens exceeds max_seq_len {self.config.transformer.max_seq_len}")
+        mask = causal_padding_mask(attention_mask, T, device=input_ids.device)
+        h = self.transformer(self.tok_embed(input_ids), mask, positions=position_ids)
+        logits = self.lm_head(h)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
+                                   ignore_index=IGNORE_INDEX)
+        return ModelOutput(loss, logits)
+
+    @torch.no_grad()
+    def stream(self, input_ids: Tensor, max_new_tokens: int,
+               pick: Callable[[Tensor], Tensor] = greedy) -> Iterator[Tensor]:
+        """Yield the next token (B,) of unpadded prompts (B, T): a prefill, then one cached step per token.
+
+        `pick` turns logits (B, V) into ids (greedy, sampling ...); the caller decides when to stop
+        (close the generator to free the cache early). At most max_seq_len - T tokens come out.
+        """
+        B, T = input_ids.shape
+        max_len = self.config.transformer.max_seq_len
+        if T > max_len:
+            raise ValueError(f"prompt of {T} tokens exceeds max_seq_len {max_len}")
+        L = min(T + max_new_tokens, max_len)
+        self.transformer.setup_caches(B, L)
+        try:
+            slots = torch.arange(L, device=input_ids.device)
+            pos = slots[:T]
+            x = self.tok_embed(input_ids)
+            for _ in range(L - T):
+                mask = slots[None, :] <= pos[:, None]  # (T, L): each query sees the cache up to itself
+                tok = pick(self.lm_head(self.transformer(x, mask, input_pos=pos)[:, -1]))
+                yield tok
+                pos, x = pos[-1:] + 1, self.tok_embed(tok[:, None])
+        finally:
+            self.transformer.clear_caches()
+
+    @torch.no_grad()
+    def generate(self, input_ids: Tensor, max_new_tokens: int = 20,
+                 eos_token_id: int | list[int] | None = None) -> Tensor:
+        """Greedy decoding with the KV cache for unpadded prompts (B, T) -> (B, T + n); finished rows repeat EOS."""
+        eos_ids = self.eos_ids if eos_token_id is None else [eos_token_id] if isinstance(eos_token_id, int) \
+            else list(eos_token_id)
+        eos = torch.tensor(eos_ids, dtype=torch.long, device=input_ids.device)
+        ids, done = input_ids, torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        with closing(self.stream(input_ids, max_new_tokens)) as tokens:
+            for tok in tokens:
+                if eos.numel():
+                    tok = torch.where(done, eos[0], tok)
+                    done = done | torch.isin(tok, eos)
+                ids = torch.cat([ids, tok[:, None]], dim=1)
+                if bool(done.all()):
+                    break
+        return ids
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """config.json + model.safetensors (+ tokenizer.json, chat_template.jinja when present)."""
+        super().save_pretrained(directory)
+        if self.chat_template is not None:
+            (Path(directory) / CHAT_TEMPLATE_FILE).write_text(self.chat_template)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "DecoderLM":
+        model = super().from_pretrained(directory, map_location)
+        model.chat_template = read_chat_template(Path(directory))
+        return model

@@ -1,0 +1,160 @@
+"""Whisper (Radford et al. 2022): an audio encoder and a text decoder that cross-attends to it.
+
+log-mel (B, M, 2S) -> `AudioEncoder` (conv stem, sinusoidal table, pre-LN stack) -> memory (B, S, C);
+tokens (B, T) -> embeddings + learned positions -> causal pre-LN stack with cross attention -> tied head.
+What is Whisper-specific lives in configuration and in hub/whisper.py (its k_proj has no bias: see there).
+Greedy decoding runs the encoder once and caches the decoder's self-attention K/V per step and the
+cross-attention K/V once, at prefill. Legend: B batch, M mels, S audio positions, T tokens, C dim, V vocab.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..modalities.audio import AudioEncoder, AudioEncoderConfig, AudioProcessorConfig
+from ..nn import TransformerConfig, TransformerDecoder
+from .base import PretrainedModel
+from .multimodal import IGNORE_INDEX
+
+
+def _whisper_decoder_stack() -> TransformerConfig:  # whisper-tiny
+    return TransformerConfig(dim=384, depth=4, heads=6, mlp_dim=1536, position="learned", max_seq_len=448,
+                             cross_attention=True)
+
+
+@dataclass
+class WhisperConfig:
+    encoder: AudioEncoderConfig = field(default_factory=AudioEncoderConfig)
+    decoder: TransformerConfig = field(default_factory=_whisper_decoder_stack)
+    vocab_size: int = 51865
+    tie_embeddings: bool = True
+    decoder_start_token_id: int = 50257  # <|startoftranscript|>
+    eos_token_id: int | None = 50256  # <|endoftext|>
+    pad_token_id: int | None = 50256  # replaces ignored (-100) labels when they are shifted into decoder inputs
+    model_type: Literal["mmt-whisper"] = "mmt-whisper"
+
+    def __post_init__(self) -> None:
+        if not self.decoder.cross_attention:
+            raise ValueError("decoder.cross_attention must be true: Whisper's decoder attends to the audio")
+        if self.encoder.transformer.dim != self.decoder.dim:
+            raise ValueError(f"encoder dim {self.encoder.transformer.dim} must equal decoder dim {self.decoder.dim}")
+
+    def processor_config(self) -> AudioProcessorConfig:
+        """The log-mel front end this model takes: its mel count, and a window of 2S frames (30 s for S = 1500)."""
+        c = AudioProcessorConfig(n_mels=self.encoder.n_mels)
+        c.chunk_length = 2 * self.encoder.transformer.max_seq_len * c.hop_length / c.sampling_rate
+        return c
+
+
+class WhisperOutput(NamedTuple):
+    loss: Tensor | None
+    logits: Tensor  # (B, T, V)
+    encoder_last_hidden_state: Tensor  # (B, S, C)
+
+
+class Whisper(PretrainedModel):
+    """`model(input_features, decoder_input_ids).logits`, `encode`, `generate`, as WhisperForConditionalGeneration."""
+
+    config_class = WhisperConfig
+
+    def __init__(self, config: WhisperConfig) -> None:
+        super().__init__(config)
+        C = config.decoder.dim
+        self.encoder = AudioEncoder(config.encoder)
+        self.tok_embed = nn.Embedding(config.vocab_size, C)
+        self.decoder = TransformerDecoder(config.decoder)
+        self.lm_head = nn.Linear(C, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.tok_embed.weight
+
+    def encode(self, input_features: Tensor) -> Tensor:
+        """log-mel (B, M, 2S) -> the encoder's last_hidden_state (B, S, C)."""
+        return self.encoder(input_features)
+
+    def decode(self, decoder_input_ids: Tensor, memory: Tensor,
+               decoder_attention_mask: Tensor | None = None) -> Tensor:
+        """Uncached: tokens (B, T) attending to memory (B, S, C) -> logits (B, T, V)."""
+        T, limit = decoder_input_ids.shape[1], self.config.decoder.max_seq_len
+        if T > limit:
+            raise ValueError(f"{T} decoder tokens exceed max_target_positions {limit}")
+        return self.lm_head(self.decoder(self.tok_embed(decoder_input_ids), memory, decoder_attention_mask))
+
+    def forward(self, input_features: Tensor | None = None, decoder_input_ids: Tensor | None = None,
+                decoder_attention_mask: Tensor | None = None, encoder_outputs: Tensor | None = None,
+                labels: Tensor | None = None) -> WhisperOutput:
+        """Labels are the targets at each position (not shifted here): without decoder_input_ids
+        they become the inputs shifted right behind decoder_start_token_id, as in HF."""
+        if encoder_outputs is None:
+            if input_features is None:
+                raise ValueError("pass input_features (or encoder_outputs)")
+            encoder_outputs = self.encode(input_features)
+        if decoder_input_ids is None:
+            if labels is None or self.config.pad_token_id is None:
+                raise ValueError("pass decoder_input_ids (or labels, when the config has a pad_token_id)")
+            start = torch.full_like(labels[:, :1], self.config.decoder_start_token_id)
+            decoder_input_ids = torch.cat([start, labels[:, :-1]], dim=1)
+            decoder_input_ids = decoder_input_ids.masked_fill(decoder_input_ids == IGNORE_INDEX,
+                                                              self.config.pad_token_id)
+        logits = self.decode(decoder_input_ids, encoder_outputs, decoder_attention_mask)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
+        return WhisperOutput(loss, logits, encoder_outputs)
+
+    @torch.no_grad()
+    def generate(self, input_features: Tensor, decoder_input_ids: Tensor | None = None, max_new_tokens: int = 64,
+                 eos_token_id: int | None = None, suppress_tokens: Sequence[int] = (),
+                 use_cache: bool = True) -> Tensor:
+        """Greedy decoding -> (B, T + n) ids, the prompt first (default: decoder_start_token_id).
+
+        Rows that finished keep emitting EOS. `suppress_tokens` are never chosen. With the cache,
+        the audio is encoded once, the prompt is one prefill step and each new token one decoder step.
+        """
+        memory = self.encode(input_features)
+        B, S = memory.shape[:2]
+        ids = decoder_input_ids
+        if ids is None:
+            ids = torch.full((B, 1), self.config.decoder_start_token_id, dtype=torch.long, device=memory.device)
+        T, limit = ids.shape[1], self.config.decoder.max_seq_len
+        if T > limit:
+            raise ValueError(f"a prompt of {T} tokens exceeds max_target_positions {limit}")
+        L = min(T + max_new_tokens, limit)
+        eos = self.config.eos_token_id if eos_token_id is None else eos_token_id
+        done = torch.zeros(B, dtype=torch.bool, device=ids.device)
+        banned = torch.tensor(list(suppress_tokens), dtype=torch.long, device=ids.device)
+
+        def pick(logits: Tensor) -> Tensor:  # (B, V) -> (B,)
+            nonlocal done
+            logits = logits.index_fill(-1, banned, float("-inf")) if banned.numel() else logits
+            tok = logits.argmax(-1)
+            if eos is not None:
+                tok = torch.where(done, torch.full_like(tok, eos), tok)
+                done = done | (tok == eos)
+            return tok
+
+        if not use_cache:  # the reference path: the whole sequence every step
+            for _ in range(L - T):
+                ids = torch.cat([ids, pick(self.decode(ids, memory)[:, -1])[:, None]], dim=1)
+                if bool(done.all()):
+                    break
+            return ids
+        self.decoder.setup_caches(B, L, context_len=S)
+        try:
+            pos = torch.arange(T, device=ids.device)
+            x, context = self.tok_embed(ids), memory  # prefill: the prompt and the audio's K/V
+            for _ in range(L - T):
+                h = self.decoder(x, context, input_pos=pos)
+                tok = pick(self.lm_head(h[:, -1]))
+                ids = torch.cat([ids, tok[:, None]], dim=1)
+                if bool(done.all()):
+                    break
+                pos, x, context = pos[-1:] + 1, self.tok_embed(tok[:, None]), None  # one token; cached audio K/V
+        finally:
+            self.decoder.clear_caches()
+        return ids

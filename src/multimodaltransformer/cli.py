@@ -169,9 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-serve", action="store_true", help="stop after evaluation (serving comes later)")
     d.set_defaults(func=_cmd_demo)
 
-    c = sub.add_parser("convert", help="write a Hugging Face (gpt2, bert, vit, clip) or saved checkpoint "
-                       "in this library's format")
-    c.add_argument("path", help="a directory with config.json + model.safetensors (or pytorch_model.bin)")
+    c = sub.add_parser("convert", help="write a Hugging Face (gpt2, bert, vit, clip, whisper, llama), GGUF "
+                       "(llama) or saved checkpoint in this library's format")
+    c.add_argument("path", help="a directory with config.json + model.safetensors (or pytorch_model.bin), "
+                   "or a .gguf file")
     c.add_argument("out", help="output directory (config.json + model.safetensors + tokenizer.json)")
     c.set_defaults(func=_cmd_convert)
 

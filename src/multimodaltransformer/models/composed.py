@@ -196,6 +196,7 @@ class ComposedModel(MultimodalTransformerModel):
         if hf_tok is None:
             raise ConfigError(f"{config.language_source}: the language model has no tokenizer files")
         eos = getattr(language.config, "eos_token_id", None)
+        eos = eos[0] if isinstance(eos, list) and eos else eos  # the first EOS ends our targets
         if eos is None:
             raise ConfigError(f"{config.language_source}: the language model names no eos_token_id")
         tok = TextTokenizer.for_language_model(hf_tok, eos, separator=config.separator)

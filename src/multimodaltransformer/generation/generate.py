@@ -1,95 +1,145 @@
-"""Greedy decoding with a preallocated KV cache (and an uncached reference path).
+"""`generate`: prompt ids -> prompt + new tokens, composed of a session (cache), processors and a strategy.
 
-The prompt (plus any image prefix) is run once (prefill); each new token then costs one
-decoder step over a single position. Legend: B batch, T prompt length, S prefill length,
-L = S + max_new_tokens cache slots, V vocabulary.
+`prepare` turns the arguments into a `Plan` (config, special ids, processors, the decoding
+session with the prompt already computed); `generate` runs greedy search, sampling or beam search
+on it; `stream` (streaming.py) runs the same plan one token at a time.
+Prompts in a batch are left-padded (attention_mask 0 on the left); positions count from each
+row's first real token. Legend: B prompts, N = B x expand decoded rows, T padded prompt length.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from .adapters import as_generative, default_special_ids
+from .beam import beam_search
+from .config import GenerationConfig, eos_list
+from .processors import Processor, build_processors
+from .search import sample_steps
+from .session import CachedSession, UncachedSession
 
-def _eos_tensor(eos_token_id: int | Sequence[int] | None, device: torch.device) -> Tensor:
-    ids = [] if eos_token_id is None else [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
-    return torch.tensor(ids, dtype=torch.long, device=device)
+_OPTIONS = {f.name for f in dataclasses.fields(GenerationConfig)}
 
 
-@torch.no_grad()
-def generate(model: Any, input_ids: Tensor, attention_mask: Tensor | None = None,
-             pixel_values: Tensor | None = None, max_new_tokens: int = 32,
-             eos_token_id: int | Sequence[int] | None = None, pad_token_id: int | None = None,
-             use_cache: bool = True) -> Tensor:
-    """Greedy search. Returns (B, T + n) ids, n <= max_new_tokens; rows that hit EOS are padded.
+@dataclass
+class Plan:
+    cfg: GenerationConfig
+    session: CachedSession | UncachedSession | None  # None: nothing to generate (no budget or no room)
+    prompt: Tensor  # (N, T) prompt rows as decoded (each prompt repeated `cfg.expand` times)
+    max_new_tokens: int  # after capping to the positions the model has left
+    eos: Tensor  # (E,) ids that end a row (may be empty)
+    pad: int
+    processors: list[Processor]
+    generator: torch.Generator | None
 
-    Prompts in a batch must be left-padded (attention_mask 0 on the left).
-    """
+
+def split_options(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """Generation options vs. media inputs (pixel_values ...) among keyword arguments."""
+    options = {k: v for k, v in kwargs.items() if k in _OPTIONS}
+    media = {k: v for k, v in kwargs.items() if k not in _OPTIONS and v is not None}
+    bad = sorted(k for k, v in media.items() if not isinstance(v, Tensor))
+    if bad:
+        raise TypeError(f"unknown generation option(s) {bad}; options are {sorted(_OPTIONS)}, "
+                        "other keyword arguments must be input tensors (pixel_values ...)")
+    return options, media
+
+
+def prepare(model: Any, input_ids: Tensor, attention_mask: Tensor | None, cfg: GenerationConfig,
+            media: dict[str, Tensor]) -> Plan:
+    """Validate, pick special ids and processors, and run the prompt (the session's prefill)."""
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    tokenizer = getattr(model, "tokenizer", None)
-    if eos_token_id is None and tokenizer is not None:
-        eos_token_id = tokenizer.eos_id
-    if pad_token_id is None:
-        pad_token_id = tokenizer.pad_id if tokenizer is not None else 0
     device = input_ids.device
-    B = input_ids.shape[0]
     mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-    eos = _eos_tensor(eos_token_id, device)
-    finished = torch.zeros(B, dtype=torch.bool, device=device)
-    new_tokens: list[Tensor] = []
-    # The decoder has max_seq_len positions: stop when they are used up.
-    n_media = model.num_media_tokens if pixel_values is not None else 0
-    room = model.max_seq_len - n_media - int(mask.sum(-1).max())
+    if mask.shape != input_ids.shape:
+        raise ValueError(f"attention_mask {tuple(mask.shape)} must match input_ids {tuple(input_ids.shape)}")
+    default_eos, default_pad = default_special_ids(model)
+    eos_ids = eos_list(default_eos if cfg.eos_token_id is None else cfg.eos_token_id)
+    pad = cfg.pad_token_id if cfg.pad_token_id is not None else default_pad
+    if pad is None:
+        pad = eos_ids[0] if eos_ids else 0  # transformers pads with the first EOS id
+    eos = torch.tensor(eos_ids, dtype=torch.long, device=device)
+
+    # The decoder has max_seq_len positions: the budget stops where they run out.
+    n_media = model.num_media_tokens if media else 0
+    longest = int(mask.sum(-1).max()) if input_ids.numel() else 0
+    room = model.max_seq_len - n_media - longest
     if room < 0:
-        raise ValueError(f"prompt of {int(mask.sum(-1).max())} tokens (+{n_media} media) exceeds "
-                         f"max_seq_len {model.max_seq_len}")
-    max_new_tokens = min(max_new_tokens, room)
-    if max_new_tokens == 0:
-        return input_ids
+        raise ValueError(f"prompt of {longest} tokens (+{n_media} media) exceeds max_seq_len {model.max_seq_len}")
+    max_new = min(cfg.max_new_tokens, room)
 
-    def pick(logits: Tensor) -> Tensor:
-        nonlocal finished
-        tok = logits.argmax(-1)
-        tok = torch.where(finished, torch.full_like(tok, pad_token_id), tok)
-        finished = finished | torch.isin(tok, eos)
-        new_tokens.append(tok)
-        return tok
+    expand = cfg.expand
+    B, T = input_ids.shape
+    rows = torch.arange(B, device=device).repeat_interleave(expand)
+    prompt = input_ids[rows]
+    pad_lengths = None
+    if not bool(mask.all()):
+        pad_lengths = mask.int().argmax(-1)[rows]  # left padding per row (skipped by the repetition penalty)
+    processors = build_processors(cfg, T, eos, pad_lengths)
+    generator = None
+    if cfg.do_sample and cfg.seed is not None:
+        generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    session: CachedSession | UncachedSession | None = None
+    if max_new == 0:
+        pass
+    elif cfg.use_cache:
+        session = CachedSession(model, input_ids, mask, media, max_new, expand, compile=cfg.compile)
+    else:
+        session = UncachedSession(model, input_ids, mask, media, expand)
+    return Plan(cfg, session, prompt, max_new, eos, pad, processors, generator)
 
-    if not use_cache:
-        ids, m = input_ids, mask
-        for _ in range(max_new_tokens):
-            logits = model(input_ids=ids, attention_mask=m, pixel_values=pixel_values).logits[:, -1]
-            tok = pick(logits)
-            ids = torch.cat([ids, tok[:, None]], dim=1)
-            m = torch.cat([m, torch.ones_like(tok[:, None], dtype=torch.bool)], dim=1)
-            if finished.all():
-                break
-        return ids
 
-    x, key_mask = model.embed(input_ids, mask, pixel_values)
-    S = x.shape[1]
-    L = S + max_new_tokens
-    slots = torch.zeros(B, L, dtype=torch.bool, device=device)
-    slots[:, :S] = key_mask
-    positions = (key_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, S)
-    model.setup_caches(B, L)
+def token_steps(plan: Plan) -> Iterator[tuple[Tensor, Tensor]]:
+    """Greedy / sampling steps: yields (tokens (N,), ids (N, T + max_new)) per step; closes the session."""
+    N, T = plan.prompt.shape
+    ids = torch.empty(N, T + plan.max_new_tokens, dtype=torch.long, device=plan.prompt.device)
+    ids[:, :T] = plan.prompt
     try:
-        tok = pick(model.decode_step(x, positions, slots, 0)[:, -1])
-        next_pos = positions[:, -1:] + 1  # (B, 1)
-        for step in range(1, max_new_tokens):
-            if finished.all():
-                break
-            slot = S + step - 1
-            slots[:, slot] = True
-            logits = model.decode_step(model.decoder.embed(tok[:, None]), next_pos, slots, slot)
-            tok = pick(logits[:, -1])
-            next_pos = next_pos + 1
+        for tokens in sample_steps(plan.session, ids, T, plan.max_new_tokens, plan.processors, plan.eos, plan.pad,
+                                   plan.cfg.do_sample, plan.generator):
+            yield tokens, ids
     finally:
-        model.clear_caches()
-    return torch.cat([input_ids, torch.stack(new_tokens, dim=1)], dim=1)
+        plan.session.close()
+
+
+def run(plan: Plan) -> Tensor:
+    """Decode the plan to completion: (B * num_return_sequences, T + n)."""
+    cfg, T = plan.cfg, plan.prompt.shape[1]
+    if plan.session is None:  # no room or no budget: the prompt is the answer
+        return plan.prompt
+    if cfg.mode == "beam":
+        try:
+            fill = plan.pad if (plan.pad or not plan.eos.numel()) else int(plan.eos[0])  # transformers' `pad or eos`
+            return beam_search(plan.session, plan.prompt, cfg.num_beams, plan.max_new_tokens, plan.processors,
+                               plan.eos, fill, length_penalty=cfg.length_penalty,
+                               early_stopping=cfg.early_stopping, num_return_sequences=cfg.num_return_sequences,
+                               do_sample=cfg.do_sample, generator=plan.generator)
+        finally:
+            plan.session.close()
+    steps, ids = 0, plan.prompt
+    for _, ids in token_steps(plan):
+        steps += 1
+    return ids[:, :T + steps]
+
+
+def generate(model: Any, input_ids: Tensor, attention_mask: Tensor | None = None, *,
+             generation_config: GenerationConfig | None = None, **kwargs: Any) -> Tensor:
+    """Prompt ids (B, T) -> prompt + new tokens (B * num_return_sequences, T + n), as transformers' generate.
+
+    `kwargs` are GenerationConfig fields (max_new_tokens, do_sample, num_beams, ...; they override
+    `generation_config`) and the model's media inputs (pixel_values ...). `model` is a multimodal
+    model or any decoder LM (GPT2 ...). Rows that end early are padded with pad_token_id;
+    `use_cache=False` recomputes the sequence each step (the reference path).
+    """
+    options, media = split_options(kwargs)
+    cfg = GenerationConfig.from_kwargs(generation_config, **options)
+    model = as_generative(model)
+    with torch.inference_mode():
+        out = run(prepare(model, input_ids, attention_mask, cfg, media))
+    return out.clone()  # a normal tensor: inference-mode tensors cannot enter autograd later

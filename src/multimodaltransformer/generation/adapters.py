@@ -1,0 +1,110 @@
+"""The model interface generation drives, and an adapter that gives it to any plain decoder LM.
+
+A generative model here offers (MultimodalTransformerModel and ComposedModel do natively):
+  embed(input_ids, attention_mask, **media) -> (x (B, S, C), key_mask (B, S))   media tokens first
+  decode_step(x, positions, key_mask, start) -> logits (B, T', V)   x at cache slots start..; key_mask (B, L)
+  decoder.embed(ids) -> (B, T, C);  setup_caches(B, L);  clear_caches();  max_seq_len;  num_media_tokens
+  __call__(input_ids=, attention_mask=, **media).logits   the uncached reference path
+and optionally `tokenizer` (a TextTokenizer: eos_id / pad_id are the defaults).
+`LMAdapter` wraps a decoder LM with `tok_embed`, `transformer` (a TransformerStack) and `lm_head`
+(GPT2, Llama ... from `load_pretrained`). Legend: B batch, T length, L cache slots, C dim, V vocab.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..nn.attention import causal_padding_mask
+
+
+class LMAdapter(nn.Module):
+    """The generation interface over a decoder-only LM (no media tokens).
+
+    `decode_step` returns logits of the last position only (B, 1, V): generation needs no others,
+    and the prompt's full (B, S, V) logits would be the largest tensor of the call.
+    """
+
+    num_media_tokens = 0
+
+    def __init__(self, lm: nn.Module) -> None:
+        super().__init__()
+        self.lm = lm
+        self.decoder = _TokenEmbedding(lm.tok_embed)
+        self.tokenizer = getattr(lm, "tokenizer", None)  # a tokenizers.Tokenizer (for streaming)
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.lm.transformer.cfg.max_seq_len
+
+    @property
+    def eos_token_id(self) -> int | list[int] | None:
+        return getattr(getattr(self.lm, "config", None), "eos_token_id", None)
+
+    def embed(self, input_ids: Tensor, attention_mask: Tensor | None = None, **media: Any) -> tuple[Tensor, Tensor]:
+        if any(v is not None for v in media.values()):
+            raise ValueError(f"{type(self.lm).__name__} is a text-only LM: it takes no {sorted(media)}")
+        mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        return self.lm.tok_embed(input_ids), mask
+
+    def setup_caches(self, batch: int, max_len: int) -> None:
+        self.lm.transformer.setup_caches(batch, max_len)
+
+    def clear_caches(self) -> None:
+        self.lm.transformer.clear_caches()
+
+    def decode_step(self, x: Tensor, positions: Tensor, key_mask: Tensor, start: int) -> Tensor:
+        T = x.shape[1]
+        input_pos = torch.arange(start, start + T, device=x.device)
+        if T == 1:  # one new token at the newest slot: it may see every real slot, which key_mask marks
+            mask = key_mask[:, None, None, :]  # (B, 1, 1, L), a view
+        else:
+            slots = torch.arange(key_mask.shape[1], device=x.device)
+            mask = (slots[None, :] <= input_pos[:, None]) & key_mask[:, None, None, :]
+            mask = mask | (slots[None, :] == input_pos[:, None])  # padded queries see themselves: no NaN rows
+        h = self.lm.transformer(x, mask, input_pos, positions=positions)
+        return self.lm.lm_head(h[:, -1:])
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, **media: Any) -> Any:
+        """Full-sequence logits with positions counted from the first real token (left padding)."""
+        x, mask = self.embed(input_ids, attention_mask, **media)
+        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        h = self.lm.transformer(x, causal_padding_mask(mask, x.shape[1], device=x.device), positions=positions)
+        return _Logits(self.lm.lm_head(h))
+
+
+class _TokenEmbedding:
+    """`decoder.embed(ids)` of the interface: the LM's token embedding (B, T) -> (B, T, C)."""
+
+    def __init__(self, tok_embed: nn.Module) -> None:
+        self.embed = tok_embed
+
+
+class _Logits:
+    __slots__ = ("logits",)
+
+    def __init__(self, logits: Tensor) -> None:
+        self.logits = logits
+
+
+def as_generative(model: Any) -> Any:
+    """`model` itself when it has the generation interface, else an `LMAdapter` around it."""
+    if hasattr(model, "decode_step") and hasattr(model, "embed"):
+        return model
+    if all(hasattr(model, name) for name in ("tok_embed", "transformer", "lm_head")):
+        return LMAdapter(model)
+    raise TypeError(f"{type(model).__name__} cannot generate: it needs embed/decode_step (a multimodal model) "
+                    "or tok_embed/transformer/lm_head (a decoder LM)")
+
+
+def default_special_ids(model: Any) -> tuple[int | list[int] | None, int | None]:
+    """(eos, pad) the model suggests: its tokenizer's (TextTokenizer) or its config's EOS."""
+    tok = getattr(model, "tokenizer", None)
+    if hasattr(tok, "eos_id"):
+        return tok.eos_id, tok.pad_id
+    return getattr(model, "eos_token_id", None), None
+
+
+__all__ = ["LMAdapter", "as_generative", "default_special_ids"]

@@ -1,0 +1,41 @@
+"""Greedy search and sampling: one token per row per step, until every row has hit EOS or the budget.
+
+The loop is a generator of (N,) token tensors, so `generate` drains it and `stream` reads it one
+token at a time (closing it early frees the cache). Per step: one decoder step, the processors,
+argmax or a multinomial draw, and the stopping rule; rows that finished emit `pad` (transformers'
+convention). The only host sync is the "all finished?" check.
+Legend: N rows, T padded prompt length, V vocabulary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+from .processors import Processor, apply
+from .session import CachedSession, UncachedSession
+
+
+def sample_steps(session: CachedSession | UncachedSession, ids: Tensor, prompt_len: int, max_new_tokens: int,
+                 processors: Sequence[Processor], eos: Tensor, pad: int, do_sample: bool = False,
+                 generator: torch.Generator | None = None) -> Iterator[Tensor]:
+    """Write each step's tokens into ids[:, prompt_len + step] (ids (N, T + max_new_tokens)) and yield them."""
+    finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+    stops = eos.numel() > 0
+    tokens: Tensor | None = None
+    for step in range(max_new_tokens):
+        logits = session.logits if tokens is None else session.step(tokens)
+        scores = apply(processors, ids[:, :prompt_len + step], logits.float())
+        if do_sample:
+            tokens = torch.multinomial(scores.softmax(-1), 1, generator=generator).squeeze(1)
+        else:
+            tokens = scores.argmax(-1)
+        if stops:
+            tokens = tokens.masked_fill(finished, pad)
+            finished |= torch.isin(tokens, eos)
+        ids[:, prompt_len + step] = tokens
+        yield tokens
+        if stops and bool(finished.all()):
+            return

@@ -1,0 +1,119 @@
+"""Decoding state of one generate call: the prompt runs once, then one position per token.
+
+A session yields next-token logits for N = B x expand rows (expand = beams or samples per prompt):
+  logits              (N, V) after the prompt
+  step(tokens (N,))   -> (N, V) after appending one token per row
+  reorder(rows (N,))  row i continues from row rows[i] (beam search; rows stay within a prompt)
+  close()             frees the cache
+`CachedSession` keeps a preallocated KV cache of L = S + max_new_tokens slots (gpt-fast): the
+prompt (S positions, media tokens included) is computed once for the B prompts and its cache
+copied to their `expand` rows; each step then runs a single position, with a slot mask updated
+in place, and a beam reorder copies the moved rows' filled slots in place, so memory stays that
+of the cache. While a session lives on CPU, the model's Linear layers take the few-row kernel of
+fastpath.py. `UncachedSession` recomputes every row from scratch each step (the reference path).
+Legend: B prompts, N decoded rows, S prefill length, L cache slots, V vocabulary.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..nn.attention import KVCache
+from .fastpath import FewRowLinears
+
+
+def _kv_caches(model: Any) -> list[KVCache]:
+    return [m for m in model.modules() if isinstance(m, KVCache)]
+
+
+class CachedSession:
+    """Prefill once into a preallocated KV cache, then decode one position per step."""
+
+    def __init__(self, model: Any, input_ids: Tensor, mask: Tensor, media: dict[str, Tensor],
+                 max_new_tokens: int, expand: int = 1, compile: bool = False) -> None:
+        self.model = model
+        B = input_ids.shape[0]
+        x, key_mask = model.embed(input_ids, mask, **media)  # (B, S, C), (B, S)
+        S = x.shape[1]
+        L = S + max_new_tokens
+        model.setup_caches(B, L)
+        self.linears = FewRowLinears(model)  # CPU: the decode steps' matmuls on W @ x^T (fastpath.py)
+        try:
+            slots = torch.zeros(B, L, dtype=torch.bool, device=x.device)
+            slots[:, :S] = key_mask
+            positions = (key_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, S): left padding shifts nothing
+            logits = model.decode_step(x, positions, slots, 0)[:, -1]  # (B, V)
+            self.caches = _kv_caches(model)
+            if expand > 1:  # the prompt ran once per prompt; its rows are copied to every beam / sample
+                rows = torch.arange(B, device=x.device).repeat_interleave(expand)
+                for cache in self.caches:
+                    cache.k, cache.v = cache.k.index_select(0, rows), cache.v.index_select(0, rows)
+                slots, positions, logits = slots[rows], positions[rows], logits[rows]
+        except BaseException:
+            self.close()
+            raise
+        self.logits: Tensor = logits
+        self.slots = slots  # (N, L) True at the cache slots holding real tokens
+        self.next_pos = positions[:, -1:] + 1  # (N, 1) position of the next token, per row
+        self.slot = S  # next cache slot (the same for every row)
+        self.identity = torch.arange(slots.shape[0], device=x.device)
+        # torch.compile fuses the step's small kernels (worth it on a GPU). No CUDA graphs: the slot
+        # index is a Python int in the model interface, and a graph would be recorded per value.
+        self._step = torch.compile(model.decode_step) if compile else model.decode_step
+
+    def step(self, tokens: Tensor) -> Tensor:
+        self.slots[:, self.slot] = True
+        x = self.model.decoder.embed(tokens[:, None])  # (N, 1, C)
+        logits = self._step(x, self.next_pos, self.slots, self.slot)[:, -1]
+        self.next_pos += 1
+        self.slot += 1
+        return logits
+
+    def reorder(self, rows: Tensor) -> None:
+        """Row i continues from row rows[i]: copy, in place, the filled slots of the rows that move."""
+        if self.identity.device.type == "cpu":  # the host sync is free here: copy only the moved rows
+            moved = (rows != self.identity).nonzero().squeeze(1)
+            if moved.numel() == 0:
+                return
+            src = rows[moved]
+        else:
+            moved, src = self.identity, rows
+        for cache in self.caches:
+            for buf in (cache.k, cache.v):  # (N, G, L, D)
+                filled = buf[:, :, :self.slot]
+                filled.index_copy_(0, moved, filled.index_select(0, src))
+        # slots and positions are equal across the rows of one prompt: nothing else moves
+
+    def close(self) -> None:
+        self.caches = []
+        self.linears.restore()
+        self.model.clear_caches()
+
+
+class UncachedSession:
+    """Every step runs the whole (growing) sequence through `model(...)`: slow, and the reference."""
+
+    def __init__(self, model: Any, input_ids: Tensor, mask: Tensor, media: dict[str, Tensor],
+                 expand: int = 1) -> None:
+        rows = torch.arange(input_ids.shape[0], device=input_ids.device).repeat_interleave(expand)
+        self.model = model
+        self.ids, self.mask = input_ids[rows], mask[rows]
+        self.media = {k: v[rows] for k, v in media.items()}
+        self.logits: Tensor = self._forward()
+
+    def _forward(self) -> Tensor:
+        return self.model(input_ids=self.ids, attention_mask=self.mask, **self.media).logits[:, -1]
+
+    def step(self, tokens: Tensor) -> Tensor:
+        self.ids = torch.cat([self.ids, tokens[:, None]], dim=1)
+        self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
+        return self._forward()
+
+    def reorder(self, rows: Tensor) -> None:
+        self.ids, self.mask = self.ids[rows], self.mask[rows]
+
+    def close(self) -> None:
+        pass

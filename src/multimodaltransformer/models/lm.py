@@ -8,9 +8,10 @@ C dim, V vocab.
 
 from __future__ import annotations
 
+from typing import Any
+
 import json
 from collections.abc import Callable, Iterator
-from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -119,22 +120,12 @@ class DecoderLM(PretrainedModel):
             self.transformer.clear_caches()
 
     @torch.no_grad()
-    def generate(self, input_ids: Tensor, max_new_tokens: int = 20,
-                 eos_token_id: int | list[int] | None = None) -> Tensor:
-        """Greedy decoding with the KV cache for unpadded prompts (B, T) -> (B, T + n); finished rows repeat EOS."""
-        eos_ids = self.eos_ids if eos_token_id is None else [eos_token_id] if isinstance(eos_token_id, int) \
-            else list(eos_token_id)
-        eos = torch.tensor(eos_ids, dtype=torch.long, device=input_ids.device)
-        ids, done = input_ids, torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        with closing(self.stream(input_ids, max_new_tokens)) as tokens:
-            for tok in tokens:
-                if eos.numel():
-                    tok = torch.where(done, eos[0], tok)
-                    done = done | torch.isin(tok, eos)
-                ids = torch.cat([ids, tok[:, None]], dim=1)
-                if bool(done.all()):
-                    break
-        return ids
+    def generate(self, input_ids: Tensor, attention_mask: Tensor | None = None, **kwargs: Any) -> Tensor:
+        """`transformers`-style generate (greedy, sampling, beams, processors; see generation/):
+        prompt + new tokens; finished rows are padded with the first EOS, as the reference does."""
+        from ..generation import generate
+
+        return generate(self, input_ids, attention_mask, **{"max_new_tokens": 20, **kwargs})
 
     def save_pretrained(self, directory: str | Path) -> None:
         """config.json + model.safetensors (+ tokenizer.json, chat_template.jinja when present)."""

@@ -35,6 +35,7 @@ def run_demo(out: str | Path = "runs/demo", budget_minutes: float = 9.0, config:
     summary = json.loads((out / "train_summary.json").read_text())
 
     metrics: dict = {}
+    first_image = read_manifest(splits["test"])[0].image
     for split, manifest in splits.items():
         examples = read_manifest(manifest)
         preds = predict(model, examples, progress=True)
@@ -54,7 +55,7 @@ def run_demo(out: str | Path = "runs/demo", budget_minutes: float = 9.0, config:
     tqdm.write(f"\ntrained {summary['steps']} steps in {summary['train_seconds']:.0f}s, "
                f"{summary['parameters'] / 1e6:.2f}M parameters")
     tqdm.write(f"model: {out / 'model'}   metrics: {out / 'metrics.json'}")
-    tqdm.write(f"try:   mmt generate {out / 'model'} --image {examples[0].image} --prompt \"describe the image.\"")
+    tqdm.write(f"try:   mmt generate {out / 'model'} --image {first_image} --prompt \"describe the image.\"")
     if serve:
         tqdm.write("(serving the model comes with the serving issue; --no-serve is implied for now)")
     return metrics

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..models.multimodal import causal_mask
 from ..nn.attention import causal_padding_mask
 
 
@@ -60,10 +61,8 @@ class LMAdapter(nn.Module):
         input_pos = torch.arange(start, start + T, device=x.device)
         if T == 1:  # one new token at the newest slot: it may see every real slot, which key_mask marks
             mask = key_mask[:, None, None, :]  # (B, 1, 1, L), a view
-        else:
-            slots = torch.arange(key_mask.shape[1], device=x.device)
-            mask = (slots[None, :] <= input_pos[:, None]) & key_mask[:, None, None, :]
-            mask = mask | (slots[None, :] == input_pos[:, None])  # padded queries see themselves: no NaN rows
+        else:  # the prompt: causal over real slots, padded queries see themselves (no NaN rows)
+            mask = causal_mask(key_mask, start, T, key_mask.shape[1])
         h = self.lm.transformer(x, mask, input_pos, positions=positions)
         return self.lm.lm_head(h[:, -1:])
 

@@ -187,3 +187,53 @@ def test_config_errors_name_the_problem():
     with pytest.raises(ValueError, match="cross_attention"):
         EncoderDecoderConfig(TransformerConfig(), TransformerConfig())
     assert math.isclose(TransformerConfig(dim=10, heads=2, mlp_ratio=2.5).hidden_dim, 25)
+
+
+def _block_pair(gate: bool) -> tuple[TransformerBlock, TransformerBlock]:
+    """A block with cross attention (gated or not) and the same block without it, sharing weights."""
+    torch.manual_seed(0)
+    cfg = dict(dim=16, heads=4, mlp_dim=24)
+    cross = TransformerBlock(TransformerConfig(**cfg, cross_attention=True, cross_attention_gate=gate)).eval()
+    plain = TransformerBlock(TransformerConfig(**cfg)).eval()
+    plain.load_state_dict({k: v for k, v in cross.state_dict().items() if k in plain.state_dict()})
+    with torch.no_grad():  # non-zero output projections, so an open gate visibly changes the output
+        cross.cross_attn.out_proj.weight.normal_()
+    return cross, plain
+
+
+def test_gated_cross_attention_starts_closed_then_opens():
+    """Flamingo: tanh(0) = 0, so at init the gated block is exactly the block without cross attention."""
+    gated, plain = _block_pair(gate=True)
+    assert gated.cross_gate.shape == () and gated.cross_gate.item() == 0.0
+    x, ctx = torch.randn(2, 5, 16), torch.randn(2, 3, 16)
+    with torch.no_grad():
+        assert torch.equal(gated(x, context=ctx), plain(x))
+        gated.cross_gate.fill_(0.5)
+        h = x + gated.attn(gated.ln_1(x))
+        h = h + math.tanh(0.5) * gated.cross_attn(gated.ln_cross(h), context=ctx)
+        expected = h + gated.mlp(gated.ln_2(h))
+        got = gated(x, context=ctx)
+    assert not torch.allclose(got, plain(x), atol=1e-3)
+    torch.testing.assert_close(got, expected, atol=ATOL, rtol=1e-5)
+
+
+@pytest.mark.parametrize("gate", [False, True])
+def test_cross_attention_block_without_context_or_cache_is_a_text_only_pass(gate):
+    cross, plain = _block_pair(gate)
+    x = torch.randn(2, 5, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(cross(x), plain(x), atol=0, rtol=0)
+        # with a cache set up, no context means "use the cache", not "skip"
+        cross.cross_attn.kv_cache = KVCache(2, 4, 3, 4, torch.float32)
+        cross.cross_attn.kv_cache.k.normal_()
+        cross.cross_attn.kv_cache.v.normal_()
+        if gate:
+            cross.cross_gate.fill_(1.0)
+        assert not torch.allclose(cross(x), plain(x), atol=1e-3)
+
+
+def test_gate_config_errors():
+    with pytest.raises(ValueError, match="needs cross_attention"):
+        TransformerConfig(cross_attention_gate=True)
+    with pytest.raises(ValueError, match="pre-LN"):
+        TransformerConfig(cross_attention=True, cross_attention_gate=True, norm_first=False)

@@ -1,11 +1,14 @@
+import hashlib
 import json
 import warnings
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from multimodaltransformer.data import DataError, ManifestDataset, TrainCollator, read_manifest, shapes
-from multimodaltransformer.data.sources import parse_shapes_spec, resolve_source
+from multimodaltransformer.data.sources import parse_spec, resolve_source
 from multimodaltransformer.modalities import ImageProcessor
 
 
@@ -21,7 +24,7 @@ def test_shapes_is_deterministic(tmp_path):
 
 def test_shapes_rows_are_consistent(shapes_dir):
     rows = [json.loads(line) for line in (shapes_dir / "manifest.jsonl").read_text().splitlines()]
-    assert {r["task"] for r in rows} == {"caption", "vqa", "classify"}
+    assert {r["task"] for r in rows} == set(shapes.TASKS)
     for r in rows:
         objs = r["objects"]
         assert 1 <= len(objs) <= 3
@@ -103,9 +106,14 @@ def test_collator_masks_prompt_and_padding(shapes_dir, tokenizer):
 
 
 def test_shapes_spec_resolves_and_caches(tmp_path):
-    assert parse_shapes_spec("shapes:split=val,n=7,seed=2") == {"split": "val", "n": 7, "seed": 2, "questions": 3}
+    assert parse_spec("shapes:split=val,n=7,seed=2") == (
+        "shapes", {"split": "val", "n": 7, "seed": 2, "questions": 3, "tasks": "all"})
     with pytest.raises(DataError, match="unknown key"):
-        parse_shapes_spec("shapes:colour=red")
+        parse_spec("shapes:colour=red")
+    with pytest.raises(DataError, match="must be an integer"):
+        parse_spec("shapes:n=many")
+    with pytest.raises(DataError, match="unknown split"):
+        resolve_source("shapes:split=dev", tmp_path)
     p = resolve_source("shapes:split=val,n=3,seed=2", tmp_path, progress=False)
     mtime = p.stat().st_mtime_ns
     assert resolve_source("shapes:split=val,n=3,seed=2", tmp_path, progress=False).stat().st_mtime_ns == mtime
@@ -117,3 +125,158 @@ def test_image_processor_resizes_and_normalises(shapes_dir):
     x = ImageProcessor(32)(next((shapes_dir / "images").iterdir()))
     assert x.shape == (3, 32, 32) and x.dtype == torch.float32
     assert -1.0 <= float(x.min()) and float(x.max()) <= 1.0
+
+
+# --- ShapesWorld retrieval and match tasks -------------------------------------------------------
+
+def _rows(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _phrases(text):
+    """A caption -> [(size, color, shape), ...] left to right."""
+    return [tuple(p.split()[1:]) for p in text.split(" left of ")]
+
+
+@pytest.fixture(scope="module")
+def train300(tmp_path_factory):
+    return _rows(shapes.generate(tmp_path_factory.mktemp("train300"), "train", n=300, seed=1, progress=False))
+
+
+def test_shapes_old_rows_are_unchanged(tmp_path):
+    """Caption, VQA and classify rows and images equal those written before retrieval/match existed."""
+    path = shapes.generate(tmp_path, "train", n=30, seed=0, progress=False)
+    old = [line for line in path.read_text().splitlines() if json.loads(line)["task"] in ("caption", "vqa", "classify")]
+    rows = {r["id"]: r for r in map(json.loads, old)}
+    assert rows["train-0-000000-cap"]["target"] == "a large cyan circle"
+    assert rows["train-0-000001-cap"]["target"] == ("a large pink circle left of a small pink diamond left of "
+                                                    "a large yellow square")
+    assert (rows["train-0-000001-q0"]["prompt"], rows["train-0-000001-q0"]["target"]) == (
+        "is the pink circle left of the yellow square?", "yes")
+    assert (rows["train-0-000001-q2"]["prompt"], rows["train-0-000001-q2"]["target"]) == (
+        "where is the pink diamond?", "middle")
+    assert (rows["train-0-000002-q0"]["prompt"], rows["train-0-000002-q0"]["target"]) == (
+        "what shape is the pink object?", "circle")
+    # Digests taken from the generator before this change: every old row, and every image's pixels.
+    assert hashlib.sha256("\n".join(old).encode()).hexdigest() == (
+        "21b7deb01abae2871e44f49e74b19d72f232239bdf9d3b40766ee4b5be5cfa4d")
+    pixels = hashlib.sha256()
+    for i in range(30):
+        pixels.update(np.asarray(Image.open(tmp_path / "images" / f"train-0-{i:06d}.png")).tobytes())
+    assert pixels.hexdigest() == "ba72f394b4cd881dab00c7902fb107e5c1b098c2f11f26ba0d91cbaed5e7a6ce"
+
+
+def test_retrieval_and_match_rows(shapes_dir):
+    rows = _rows(shapes_dir / "manifest.jsonl")
+    captions = {r["image"]: r["target"] for r in rows if r["task"] == "caption"}
+    ret = [r for r in rows if r["task"] == "retrieval"]
+    match = [r for r in rows if r["task"] == "match"]
+    assert len(ret) == len(match) == len(captions) == 40
+    for r in ret:
+        assert r["id"].endswith("-ret") and r["prompt"] == "" and r["target"] == captions[r["image"]]
+    for r in match:
+        assert r["id"].endswith("-match") and r["prompt"] == shapes.MATCH_PROMPT
+        assert r["target"] in ("yes", "no") and isinstance(r["text"], str)
+        assert r["match_type"] in ("none", "color", "shape", "size", "order")
+    ex = next(e for e in read_manifest(shapes_dir) if e.task == "match")
+    assert ex.text and ex.meta["match_type"]  # the manifest reader keeps both
+
+
+def _check_near_miss(true, text, kind):
+    """`text` is `true` with exactly one edit of type `kind`."""
+    got = _phrases(text)
+    assert len(got) == len(true) and got != true
+    diff = [k for k in range(len(true)) if got[k] != true[k]]
+    if kind == "order":
+        a, b = diff
+        assert len(diff) == 2 and (got[a], got[b]) == (true[b], true[a])
+    else:
+        (k,) = diff
+        field = ("size", "color", "shape").index(kind)
+        assert [j for j in range(3) if got[k][j] != true[k][j]] == [field]
+
+
+def test_match_labels_are_correct(train300):
+    for r in [r for r in train300 if r["task"] == "match"]:
+        true = [(o["size"], o["color"], o["shape"]) for o in r["objects"]]
+        if r["target"] == "yes":
+            assert r["match_type"] == "none" and _phrases(r["text"]) == true
+        else:
+            _check_near_miss(true, r["text"], r["match_type"])
+            assert not any((c, s) in shapes.NOVEL_PAIRS for _, c, s in _phrases(r["text"]))
+
+
+def test_match_is_balanced_and_varied(train300):
+    match = [r for r in train300 if r["task"] == "match"]
+    assert 0.42 < sum(r["target"] == "yes" for r in match) / len(match) < 0.58
+    assert {r["match_type"] for r in match if r["target"] == "no"} == {"color", "shape", "size", "order"}
+
+
+def test_novel_near_misses_stay_novel(tmp_path):
+    for r in _rows(shapes.generate(tmp_path, "novel", n=80, seed=0, progress=False, tasks=["match"])):
+        true = [(o["size"], o["color"], o["shape"]) for o in r["objects"]]
+        if r["target"] == "no":
+            _check_near_miss(true, r["text"], r["match_type"])
+        assert any((c, s) in shapes.NOVEL_PAIRS for _, c, s in _phrases(r["text"]))
+
+
+def _naive_bayes_accuracy(train, test):
+    """Unigram multinomial naive Bayes with add-one smoothing on (words, label) pairs."""
+    labels = sorted({y for _, y in train})
+    vocab = sorted({w for ws, _ in train for w in ws} | {w for ws, _ in test for w in ws})
+    index = {w: i for i, w in enumerate(vocab)}
+    counts = np.ones((len(labels), len(vocab)))
+    prior = np.zeros(len(labels))
+    for ws, y in train:
+        np.add.at(counts[labels.index(y)], [index[w] for w in ws], 1)
+        prior[labels.index(y)] += 1
+    logp = np.log(counts / counts.sum(1, keepdims=True))
+    hits = [labels[int(np.argmax(np.log(prior) + logp[:, [index[w] for w in ws]].sum(1)))] == y for ws, y in test]
+    return float(np.mean(hits))
+
+
+def test_match_text_alone_is_at_chance(tmp_path):
+    """Near misses are distributed like true captions: a bag of words of the text alone learns nothing."""
+    def data(split, n):
+        rows = _rows(shapes.generate(tmp_path / split, split, n=n, seed=2, progress=False, tasks=["match"]))
+        return [(r["text"].split(), r["target"]) for r in rows]
+
+    assert _naive_bayes_accuracy(data("train", 600), data("val", 300)) < 0.6
+
+
+def test_tasks_filter_and_validation(tmp_path, shapes_dir):
+    path = shapes.generate(tmp_path, "train", n=40, seed=0, progress=False, tasks=["retrieval", "vqa"])
+    full = [r for r in _rows(shapes_dir / "manifest.jsonl") if r["task"] in ("vqa", "retrieval")]
+    assert _rows(path) == full  # same rows (and ids) as in the full manifest, nothing else
+    assert json.loads((tmp_path / "info.json").read_text())["tasks"] == ["vqa", "retrieval"]
+    with pytest.raises(ValueError, match=r"unknown ShapesWorld task\(s\) \['captions'\]"):
+        shapes.generate(tmp_path, n=1, tasks=["captions"])
+    with pytest.raises(ValueError, match="no ShapesWorld tasks"):
+        shapes.generate(tmp_path, n=1, tasks=[])
+
+
+def test_shapes_spec_tasks_are_in_the_cache_key(tmp_path):
+    p = resolve_source("shapes:split=val,n=3,seed=2,tasks=retrieval+caption", tmp_path, progress=False)
+    assert p.parent.name == "val-n3-seed2-caption+retrieval"
+    assert {r["task"] for r in _rows(p)} == {"caption", "retrieval"}
+    q = resolve_source("shapes:split=val,n=3,seed=2", tmp_path, progress=False)
+    assert q.parent.name == "val-n3-seed2" and {r["task"] for r in _rows(q)} == set(shapes.TASKS)
+    with pytest.raises(DataError, match=r"tasks.*unknown ShapesWorld task"):
+        resolve_source("shapes:tasks=caption+colour", tmp_path)
+
+
+def test_stale_shapes_cache_is_regenerated(tmp_path):
+    """A cache written before retrieval/match (no version in info.json) is rebuilt, not reused."""
+    p = resolve_source("shapes:split=val,n=2,seed=0", tmp_path, progress=False)
+    old = [r for r in _rows(p) if r["task"] == "caption"]
+    p.write_text("".join(json.dumps(r) + "\n" for r in old))
+    (p.parent / "info.json").write_text(json.dumps({"dataset": "shapesworld", "split": "val", "n": 2}))
+    assert {r["task"] for r in _rows(resolve_source("shapes:split=val,n=2,seed=0", tmp_path))} == set(shapes.TASKS)
+
+
+def test_data_shapes_command_tasks(tmp_path):
+    from multimodaltransformer.cli import main
+
+    assert main(["data", "shapes", "--n", "2", "--tasks", "match+caption", "--out", str(tmp_path)]) == 0
+    assert {r["task"] for r in _rows(tmp_path / "manifest.jsonl")} == {"caption", "match"}
+    assert main(["data", "shapes", "--n", "2", "--tasks", "nope", "--out", str(tmp_path)]) != 0

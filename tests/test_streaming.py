@@ -67,15 +67,15 @@ class Scripted(nn.Module):
 
     def embed(self, input_ids, attention_mask=None):
         mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-        return torch.zeros(*input_ids.shape, 1), mask
+        return torch.zeros(*input_ids.shape, 1), mask, None
 
-    def setup_caches(self, batch, max_len):
+    def setup_caches(self, batch, max_len, context_len=None):
         self.step = 0
 
     def clear_caches(self):
         pass
 
-    def decode_step(self, x, positions, key_mask, start):
+    def decode_step(self, x, positions, key_mask, start, context=None):
         logits = torch.zeros(x.shape[0], x.shape[1], self.vocab)
         logits[:, -1, self.script[min(self.step, len(self.script) - 1)]] = 1.0
         self.step += 1

@@ -21,5 +21,5 @@ def test_unseen_text_still_round_trips(tokenizer):
 
 
 def test_vocab_too_small_is_explained():
-    with pytest.raises(ValueError, match="must exceed 261"):
+    with pytest.raises(ValueError, match="must exceed 262"):
         TextTokenizer.train(["a b c"], vocab_size=200)

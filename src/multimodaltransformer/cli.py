@@ -15,7 +15,18 @@ from .modalities.image import MediaError
 def _cmd_data_shapes(a: argparse.Namespace) -> None:
     from .data import shapes
 
-    path = shapes.generate(a.out, split=a.split, n=a.n, seed=a.seed, questions_per_image=a.questions)
+    try:
+        tasks = shapes.check_tasks(a.tasks.split("+")) if a.tasks else None
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    path = shapes.generate(a.out, split=a.split, n=a.n, seed=a.seed, questions_per_image=a.questions, tasks=tasks)
+    print(f"wrote {path}")
+
+
+def _cmd_data_reviews(a: argparse.Namespace) -> None:
+    from .data import reviews
+
+    path = reviews.generate(a.out, split=a.split, n=a.n, seed=a.seed)
     print(f"wrote {path}")
 
 
@@ -102,17 +113,33 @@ def _generation_kwargs(a: argparse.Namespace) -> dict:
 
 def _cmd_eval(a: argparse.Namespace) -> None:
     from .data.manifest import read_manifest
-    from .evaluate import predict, score
+    from .data.sources import resolve_source
+    from .evaluate import evaluate
+    from .train.config import default_cache_dir
 
     model = _load_model(a.model, a.device)
-    examples = read_manifest(a.data, skip_bad=a.skip_bad)
-    report = score(examples, predict(model, examples, batch_size=a.batch_size, max_new_tokens=a.max_new_tokens,
-                                     progress=True))
+    examples = read_manifest(resolve_source(a.data, default_cache_dir()), skip_bad=a.skip_bad)
+    report, preds = evaluate(model, examples, batch_size=a.batch_size, max_new_tokens=a.max_new_tokens,
+                             progress=True)
+    report = {"model": str(a.model), "data": str(a.data), **report}
     text = json.dumps(report, indent=2)
     if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(text + "\n")
+        out = Path(a.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+        with out.with_suffix(".predictions.jsonl").open("w") as f:
+            for ex, p in zip(examples, preds):
+                if p is not None:
+                    f.write(json.dumps({"id": ex.id, "task": ex.task, "prediction": p, "target": ex.target}) + "\n")
     print(text)
+
+
+def _cmd_bench_fusion(a: argparse.Namespace) -> None:
+    from .bench import run_fusion_bench
+
+    methods = [m.strip() for m in a.methods.split(";")] if a.methods else None
+    run_fusion_bench(a.out, minutes=a.minutes, methods=methods, config=a.config, overrides=a.set,
+                     eval_n=a.eval_n, eval_seed=a.eval_seed)
 
 
 def _cmd_demo(a: argparse.Namespace) -> None:
@@ -150,8 +177,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=int, default=1000, help="number of images")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--questions", type=int, default=3, help="questions per image")
+    s.add_argument("--tasks", help="tasks to write, plus-separated (default: all of "
+                   "caption+vqa+classify+retrieval+match)")
     s.add_argument("--out", required=True)
     s.set_defaults(func=_cmd_data_shapes)
+    r = data.add_parser("reviews", help="write a synthetic review-sentiment split (text only, manifest.jsonl)")
+    r.add_argument("--split", choices=["train", "val", "test"], default="train")
+    r.add_argument("--n", type=int, default=2000, help="number of reviews")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--out", required=True)
+    r.set_defaults(func=_cmd_data_reviews)
 
     t = sub.add_parser("train", help="train a model from a YAML config")
     t.add_argument("config", help="YAML file, or the name of a packaged config (shapes-tiny, demo)")
@@ -189,9 +224,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="score a model on a manifest, per task")
     model_args(e)
-    e.add_argument("--data", required=True)
-    e.add_argument("--out", help="REPORT.json")
+    e.add_argument("--data", required=True, help="manifest.jsonl (or a built-in spec like shapes:split=test,n=500)")
+    e.add_argument("--out", help="REPORT.json (predictions go next to it, REPORT.predictions.jsonl)")
     e.set_defaults(func=_cmd_eval)
+
+    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", required=True)
+    bf = bench.add_parser("fusion", help="every fusion method (and single- vs multi-task) under one budget")
+    bf.add_argument("--out", default="runs/bench-fusion")
+    bf.add_argument("--minutes", type=float, default=3.0, help="training wall time per method")
+    bf.add_argument("--methods", help="';'-separated subset, e.g. 'early;cross;late' (default: all)")
+    bf.add_argument("--config", default="bench-fusion", help="YAML file or packaged config name")
+    bf.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    bf.add_argument("--eval-n", type=int, default=300, help="test images to score")
+    bf.add_argument("--eval-seed", type=int, default=1)
+    bf.set_defaults(func=_cmd_bench_fusion)
 
     d = sub.add_parser("demo", help="generate ShapesWorld, train, evaluate, show predictions")
     d.add_argument("--out", default="runs/demo")

@@ -14,11 +14,12 @@ from tqdm import tqdm
 
 from .data.manifest import read_manifest
 from .data.sources import resolve_source
-from .evaluate import predict, score
+from .evaluate import evaluate
 from .train.config import load_run_config
 from .train.trainer import train
 
-HEADLINE = ("vqa_accuracy", "caption_exact_match", "caption_bleu4", "classify_accuracy")
+HEADLINE = ("vqa_accuracy", "caption_exact_match", "caption_bleu4", "caption_cider", "classify_accuracy",
+            "match_accuracy", "retrieval_r1")
 
 
 def run_demo(out: str | Path = "runs/demo", budget_minutes: float = 9.0, config: str = "demo",
@@ -38,14 +39,14 @@ def run_demo(out: str | Path = "runs/demo", budget_minutes: float = 9.0, config:
     first_image = read_manifest(splits["test"])[0].image
     for split, manifest in splits.items():
         examples = read_manifest(manifest)
-        preds = predict(model, examples, progress=True)
-        metrics[split] = score(examples, preds)
+        metrics[split], preds = evaluate(model, examples, progress=True)
         with (out / f"predictions-{split}.jsonl").open("w") as f:
             for ex, p in zip(examples, preds):
-                f.write(json.dumps({"id": ex.id, "task": ex.task, "prompt": ex.prompt, "prediction": p,
-                                    "target": ex.target}) + "\n")
+                if p is not None:
+                    f.write(json.dumps({"id": ex.id, "task": ex.task, "prompt": ex.prompt, "text": ex.text,
+                                        "prediction": p, "target": ex.target}) + "\n")
         if split == "test":
-            _show_examples(examples, preds)
+            _show_examples(*zip(*[(e, p) for e, p in zip(examples, preds) if p is not None]))
     metrics["train_seconds"] = round(summary["train_seconds"], 1)
     metrics["train_steps"] = summary["steps"]
     metrics["parameters"] = summary["parameters"]
@@ -62,10 +63,12 @@ def run_demo(out: str | Path = "runs/demo", budget_minutes: float = 9.0, config:
 
 
 def _table(metrics: dict) -> str:
-    rows = [f"{'split':<8}" + "".join(f"{k:>22}" for k in HEADLINE)]
+    names = [k.replace("caption_", "cap_").replace("_accuracy", "_acc").replace("exact_match", "em")
+             for k in HEADLINE]
+    rows = [f"{'split':<8}" + "".join(f"{n:>14}" for n in names)]
     for split in ("test", "novel"):
         m = metrics[split]
-        rows.append(f"{split:<8}" + "".join(f"{m.get(k, float('nan')):>22.4f}" for k in HEADLINE))
+        rows.append(f"{split:<8}" + "".join(f"{m.get(k, float('nan')):>14.4f}" for k in HEADLINE))
     return "\n".join(rows)
 
 
@@ -78,4 +81,5 @@ def _show_examples(examples: list, preds: list[str], images: int = 3) -> None:
             shown.append(ex.image)
             tqdm.write(f"\n{ex.image}")
         mark = "ok " if p.strip().lower() == (ex.target or "").lower() else "XX "
-        tqdm.write(f"  {mark}{ex.task:<8} {ex.prompt:<45} -> {p}" + ("" if mark == "ok " else f"  (want {ex.target})"))
+        prompt = f"{ex.prompt} [{ex.text}]" if ex.text else ex.prompt
+        tqdm.write(f"  {mark}{ex.task:<8} {prompt:<45} -> {p}" + ("" if mark == "ok " else f"  (want {ex.target})"))

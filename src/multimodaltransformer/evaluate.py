@@ -1,4 +1,11 @@
-"""Batch prediction over manifest examples and scoring per task."""
+"""Evaluation: predictions for every task a model can answer, each scored with its metric.
+
+How a task is answered: by its classification head when the model has one for it, by the
+contrastive space for retrieval tasks (text->image and image->text recall@k), else by generating
+the target. How it is scored: captions by exact match, BLEU-4, CIDEr-D and ROUGE-L; VQA by the
+VQA accuracy (per question type too); speech transcripts by WER; every other task by accuracy
+plus a per-label classification report.
+"""
 
 from __future__ import annotations
 
@@ -9,67 +16,139 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from .data.collate import prompt_batch
+from .data.collate import ExampleDataset, collate_examples, pair_text, prompt_batch
 from .data.manifest import DataError, Example
-from .metrics import bleu, exact_match
+from .metrics import bleu, cider, classification_report, exact_match, normalize_answer, recall_at_k, rouge_l, vqa_accuracy, wer
 from .modalities.image import MediaError
+
+RETRIEVAL_TASKS = ("retrieval",)
+TRANSCRIPTION_TASKS = ("asr", "transcribe", "transcription")
+MAX_REPORT_LABELS = 50  # tasks with more distinct targets than this get no per-label report
+
+
+def can_generate(model: Any) -> bool:
+    return getattr(model, "decode_step", None) is not None and not getattr(model, "is_late_fusion", False) \
+        and not getattr(model, "is_dual_encoder", False)
 
 
 @torch.no_grad()
 def predict(model: Any, examples: Sequence[Example], batch_size: int = 64, max_new_tokens: int = 48,
             progress: bool = False, generation_kwargs: dict[str, Any] | None = None,
             on_text: Callable[[str], None] | None = None) -> list[str]:
-    """Answers for each example's image + prompt, in order (greedy unless `generation_kwargs` say
-    otherwise: num_beams, do_sample ...). `on_text` receives each example's text as it streams."""
-    gen_kwargs = {"max_new_tokens": max_new_tokens, **(generation_kwargs or {})}
-    if on_text is not None:
-        batch_size = 1
+    """Answers for each example's (image +) prompt, in order: the label of the task's head when
+    the model has one, else generated text (greedy unless `generation_kwargs` say otherwise:
+    num_beams, do_sample ...). `on_text` receives each generated example's text as it streams."""
     tok = model.tokenizer
     if tok is None:
         raise ValueError("the model has no tokenizer attached (expected tokenizer.json in its directory)")
+    heads = getattr(model, "head_labels", {})
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
-    cache: dict[str, torch.Tensor] = {}
-    out: list[str] = []
-    for start in tqdm(range(0, len(examples), batch_size), desc="predict", disable=not progress, unit="batch"):
-        chunk = examples[start:start + batch_size]
-        ids, mask = prompt_batch(tok, [e.prompt for e in chunk], [e.text for e in chunk])
-        pixel_values = None
-        if model.image_processor is not None:
-            images = []
-            for e in chunk:
-                if e.image is None:
-                    raise DataError(f"{e.source}: this model needs an image")
-                key = str(e.image)
-                if key not in cache:
-                    try:
-                        cache[key] = model.image_processor.to_uint8(e.image)
-                    except MediaError as err:
-                        raise DataError(f"{e.source}: {err}") from err
-                images.append(cache[key])
-            pixel_values = model.image_processor.normalize(torch.stack(images)).to(device)
-        if on_text is not None:
-            from .generation import stream
+    out: list[str | None] = [None] * len(examples)
+    # Runs of examples answered the same way: (by head or generation, with or without an image)
+    groups: dict[tuple[str, bool], list[int]] = defaultdict(list)
+    for i, e in enumerate(examples):
+        groups[(e.task if e.task in heads else "", e.image is not None)].append(i)
+    bar = tqdm(total=len(examples), desc="predict", disable=not progress, unit="ex")
+    try:
+        for (head, _), idx in groups.items():
+            chunk_size = 1 if on_text is not None and not head else batch_size
+            for s in range(0, len(idx), chunk_size):
+                rows = idx[s:s + chunk_size]
+                chunk = [examples[i] for i in rows]
+                answers = (_head_answers(model, head, chunk) if head else
+                           _generate(model, chunk, max_new_tokens, generation_kwargs, on_text))
+                for i, a in zip(rows, answers):
+                    out[i] = a
+                bar.update(len(rows))
+    finally:
+        bar.close()
+        model.train(was_training)
+    return [o or "" for o in out]
 
-            text = ""
-            for delta in stream(model, ids.to(device), mask.to(device), pixel_values=pixel_values, **gen_kwargs):
-                delta = delta if text else delta.lstrip()
-                text += delta
-                on_text(delta)
-            out.append(text.strip())
-            continue
-        gen = model.generate(ids.to(device), attention_mask=mask.to(device), pixel_values=pixel_values, **gen_kwargs)
-        out.extend(tok.decode(row[ids.shape[1]:].tolist()) for row in gen)
+
+def _pixels(model: Any, chunk: Sequence[Example]) -> torch.Tensor | None:
+    if chunk[0].image is None:
+        return None
+    if model.image_processor is None:
+        raise DataError(f"{chunk[0].source}: has an image but the model has no image encoder")
+    images = []
+    for e in chunk:
+        try:
+            images.append(model.image_processor.to_uint8(e.image))
+        except MediaError as err:
+            raise DataError(f"{e.source}: {err}") from err
+    return model.image_processor.normalize(torch.stack(images)).to(next(model.parameters()).device)
+
+
+def _room(model: Any, chunk: Sequence[Example]) -> int:
+    """Text positions the decoder has left once the image's prefix tokens (if any) are in."""
+    return model.max_seq_len - (model.num_media_tokens if chunk[0].image is not None else 0)
+
+
+def _head_answers(model: Any, task: str, chunk: Sequence[Example]) -> list[str]:
+    ids, mask = prompt_batch(model.tokenizer, [e.prompt for e in chunk], [e.text for e in chunk],
+                             max_len=_room(model, chunk))
+    device = next(model.parameters()).device
+    logits = model.classify(task, ids.to(device), mask.to(device), _pixels(model, chunk))
+    return [model.head_labels[task][k] for k in logits.argmax(-1).tolist()]
+
+
+def _generate(model: Any, chunk: Sequence[Example], max_new_tokens: int, generation_kwargs: dict[str, Any] | None,
+              on_text: Callable[[str], None] | None) -> list[str]:
+    if not can_generate(model):
+        raise ValueError(f"this model cannot generate answers (task {chunk[0].task!r} has no head)")
+    tok = model.tokenizer
+    gen_kwargs = {"max_new_tokens": max_new_tokens, **(generation_kwargs or {})}
+    ids, mask = prompt_batch(tok, [e.prompt for e in chunk], [e.text for e in chunk],
+                             max_len=_room(model, chunk) - 1)  # room for at least one new token
+    device = next(model.parameters()).device
+    pixel_values = _pixels(model, chunk)
+    if on_text is not None:
+        from .generation import stream
+
+        text = ""
+        for delta in stream(model, ids.to(device), mask.to(device), pixel_values=pixel_values, **gen_kwargs):
+            delta = delta if text else delta.lstrip()
+            text += delta
+            on_text(delta)
+        return [text.strip()]
+    gen = model.generate(ids.to(device), attention_mask=mask.to(device), pixel_values=pixel_values, **gen_kwargs)
+    return [tok.decode(row[ids.shape[1]:].tolist()) for row in gen]
+
+
+@torch.no_grad()
+def retrieval_scores(model: Any, examples: Sequence[Example], batch_size: int = 128) -> dict[str, float]:
+    """Recall@1/5/10 both ways over image-text pairs (the text is each example's target).
+
+    Pairs with the same caption (normalised) count as correct for each other: two images that a
+    caption describes equally well are both right answers.
+    """
+    was_training = model.training
+    model.eval()
+    data = ExampleDataset(examples, model.tokenizer, model.image_processor, model.max_seq_len, "pair")
+    device = next(model.parameters()).device
+    images, texts = [], []
+    for s in range(0, len(data), batch_size):
+        batch = collate_examples([data[i] for i in range(s, min(s + batch_size, len(data)))],
+                                 model.tokenizer.pad_id, model.image_processor)
+        images.append(torch.nn.functional.normalize(model.encode_image(batch["pixel_values"].to(device)), dim=-1))
+        texts.append(torch.nn.functional.normalize(
+            model.encode_text(batch["input_ids"].to(device), batch["attention_mask"].to(device)), dim=-1))
     model.train(was_training)
+    sim = torch.cat(texts) @ torch.cat(images).t()  # (texts, images)
+    caps = [normalize_answer(pair_text(e)) for e in data.examples]
+    same = torch.tensor([[a == b for b in caps] for a in caps])
+    out = {}
+    for k in (1, 5, 10):
+        out[f"retrieval_t2i_r{k}"] = recall_at_k(sim, k, positives=same)
+        out[f"retrieval_i2t_r{k}"] = recall_at_k(sim.t(), k, positives=same)
+    out["retrieval_r1"] = (out["retrieval_t2i_r1"] + out["retrieval_i2t_r1"]) / 2
     return out
 
 
 def score(examples: Sequence[Example], predictions: Sequence[str]) -> dict[str, Any]:
-    """Metrics per task: vqa_accuracy; caption_exact_match and caption_bleu4; <task>_accuracy otherwise.
-
-    Also `vqa_accuracy_by_type` when examples carry a `question_type`.
-    """
+    """Metrics per task from predictions (see the module docstring); `count` per task."""
     by_task: dict[str, list[int]] = defaultdict(list)
     for i, ex in enumerate(examples):
         if ex.target is not None:
@@ -80,17 +159,76 @@ def score(examples: Sequence[Example], predictions: Sequence[str]) -> dict[str, 
         targets = [examples[i].target or "" for i in idx]
         if task == "caption":
             result["caption_exact_match"] = exact_match(preds, targets)
-            result["caption_bleu4"] = bleu(preds, [targets])
+            refs = [examples[i].meta.get("references") or [examples[i].target or ""] for i in idx]
+            norm_refs = [[normalize_answer(r) for r in rs] for rs in refs]
+            norm_preds = [normalize_answer(p) for p in preds]
+            result["caption_bleu4"] = bleu(norm_preds, [list(s) for s in zip(*_pad_refs(norm_refs))])
+            result["caption_cider"] = cider(norm_preds, norm_refs)
+            result["caption_rouge_l"] = rouge_l(norm_preds, norm_refs)
         elif task == "vqa":
-            result["vqa_accuracy"] = exact_match(preds, targets)
+            answers = [examples[i].meta.get("answers") or examples[i].target or "" for i in idx]
+            result["vqa_accuracy"] = vqa_accuracy(preds, answers)
             types: dict[str, list[int]] = defaultdict(list)
             for j, i in enumerate(idx):
                 if "question_type" in examples[i].meta:
                     types[examples[i].meta["question_type"]].append(j)
             if types:
                 result["vqa_accuracy_by_type"] = {
-                    t: exact_match([preds[j] for j in js], [targets[j] for j in js]) for t, js in sorted(types.items())}
+                    t: vqa_accuracy([preds[j] for j in js], [answers[j] for j in js]) for t, js in sorted(types.items())}
+        elif task in TRANSCRIPTION_TASKS:
+            result[f"{task}_wer"] = wer([normalize_answer(p) for p in preds], [normalize_answer(t) for t in targets])
         else:
             result[f"{task}_accuracy"] = exact_match(preds, targets)
+            norm_t = [normalize_answer(t) for t in targets]
+            if len(set(norm_t)) <= MAX_REPORT_LABELS:
+                result[f"{task}_report"] = classification_report(norm_t, [normalize_answer(p) for p in preds])
         result.setdefault("count", {})[task] = len(idx)
     return result
+
+
+def _pad_refs(refs: list[list[str]]) -> list[list[str]]:
+    """Equal-length reference lists for BLEU's reference streams (repeat the last reference)."""
+    n = max(len(r) for r in refs)
+    return [r + [r[-1]] * (n - len(r)) for r in refs]
+
+
+def evaluate(model: Any, examples: Sequence[Example], batch_size: int = 64, max_new_tokens: int | None = None,
+             retrieval_tasks: Sequence[str] = RETRIEVAL_TASKS, progress: bool = False,
+             generation_kwargs: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[str | None]]:
+    """Score every task in `examples` that the model can answer -> (report, predictions).
+
+    Retrieval tasks are scored when the model has a contrastive space; tasks it can neither
+    generate nor classify are listed under `skipped`. Predictions are None where none was made.
+    """
+    report: dict[str, Any] = {}
+    skipped: dict[str, str] = {}
+    ret = [e for e in examples if e.task in retrieval_tasks]
+    if ret:
+        if getattr(model, "image_proj", None) is not None:
+            report.update(retrieval_scores(model, ret))
+            report.setdefault("count", {})["retrieval"] = len(ret)
+        else:
+            skipped["retrieval"] = "the model has no contrastive head"
+    heads = getattr(model, "head_labels", {})
+    answerable = []
+    for e in examples:
+        if e.task in retrieval_tasks or e.target is None:
+            continue
+        if e.task in heads or can_generate(model):
+            answerable.append(e)
+        else:
+            skipped[e.task] = "the model has no head for it and cannot generate"
+    predictions: list[str | None] = [None] * len(examples)
+    if answerable:
+        if max_new_tokens is None:
+            max_new_tokens = max(len(model.tokenizer.encode(e.target or "")) for e in answerable) + 2
+        preds = predict(model, answerable, batch_size, max_new_tokens, progress, generation_kwargs)
+        counts = report.pop("count", {})
+        report.update(score(answerable, preds))
+        report["count"] = {**counts, **report.get("count", {})}
+        position = {id(e): i for i, e in enumerate(examples)}
+        for e, p in zip(answerable, preds):
+            predictions[position[id(e)]] = p
+    if skipped:
+        report["skipped"] = skipped
+    return report, predictions

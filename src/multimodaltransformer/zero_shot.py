@@ -14,6 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .metrics import recall_at_k  # retrieval scores live with the other metrics
+
+__all__ = ["embed_images", "embed_texts", "recall_at_k", "retrieval_similarity", "zero_shot_classify"]
+
 
 def _tokenize(tokenizer: Any, texts: Sequence[str], pad_id: int = 0) -> tuple[Tensor, Tensor]:
     encoded = [e.ids for e in tokenizer.encode_batch(list(texts))]  # with the tokenizer's own specials
@@ -57,14 +61,3 @@ def retrieval_similarity(model: Any, texts: Sequence[str], pixel_values: Tensor,
                          tokenizer: Any | None = None) -> Tensor:
     """Cosine similarities (T, I) between every text and every image."""
     return embed_texts(model, texts, tokenizer) @ embed_images(model, pixel_values).t()
-
-
-def recall_at_k(similarity: Tensor, k: int = 1) -> float:
-    """Fraction of rows whose matching column (row i <-> column i) is among their top k.
-
-    Pass `similarity` (T, I) for text-to-image retrieval, its transpose for image-to-text.
-    """
-    if similarity.shape[0] > similarity.shape[1]:
-        raise ValueError(f"recall@k needs a match for every row: got {tuple(similarity.shape)}")
-    top = similarity.topk(min(k, similarity.shape[1]), dim=1).indices
-    return (top == torch.arange(similarity.shape[0], device=top.device)[:, None]).any(dim=1).float().mean().item()

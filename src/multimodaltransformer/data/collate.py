@@ -8,7 +8,7 @@ every row's next token is at the last column.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from ..modalities.image import ImageProcessor, MediaError
 from ..modalities.text import TextTokenizer
-from ..models.multimodal import IGNORE_INDEX
+from ..objectives import IGNORE_INDEX
 from .manifest import DataError, Example
 
 
@@ -37,6 +37,106 @@ def encode_example(tok: TextTokenizer, ex: Example, max_len: int) -> tuple[list[
     return ids[:max_len], labels[:max_len], truncated
 
 
+class ImageCache:
+    """Images decoded once and kept as uint8 (several examples share one image)."""
+
+    def __init__(self, processor: ImageProcessor | None) -> None:
+        self.processor = processor
+        self.images: dict[str, Tensor] = {}
+
+    def __call__(self, ex: Example) -> Tensor | None:
+        if ex.image is None:
+            return None
+        if self.processor is None:
+            raise DataError(f"{ex.source}: has an image but the model has no image encoder")
+        key = str(ex.image)
+        if key not in self.images:
+            try:
+                self.images[key] = self.processor.to_uint8(ex.image)
+            except MediaError as e:
+                raise DataError(f"{ex.source}: {e}") from e
+        return self.images[key]
+
+
+def pair_text(ex: Example) -> str:
+    """The text side of an image-text pair (retrieval, contrastive, matching): the target, else `text`."""
+    text = ex.target if ex.target else ex.text
+    if not text:
+        raise DataError(f"{ex.source}: an image-text pair needs a target or text")
+    return text
+
+
+class ExampleDataset(Dataset):
+    """One item per example for the non-generative objectives, images cached:
+    "pair": image + <bos> text <sep> (contrastive / matching); "classify": image (or none) + the
+    prompt, and the label index; "text": <bos> text <eos>, the whole text of the example (masked LM)."""
+
+    def __init__(self, examples: Sequence[Example], tokenizer: TextTokenizer, image_processor: ImageProcessor | None,
+                 max_text_len: int, kind: str, labels: Mapping[str, Sequence[str]] | None = None,
+                 skip_bad: bool = False) -> None:
+        self.tokenizer, self.kind, self.max_text_len = tokenizer, kind, max_text_len
+        self.labels = {task: {label: i for i, label in enumerate(ls)} for task, ls in (labels or {}).items()}
+        self.image = ImageCache(image_processor)
+        self.examples, self.skipped = [], []
+        for ex in examples:
+            try:
+                self.image(ex)
+                if kind == "pair":
+                    if ex.image is None:
+                        raise DataError(f"{ex.source}: an image-text pair needs an image")
+                    pair_text(ex)
+                if kind == "classify" and ex.target not in self.labels.get(ex.task, {}):
+                    raise DataError(f"{ex.source}: label {ex.target!r} is not one of task {ex.task!r}'s "
+                                    f"{sorted(self.labels.get(ex.task, {}))}")
+            except DataError as e:
+                if not skip_bad:
+                    raise
+                self.skipped.append(str(e))
+                continue
+            self.examples.append(ex)
+        if self.skipped:
+            warnings.warn(f"skipped {len(self.skipped)} example(s); first: {self.skipped[0]}", stacklevel=2)
+        if not self.examples:
+            raise DataError("no usable examples left")
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        ex, tok = self.examples[i], self.tokenizer
+        if self.kind == "pair":
+            ids = [tok.bos_id, *tok.encode(pair_text(ex)), tok.sep_id]
+        elif self.kind == "classify":
+            ids = encode_prompt(tok, ex.prompt, ex.text)
+        else:
+            body = " ".join(s for s in (ex.text, ex.prompt, ex.target) if s)
+            ids = [tok.bos_id, *tok.encode(body), tok.eos_id]
+        ids = ids[:self.max_text_len - 1] + ids[-1:] if len(ids) > self.max_text_len else ids  # keep the last token
+        item = {"input_ids": ids, "image": self.image(ex), "tasks": [ex.task]}
+        if self.kind == "classify":
+            item["label"] = self.labels[ex.task][ex.target]
+        return item
+
+
+def collate_examples(items: list[dict[str, Any]], pad_id: int, processor: ImageProcessor | None) -> dict[str, Any]:
+    """Right-padded input_ids / attention_mask, pixel_values when every item has an image, labels."""
+    T = max(len(it["input_ids"]) for it in items)
+    ids = torch.full((len(items), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(items), T), dtype=torch.bool)
+    for r, it in enumerate(items):
+        ids[r, :len(it["input_ids"])] = torch.tensor(it["input_ids"])
+        mask[r, :len(it["input_ids"])] = True
+    batch: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "tasks": [it["tasks"] for it in items]}
+    images = [it["image"] for it in items]
+    if all(im is not None for im in images):
+        batch["pixel_values"] = processor.normalize(torch.stack(images))
+    elif any(im is not None for im in images):
+        raise DataError("a batch mixes examples with and without images; keep them in separate task streams")
+    if "label" in items[0]:
+        batch["class_labels"] = torch.tensor([it["label"] for it in items])
+    return batch
+
+
 class ManifestDataset(Dataset):
     """Examples with their images decoded once and cached as uint8 (several examples share one).
 
@@ -48,7 +148,7 @@ class ManifestDataset(Dataset):
                  image_processor: ImageProcessor | None, max_text_len: int,
                  skip_bad: bool = False, pack: bool = False) -> None:
         self.tokenizer, self.processor, self.max_text_len = tokenizer, image_processor, max_text_len
-        self.images: dict[str, Tensor] = {}
+        self._image = ImageCache(image_processor)
         self.examples: list[Example] = []
         self.skipped: list[str] = []
         truncated = 0
@@ -75,19 +175,6 @@ class ManifestDataset(Dataset):
             key = str(ex.image) if (pack and ex.image is not None) else f"#{i}"
             groups.setdefault(key, []).append(i)
         self.groups = list(groups.values())
-
-    def _image(self, ex: Example) -> Tensor | None:
-        if ex.image is None:
-            return None
-        if self.processor is None:
-            raise DataError(f"{ex.source}: has an image but the model has no image encoder")
-        key = str(ex.image)
-        if key not in self.images:
-            try:
-                self.images[key] = self.processor.to_uint8(ex.image)
-            except MediaError as e:
-                raise DataError(f"{ex.source}: {e}") from e
-        return self.images[key]
 
     def __len__(self) -> int:
         return len(self.groups)
@@ -126,15 +213,23 @@ class TrainCollator:
         images = [it["image"] for it in items]
         if any(im is not None for im in images):
             if any(im is None for im in images):
-                raise DataError("a batch mixes examples with and without images; this model needs an image for each")
+                raise DataError("a batch mixes examples with and without images; keep them in separate task streams")
             batch["pixel_values"] = self.processor.normalize(torch.stack(images))
         return batch
 
 
-def prompt_batch(tok: TextTokenizer, prompts: Sequence[str], texts: Sequence[str | None] | None = None
-                 ) -> tuple[Tensor, Tensor]:
-    """Left-padded prompt ids (B, T) and attention mask for generation."""
+def prompt_batch(tok: TextTokenizer, prompts: Sequence[str], texts: Sequence[str | None] | None = None,
+                 max_len: int | None = None) -> tuple[Tensor, Tensor]:
+    """Left-padded prompt ids (B, T) and attention mask for generation.
+
+    A prompt longer than `max_len` keeps its <bos> and its last max_len - 1 tokens (the
+    question and the separator sit at the end), with a warning.
+    """
     encoded = [encode_prompt(tok, p, t) for p, t in zip(prompts, texts or [None] * len(prompts))]
+    if max_len is not None and any(len(e) > max_len for e in encoded):
+        warnings.warn(f"{sum(len(e) > max_len for e in encoded)} prompt(s) longer than {max_len} tokens were "
+                      "cut from the left", stacklevel=2)
+        encoded = [e if len(e) <= max_len else e[:1] + e[len(e) - max_len + 1:] for e in encoded]
     T = max(len(e) for e in encoded)
     ids = torch.full((len(encoded), T), tok.pad_id, dtype=torch.long)
     mask = torch.zeros((len(encoded), T), dtype=torch.bool)

@@ -4,16 +4,24 @@ Each 64x64 image holds 1-3 objects (5 shapes x 8 colours x 2 sizes), one per col
 (left / middle / right), so captions and answers are unambiguous functions of the image:
 - caption: objects left to right, "a small red circle left of a large blue square";
 - questions: colour, shape, size, count, position (absolute and relative), yes/no existence;
-- class label: the shape of the largest object (the leftmost of equals).
+- class label: the shape of the largest object (the leftmost of equals);
+- retrieval: the caption alone (empty prompt), a text-image pair for contrastive training;
+- match: "does the text describe the image?" with a caption that is the true one ("yes") or a near
+  miss one edit away ("no": one object's colour, shape or size changed, or two objects swapped).
+  Near misses are valid scenes of the same split, so the text alone says nothing: the answer needs
+  both modalities.
+The new tasks draw from their own per-image rng, so the other rows are those of earlier versions.
 The `novel` split only holds images with at least one colour-shape pair never used in
 train/val/test, which measures compositional generalisation.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -35,6 +43,9 @@ NOVEL_PAIRS = frozenset((c, SHAPES[i % len(SHAPES)]) for i, c in enumerate(COLOR
 SPLITS = ("train", "val", "test", "novel")
 CAPTION_PROMPT = "describe the image."
 CLASSIFY_PROMPT = "what is the main shape in the image?"
+MATCH_PROMPT = "does the text describe the image?"
+TASKS = ("caption", "vqa", "classify", "retrieval", "match")
+VERSION = 2  # bumped when rows change; info.json records it so stale caches are regenerated
 IMAGE_SIZE = 64
 _SS = 4  # supersampling factor for anti-aliased edges
 
@@ -157,9 +168,65 @@ def questions(objs: list[Obj], rng: random.Random, split: str, k: int = 3) -> li
     return [(t, *gens[t]) for t in types]
 
 
+def _valid_scene(objs: list[Obj], split: str) -> bool:
+    """Novel scenes hold a held-out colour-shape pair; all others hold none."""
+    held_out = [(o.color, o.shape) in NOVEL_PAIRS for o in objs]
+    return any(held_out) if split == "novel" else not any(held_out)
+
+
+def near_misses(objs: list[Obj], split: str) -> dict[str, list[list[Obj]]]:
+    """Valid scenes of `split` one edit away from `objs` whose captions differ, by edit type.
+
+    Edits: one object's colour, shape or size; or two objects of different phrases swapping places.
+    "size" is never empty (flipping a size keeps every pair), so a near miss always exists.
+    """
+    edits: dict[str, list[list[Obj]]] = {"color": [], "shape": [], "size": [], "order": []}
+    for k, o in enumerate(objs):
+        changed = [("color", replace(o, color=c)) for c in COLORS if c != o.color]
+        changed += [("shape", replace(o, shape=s)) for s in SHAPES if s != o.shape]
+        changed += [("size", replace(o, size=s)) for s in SIZES if s != o.size]
+        for kind, new in changed:
+            scene = objs[:k] + [new] + objs[k + 1:]
+            if _valid_scene(scene, split):
+                edits[kind].append(scene)
+    for a, b in itertools.combinations(range(len(objs)), 2):
+        if objs[a].phrase != objs[b].phrase:  # swapping equal objects would not change the caption
+            scene = list(objs)
+            scene[a] = replace(objs[b], column=objs[a].column, y=objs[a].y)
+            scene[b] = replace(objs[a], column=objs[b].column, y=objs[b].y)
+            edits["order"].append(scene)
+    return {kind: scenes for kind, scenes in edits.items() if scenes}
+
+
+def match_example(objs: list[Obj], rng: random.Random, split: str) -> tuple[str, str, str]:
+    """(text, answer, match_type): the true caption ("yes", "none") or a near miss ("no", its edit), 50/50.
+
+    The edit type is drawn uniformly among those possible, then the edited scene uniformly within it.
+    """
+    if rng.random() < 0.5:
+        return caption(objs), "yes", "none"
+    misses = near_misses(objs, split)
+    kind = rng.choice(sorted(misses))
+    return caption(rng.choice(misses[kind])), "no", kind
+
+
+def check_tasks(tasks: Iterable[str] | None) -> tuple[str, ...]:
+    """The requested task names in canonical `TASKS` order (None: all of them)."""
+    if tasks is None:
+        return TASKS
+    wanted = set(tasks)
+    if unknown := sorted(wanted - set(TASKS)):
+        raise ValueError(f"unknown ShapesWorld task(s) {unknown}; choose from {list(TASKS)}")
+    if not wanted:
+        raise ValueError(f"no ShapesWorld tasks given; choose from {list(TASKS)}")
+    return tuple(t for t in TASKS if t in wanted)
+
+
 def generate(out: str | Path, split: Literal["train", "val", "test", "novel"] = "train",
-             n: int = 1000, seed: int = 0, questions_per_image: int = 3, progress: bool = True) -> Path:
-    """Write `n` images and OUT/manifest.jsonl (caption, VQA and classify lines per image)."""
+             n: int = 1000, seed: int = 0, questions_per_image: int = 3, progress: bool = True,
+             tasks: Iterable[str] | None = None) -> Path:
+    """Write `n` images and OUT/manifest.jsonl with rows of `tasks` per image (None: all of `TASKS`)."""
+    tasks = check_tasks(tasks)
     if split not in SPLITS:
         raise ValueError(f"unknown ShapesWorld split {split!r}; choose from {list(SPLITS)}")
     if n <= 0:
@@ -182,9 +249,16 @@ def generate(out: str | Path, split: Literal["train", "val", "test", "novel"] = 
                 rows.append({"id": f"{uid}-q{j}", "task": "vqa", "prompt": q, "target": a, "question_type": qtype})
             rows.append({"id": f"{uid}-cls", "task": "classify", "prompt": CLASSIFY_PROMPT,
                          "target": class_label(objs)})
+            rows.append({"id": f"{uid}-ret", "task": "retrieval", "prompt": "", "target": caption(objs)})
+            # A separate rng: drawing from `rng` here would change every later image of the split.
+            text, answer, kind = match_example(objs, random.Random(f"shapesworld/{split}/{seed}/{i}/match"), split)
+            rows.append({"id": f"{uid}-match", "task": "match", "prompt": MATCH_PROMPT, "text": text,
+                         "target": answer, "match_type": kind})
             for row in rows:
-                f.write(json.dumps({**row, **base}) + "\n")
+                if row["task"] in tasks:
+                    f.write(json.dumps({**row, **base}) + "\n")
     tmp.replace(out / "manifest.jsonl")
-    (out / "info.json").write_text(json.dumps({"dataset": "shapesworld", "split": split, "n": n, "seed": seed,
-                                                "questions_per_image": questions_per_image}) + "\n")
+    (out / "info.json").write_text(json.dumps({"dataset": "shapesworld", "version": VERSION, "split": split, "n": n,
+                                                "seed": seed, "questions_per_image": questions_per_image,
+                                                "tasks": list(tasks)}) + "\n")
     return out / "manifest.jsonl"

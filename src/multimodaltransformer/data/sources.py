@@ -1,40 +1,98 @@
-"""Resolve a data source string to a manifest path, generating built-in datasets on demand."""
+"""Resolve a data source string to a manifest path, generating built-in datasets on demand.
+
+A source is a manifest path (or its folder), or a built-in spec `NAME:key=value,...`:
+  shapes:split=train,n=2000,seed=0[,questions=3][,tasks=caption+vqa+retrieval]
+  reviews:split=train,n=2000,seed=0
+A spec is generated once into CACHE_DIR/<dataset>/<name from its values>; a cached copy written by
+an older generator version (its info.json says) is regenerated.
+"""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from pathlib import Path
 
 from .manifest import DataError
 
+Spec = dict[str, str | int]
 
-def parse_shapes_spec(spec: str) -> dict[str, str | int]:
-    """`shapes:split=train,n=2000,seed=0[,questions=3]` -> {"split": "train", "n": 2000, "seed": 0, ...}."""
-    args: dict[str, str | int] = {"split": "train", "n": 1000, "seed": 0, "questions": 3}
-    body = spec.split(":", 1)[1]
+
+def parse_spec(spec: str) -> tuple[str, Spec]:
+    """`shapes:split=val,n=7` -> ("shapes", {"split": "val", "n": 7, "seed": 0, ...}), defaults filled in."""
+    name, _, body = spec.partition(":")
+    if name not in BUILTINS:
+        raise DataError(f"data source {spec!r}: unknown dataset {name!r} (built-in: {', '.join(BUILTINS)})")
+    args = dict(BUILTINS[name][0])
     for part in filter(None, body.split(",")):
         key, _, value = part.partition("=")
-        key = key.strip()
+        key, value = key.strip(), value.strip()
         if key not in args:
             raise DataError(f"data source {spec!r}: unknown key {key!r} (use {', '.join(args)})")
-        try:
-            args[key] = value.strip() if key == "split" else int(value)
-        except ValueError as e:
-            raise DataError(f"data source {spec!r}: {key} must be an integer") from e
-    return args
+        if isinstance(args[key], int):
+            try:
+                args[key] = int(value)
+            except ValueError as e:
+                raise DataError(f"data source {spec!r}: {key} must be an integer") from e
+        else:
+            args[key] = value
+    return name, args
+
+
+def _check_split(spec: str, split: str | int, splits: tuple[str, ...]) -> None:
+    if split not in splits:
+        raise DataError(f"data source {spec!r}: unknown split {split!r} (use {', '.join(splits)})")
+
+
+def _is_current(out: Path, version: int) -> bool:
+    """A cached dataset is reused if complete and written by this generator version."""
+    info = out / "info.json"
+    if not (out / "manifest.jsonl").is_file() or not info.is_file():
+        return False
+    return json.loads(info.read_text()).get("version") == version
+
+
+def _shapes(spec: str, a: Spec, root: Path, progress: bool) -> Path:
+    from . import shapes
+
+    _check_split(spec, a["split"], shapes.SPLITS)
+    try:
+        tasks = shapes.check_tasks(None if a["tasks"] == "all" else str(a["tasks"]).split("+"))
+    except ValueError as e:
+        raise DataError(f"data source {spec!r}: {e}") from e
+    name = f"{a['split']}-n{a['n']}-seed{a['seed']}" + (f"-q{a['questions']}" if a["questions"] != 3 else "")
+    name += f"-{'+'.join(tasks)}" if tasks != shapes.TASKS else ""
+    out = root / "shapesworld" / name
+    if not _is_current(out, shapes.VERSION):
+        shapes.generate(out, split=a["split"], n=int(a["n"]), seed=int(a["seed"]),  # type: ignore[arg-type]
+                        questions_per_image=int(a["questions"]), progress=progress, tasks=tasks)
+    return out / "manifest.jsonl"
+
+
+def _reviews(spec: str, a: Spec, root: Path, progress: bool) -> Path:
+    from . import reviews
+
+    _check_split(spec, a["split"], reviews.SPLITS)
+    out = root / "reviews" / f"{a['split']}-n{a['n']}-seed{a['seed']}"
+    if not _is_current(out, reviews.VERSION):
+        reviews.generate(out, split=a["split"], n=int(a["n"]), seed=int(a["seed"]),  # type: ignore[arg-type]
+                         progress=progress)
+    return out / "manifest.jsonl"
+
+
+# Each built-in: its keys with their defaults (a default's type is the value's type), and its builder.
+BUILTINS: dict[str, tuple[Spec, Callable[[str, Spec, Path, bool], Path]]] = {
+    "shapes": ({"split": "train", "n": 1000, "seed": 0, "questions": 3, "tasks": "all"}, _shapes),
+    "reviews": ({"split": "train", "n": 2000, "seed": 0}, _reviews),
+}
 
 
 def resolve_source(spec: str, cache_dir: str | Path, progress: bool = True) -> Path:
-    """A manifest path as is, or a ShapesWorld spec generated once into `cache_dir`."""
-    if spec.startswith("shapes:"):
-        from . import shapes
-
-        a = parse_shapes_spec(spec)
-        name = f"{a['split']}-n{a['n']}-seed{a['seed']}" + (f"-q{a['questions']}" if a["questions"] != 3 else "")
-        out = Path(cache_dir).expanduser() / "shapesworld" / name
-        if not (out / "manifest.jsonl").is_file():
-            shapes.generate(out, split=a["split"], n=a["n"], seed=a["seed"],  # type: ignore[arg-type]
-                            questions_per_image=int(a["questions"]), progress=progress)
-        return out / "manifest.jsonl"
+    """A manifest path as is, or a built-in spec generated once into `cache_dir`."""
+    name, colon, _ = spec.partition(":")
+    if colon and name in BUILTINS:
+        name, args = parse_spec(spec)
+        return BUILTINS[name][1](spec, args, Path(cache_dir).expanduser(), progress)
     path = Path(spec).expanduser()
     if path.is_dir():
         path = path / "manifest.jsonl"

@@ -1,9 +1,11 @@
 """The model interface generation drives, and an adapter that gives it to any plain decoder LM.
 
 A generative model here offers (MultimodalTransformerModel and ComposedModel do natively):
-  embed(input_ids, attention_mask, **media) -> (x (B, S, C), key_mask (B, S))   media tokens first
-  decode_step(x, positions, key_mask, start) -> logits (B, T', V)   x at cache slots start..; key_mask (B, L)
-  decoder.embed(ids) -> (B, T, C);  setup_caches(B, L);  clear_caches();  max_seq_len;  num_media_tokens
+  embed(input_ids, attention_mask, **media) -> (x (B, S, C), key_mask (B, S), context (B, M, C) | None)
+      media prefix tokens first; context is what cross-attention layers read (None: none)
+  decode_step(x, positions, key_mask, start, context=None) -> logits (B, T', V)   x at cache slots start..;
+      key_mask (B, L); context only at the prefill
+  decoder.embed(ids) -> (B, T, C);  setup_caches(B, L, context_len);  clear_caches();  max_seq_len;  num_media_tokens
   __call__(input_ids=, attention_mask=, **media).logits   the uncached reference path
 and optionally `tokenizer` (a TextTokenizer: eos_id / pad_id are the defaults).
 `LMAdapter` wraps a decoder LM with `tok_embed`, `transformer` (a TransformerStack) and `lm_head`
@@ -17,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..models.multimodal import causal_mask
+from ..models.multimodal import Embedded, causal_mask
 from ..nn.attention import causal_padding_mask
 
 
@@ -44,19 +46,20 @@ class LMAdapter(nn.Module):
     def eos_token_id(self) -> int | list[int] | None:
         return getattr(getattr(self.lm, "config", None), "eos_token_id", None)
 
-    def embed(self, input_ids: Tensor, attention_mask: Tensor | None = None, **media: Any) -> tuple[Tensor, Tensor]:
+    def embed(self, input_ids: Tensor, attention_mask: Tensor | None = None, **media: Any) -> Embedded:
         if any(v is not None for v in media.values()):
             raise ValueError(f"{type(self.lm).__name__} is a text-only LM: it takes no {sorted(media)}")
         mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-        return self.lm.tok_embed(input_ids), mask
+        return Embedded(self.lm.tok_embed(input_ids), mask)
 
-    def setup_caches(self, batch: int, max_len: int) -> None:
+    def setup_caches(self, batch: int, max_len: int, context_len: int | None = None) -> None:
         self.lm.transformer.setup_caches(batch, max_len)
 
     def clear_caches(self) -> None:
         self.lm.transformer.clear_caches()
 
-    def decode_step(self, x: Tensor, positions: Tensor, key_mask: Tensor, start: int) -> Tensor:
+    def decode_step(self, x: Tensor, positions: Tensor, key_mask: Tensor, start: int,
+                    context: Tensor | None = None) -> Tensor:
         T = x.shape[1]
         input_pos = torch.arange(start, start + T, device=x.device)
         if T == 1:  # one new token at the newest slot: it may see every real slot, which key_mask marks
@@ -68,7 +71,7 @@ class LMAdapter(nn.Module):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, **media: Any) -> Any:
         """Full-sequence logits with positions counted from the first real token (left padding)."""
-        x, mask = self.embed(input_ids, attention_mask, **media)
+        x, mask, _ = self.embed(input_ids, attention_mask, **media)
         positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
         h = self.lm.transformer(x, causal_padding_mask(mask, x.shape[1], device=x.device), positions=positions)
         return _Logits(self.lm.lm_head(h))

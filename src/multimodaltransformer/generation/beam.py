@@ -63,7 +63,10 @@ def beam_search(session: CachedSession | UncachedSession, prompt: Tensor, num_be
         total = (logp.view(B, K, V) + scores[:, :, None]).view(B, K * V)
         if do_sample:
             index = torch.multinomial(total.softmax(-1), C, generator=generator)
-            cand_scores = total.gather(1, index)
+            # best first, as topk gives them: the beams kept are the best-scoring of the sampled
+            # candidates (transformers >= 5.24 sorts them too; earlier releases kept draw order)
+            cand_scores, order = total.gather(1, index).sort(dim=-1, descending=True)
+            index = index.gather(1, order)
         else:
             cand_scores, index = torch.topk(total, C)  # (B, C)
         parent, token = index // V, index % V

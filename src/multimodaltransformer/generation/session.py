@@ -36,16 +36,16 @@ class CachedSession:
                  max_new_tokens: int, expand: int = 1, compile: bool = False) -> None:
         self.model = model
         B = input_ids.shape[0]
-        x, key_mask = model.embed(input_ids, mask, **media)  # (B, S, C), (B, S)
+        x, key_mask, context = model.embed(input_ids, mask, **media)  # (B, S, C), (B, S), (B, M, C) | None
         S = x.shape[1]
         L = S + max_new_tokens
-        model.setup_caches(B, L)
+        model.setup_caches(B, L, None if context is None else context.shape[1])
         self.linears = FewRowLinears(model)  # CPU: the decode steps' matmuls on W @ x^T (fastpath.py)
         try:
             slots = torch.zeros(B, L, dtype=torch.bool, device=x.device)
             slots[:, :S] = key_mask
             positions = (key_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, S): left padding shifts nothing
-            logits = model.decode_step(x, positions, slots, 0)[:, -1]  # (B, V)
+            logits = model.decode_step(x, positions, slots, 0, context=context)[:, -1]  # (B, V); caches the context
             self.caches = _kv_caches(model)
             if expand > 1:  # the prompt ran once per prompt; its rows are copied to every beam / sample
                 rows = torch.arange(B, device=x.device).repeat_interleave(expand)

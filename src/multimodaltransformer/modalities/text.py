@@ -16,7 +16,8 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..nn import EncoderOutput
 
-SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>", "<sep>", "<unk>"]
+SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>", "<sep>", "<unk>", "<mask>"]
+OPTIONAL_SPECIALS = ("mask",)  # tokenizers saved before <mask> existed fall back to <unk> for it
 TOKENIZER_FILE = "tokenizer.json"
 
 
@@ -31,11 +32,13 @@ class TextTokenizer:
         self.tokenizer = tokenizer
         if special_ids is None:
             ids = {t.strip("<>"): tokenizer.token_to_id(t) for t in SPECIAL_TOKENS}
-            missing = [t for t, i in ids.items() if i is None]
+            missing = [t for t, i in ids.items() if i is None and t not in OPTIONAL_SPECIALS]
             if missing:
                 raise ValueError(f"tokenizer lacks special token(s) {missing}")
             special_ids = ids  # type: ignore[assignment]
-        self.special_ids = dict(special_ids)
+        self.special_ids = {k: v for k, v in special_ids.items() if v is not None}
+        # <mask> replaces tokens for masked-LM training; a tokenizer without one reuses <unk>
+        self.mask_id = self.special_ids.get("mask", self.special_ids["unk"])
         self.pad_id, self.bos_id, self.eos_id, self.sep_id, self.unk_id = (
             self.special_ids[k] for k in ("pad", "bos", "eos", "sep", "unk"))
 

@@ -20,12 +20,12 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from ..config import ConfigError, from_dict, to_dict
-from ..fusion import EarlyFusion
+from ..fusion import EarlyFusion, FusionConfig
 from ..modalities.image import ImageProcessor, ViTConfig, ViTEncoder
 from ..modalities.text import TextTokenizer
 from ..nn.lora import LoRAConfig, apply_lora, merge_lora
 from .base import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, load_state_strict
-from .multimodal import MultimodalTransformerModel
+from .multimodal import HeadsConfig, MultimodalTransformerModel
 from .vit import VisionTransformer, VisionTransformerConfig
 
 Component = Literal["vision", "projector", "language"]
@@ -77,9 +77,18 @@ class LMDecoder(nn.Module):
     def embed(self, input_ids: Tensor) -> Tensor:
         return self.lm.tok_embed(input_ids)
 
+    def hidden(self, x: Tensor, positions: Tensor, mask: Tensor | None = None, input_pos: Tensor | None = None,
+               context: Tensor | None = None) -> Tensor:
+        if context is not None:
+            raise ValueError("a composed decoder LM has no cross-attention layers")
+        return self.lm.transformer(x, mask, input_pos, positions=positions)
+
+    def head(self, h: Tensor) -> Tensor:
+        return self.lm.lm_head(h)
+
     def forward(self, x: Tensor, positions: Tensor, mask: Tensor | None = None,
-                input_pos: Tensor | None = None) -> Tensor:
-        return self.lm.lm_head(self.lm.transformer(x, mask, input_pos, positions=positions))
+                input_pos: Tensor | None = None, context: Tensor | None = None) -> Tensor:
+        return self.head(self.hidden(x, positions, mask, input_pos, context))
 
 
 def _vision_parts(model: nn.Module, source: str) -> tuple[nn.Module, dict[str, Any], ImageProcessor]:
@@ -134,6 +143,8 @@ class ComposedModel(MultimodalTransformerModel):
             if not hasattr(language, name):
                 raise ConfigError(f"language: {type(language).__name__} is not a decoder LM (no {name})")
         self.decoder = LMDecoder(language)
+        self.fusion_config = FusionConfig("early", projector=config.projector)
+        self._build_heads(HeadsConfig(), None, language.tok_embed.weight.shape[1])
         self.tokenizer = tokenizer
         self.image_encoder = self.fusion = self.image_processor = None
         self._num_media = 0

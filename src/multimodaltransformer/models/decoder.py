@@ -37,11 +37,23 @@ class GPTDecoder(nn.Module):
     def embed(self, input_ids: Tensor) -> Tensor:
         return self.tok_embed(input_ids)  # (B, T, C)
 
-    def forward(self, x: Tensor, positions: Tensor, mask: Tensor | None = None,
-                input_pos: Tensor | None = None) -> Tensor:
-        """x (B, T, C) embeddings, positions (B, T) -> logits (B, T, V)."""
-        h = self.transformer(self.drop(x + self.pos_embed(positions)), mask=mask, input_pos=input_pos)
+    def hidden(self, x: Tensor, positions: Tensor, mask: Tensor | None = None, input_pos: Tensor | None = None,
+               context: Tensor | None = None) -> Tensor:
+        """x (B, T, C) embeddings, positions (B, T) -> final hidden states (B, T, C).
+
+        context (B, M, C) feeds the cross-attention layers (cross / gated fusion), if any.
+        """
+        return self.transformer(self.drop(x + self.pos_embed(positions)), mask=mask, input_pos=input_pos,
+                                context=context)
+
+    def head(self, h: Tensor) -> Tensor:
+        """Hidden states (B, T, C) -> logits (B, T, V)."""
         return self.lm_head(h)
+
+    def forward(self, x: Tensor, positions: Tensor, mask: Tensor | None = None,
+                input_pos: Tensor | None = None, context: Tensor | None = None) -> Tensor:
+        """x (B, T, C) embeddings, positions (B, T) -> logits (B, T, V)."""
+        return self.head(self.hidden(x, positions, mask, input_pos, context))
 
 
 def _init_weights(module: nn.Module) -> None:

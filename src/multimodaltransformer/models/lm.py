@@ -21,7 +21,8 @@ from torch import Tensor, nn
 
 from ..nn import TransformerConfig, TransformerStack, causal_padding_mask
 from .base import PretrainedModel
-from .multimodal import IGNORE_INDEX, ModelOutput
+from ..objectives import IGNORE_INDEX
+from .multimodal import ModelOutput
 
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
 

@@ -1,28 +1,55 @@
-"""The multimodal model: image encoder -> fusion -> GPT decoder, with save/load.
+"""The multimodal model: image encoder -> fusion -> GPT decoder -> LM head and task heads.
 
 `MultimodalTransformer` is the config (the seeds' name), `MultimodalTransformerModel` the module.
-Legend: B batch, N image tokens, T text tokens, S = N + T, C decoder dim, V vocabulary.
+How the image reaches the text is the fusion's business (fusion/): prefix tokens in front of the
+text (early, resampler), memory the decoder cross-attends to (cross, gated), or a pooled vector
+that only the task heads see (late). The same decoder, run on text alone, is the text tower of
+the contrastive (CLIP-style) head, and run without its causal mask, a masked-LM encoder (UniLM).
+Legend: B batch, N image tokens, P prefix tokens, M memory tokens, T text tokens, S = P + T,
+C decoder dim, V vocabulary, D contrastive dim, K classes.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from ..fusion import EarlyFusion
+from ..fusion import FusionConfig, build_fusion, decoder_overrides, num_prefix_tokens
 from ..modalities.image import ImageProcessor, ViTConfig, ViTEncoder
 from ..modalities.text import TOKENIZER_FILE, TextTokenizer
+from ..objectives import causal_lm_loss, logit_scale_init
 from .base import WEIGHTS_FILE, load_state_strict, read_model_config, write_model_dir
 from .decoder import DecoderConfig, GPTDecoder
 
-IGNORE_INDEX = -100
+_TASK_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+
+
+@dataclass
+class HeadsConfig:
+    """Heads on top of the decoder besides the LM head."""
+
+    # image-text contrastive projections to a shared D-dim space (retrieval, CLIP's loss); None: none
+    contrastive_dim: int | None = None
+    # image-text matching: a binary head on the fused [image; text] representation
+    itm: bool = False
+    # one classification head per task, with its labels (filled from the training data by the trainer)
+    classes: dict[str, list[str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.contrastive_dim is not None and self.contrastive_dim <= 0:
+            raise ValueError(f"heads.contrastive_dim must be positive, got {self.contrastive_dim}")
+        for task, labels in self.classes.items():
+            if not _TASK_NAME.match(task):
+                raise ValueError(f"heads.classes: task name {task!r} must be letters, digits, _ or -")
+            if len(labels) < 2 or len(set(labels)) != len(labels):
+                raise ValueError(f"heads.classes.{task}: needs at least 2 distinct labels, got {labels}")
 
 
 @dataclass
@@ -31,25 +58,36 @@ class MultimodalTransformer:
 
     image: ViTConfig | None = field(default_factory=ViTConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    heads: HeadsConfig = field(default_factory=HeadsConfig)
     label_smoothing: float = 0.0
     model_type: str = "multimodaltransformer"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        media = self.image.num_patches if self.image else 0
-        if media >= self.decoder.max_seq_len:
-            raise ValueError(
-                f"decoder.max_seq_len {self.decoder.max_seq_len} leaves no room for text after {media} image tokens")
+        if self.num_media_tokens >= self.decoder.max_seq_len:
+            raise ValueError(f"decoder.max_seq_len {self.decoder.max_seq_len} leaves no room for text after "
+                             f"{self.num_media_tokens} image tokens")
 
     @property
     def num_media_tokens(self) -> int:
-        return self.image.num_patches if self.image else 0
+        """Prefix tokens the image adds in front of the text (0 for cross-attention and late fusion)."""
+        return num_prefix_tokens(self.fusion, self.image.num_patches) if self.image else 0
 
 
 class ModelOutput(NamedTuple):
     loss: Tensor | None
     logits: Tensor  # (B, T, V), aligned with input_ids
+
+
+class Embedded(NamedTuple):
+    """What the decoder reads: embeddings with any prefix tokens in front, their key mask, and
+    the memory the cross-attention layers read (None without cross-attention fusion)."""
+
+    x: Tensor  # (B, S, C)
+    mask: Tensor  # (B, S) bool
+    context: Tensor | None = None  # (B, M, C)
 
 
 def causal_mask(mask: Tensor, q_start: int, q_len: int, k_len: int) -> Tensor:
@@ -77,8 +115,24 @@ def segment_mask(segments: Tensor, n_prefix: int) -> Tensor:
     return (allowed | torch.eye(S, dtype=torch.bool, device=segments.device))[:, None]
 
 
+def segment_positions(segment_ids: Tensor, n_prefix: int) -> Tensor:
+    """Positions (B, n_prefix + T) for packed rows: each text segment restarts right after the prefix."""
+    segments = torch.cat([segment_ids.new_zeros(segment_ids.shape[0], n_prefix), segment_ids], dim=1)
+    idx = torch.arange(segments.shape[1], device=segments.device).expand_as(segments)
+    starts = torch.cat([torch.ones_like(segments[:, :1], dtype=torch.bool), segments[:, 1:] != segments[:, :-1]], 1)
+    seg_start = torch.where(starts, idx, torch.zeros_like(idx)).cummax(-1).values
+    positions = torch.where(idx < n_prefix, idx, idx - seg_start + n_prefix)
+    return positions.masked_fill((idx >= n_prefix) & (segments == 0), 0)  # padding
+
+
+def last_token(h: Tensor, mask: Tensor) -> Tensor:
+    """The hidden state (B, C) at each row's last real token (rows may be left- or right-padded)."""
+    last = mask.shape[1] - 1 - mask.flip(1).long().argmax(1)
+    return h[torch.arange(h.shape[0], device=h.device), last]
+
+
 class MultimodalTransformerModel(nn.Module):
-    """Image (optional) + text -> next-token logits; `generate` decodes greedily with a KV cache.
+    """Image (optional) + text -> next-token logits, task-head logits and contrastive embeddings.
 
     Parts may be injected (e.g. stub encoders in tests); those not given are built from `config`.
     """
@@ -90,28 +144,86 @@ class MultimodalTransformerModel(nn.Module):
         if isinstance(config, type):  # the seeds write MultimodalTransformerModel(MultimodalTransformer)
             config = config()
         self.config = config = config or MultimodalTransformer()
-        self.decoder = decoder or GPTDecoder(config.decoder)
+        self.fusion_config = config.fusion
+        self.decoder = decoder or GPTDecoder(replace(config.decoder, **decoder_overrides(config.fusion)))
+        C = config.decoder.dim
         if config.image is not None:
             self.image_encoder = image_encoder or ViTEncoder(config.image)
-            self.fusion = fusion or EarlyFusion(config.image.dim, config.decoder.dim)
+            self.fusion = fusion or build_fusion(config.fusion, config.image.dim, C)
         else:
             self.image_encoder = self.fusion = None
+        if config.fusion.type == "joint" and config.heads.contrastive_dim is None:
+            raise ValueError("fusion.type joint (a dual encoder) needs heads.contrastive_dim")
+        self._build_heads(config.heads, config.image.dim if config.image else None, C)
         self.tokenizer: TextTokenizer | None = None
         self.image_processor = ImageProcessor(config.image.image_size) if config.image else None
 
+    def _build_heads(self, heads: HeadsConfig, image_dim: int | None, dim: int) -> None:
+        self.image_proj = self.text_proj = self.logit_scale = self.itm_head = None
+        if heads.contrastive_dim is not None:
+            if image_dim is None:
+                raise ValueError("heads.contrastive_dim needs an image encoder")
+            self.image_proj = nn.Linear(image_dim, heads.contrastive_dim, bias=False)
+            self.text_proj = nn.Linear(dim, heads.contrastive_dim, bias=False)
+            self.logit_scale = nn.Parameter(torch.tensor(logit_scale_init()))
+        if heads.itm:
+            self.itm_head = nn.Linear(dim, 2)
+        self.heads = nn.ModuleDict({task: nn.Linear(dim, len(labels)) for task, labels in heads.classes.items()})
+        self.head_labels = {task: list(labels) for task, labels in heads.classes.items()}
+
+    @property
+    def is_late_fusion(self) -> bool:
+        return self.image_encoder is not None and self.fusion_config.type == "late"
+
+    @property
+    def is_dual_encoder(self) -> bool:
+        """Fusion "joint": image and text meet only in the contrastive space."""
+        return self.image_encoder is not None and self.fusion_config.type == "joint"
+
     # ---- forward -------------------------------------------------------------------------
     def embed(self, input_ids: Tensor, attention_mask: Tensor | None = None,
-              pixel_values: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Decoder input embeddings (B, S, C) and key mask (B, S) with any image tokens in front."""
+              pixel_values: Tensor | None = None) -> Embedded:
+        """Decoder inputs: prefix tokens (if any) then the text; no image means a text-only pass."""
         text = self.decoder.embed(input_ids)
         mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-        if self.image_encoder is None:
-            if pixel_values is not None:
-                raise ValueError("this model has no image encoder but pixel_values were given")
-            return text, mask
         if pixel_values is None:
-            raise ValueError("this model needs pixel_values (B, 3, H, W)")
-        return self.fusion(self.image_encoder(pixel_values), text, mask)
+            return Embedded(text, mask)
+        if self.image_encoder is None:
+            raise ValueError("this model has no image encoder but pixel_values were given")
+        if self.is_late_fusion or self.is_dual_encoder:
+            raise ValueError(f"{self.fusion_config.type} fusion does not feed the image to the decoder: it cannot "
+                             "generate from it (late: use the task heads; joint: the contrastive space)")
+        out = self.fusion(self.image_encoder(pixel_values))
+        if out.prefix is None:
+            return Embedded(text, mask, out.memory)
+        prefix_mask = torch.ones(out.prefix.shape[:2], dtype=torch.bool, device=mask.device)
+        return Embedded(torch.cat([out.prefix, text], 1), torch.cat([prefix_mask, mask], 1), out.memory)
+
+    def hidden_states(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+                      pixel_values: Tensor | None = None, segment_ids: Tensor | None = None,
+                      bidirectional: bool = False) -> Tensor:
+        """Final hidden states (B, T, C) at the text positions.
+
+        `segment_ids` (B, T), from the packing collator, mark several examples that share one
+        image (0 = padding): positions restart and attention stays within each example.
+        `bidirectional` lets every token see the whole (unpadded) text: the masked-LM pass.
+        """
+        if segment_ids is not None:
+            attention_mask = segment_ids > 0
+        x, mask, context = self.embed(input_ids, attention_mask, pixel_values)
+        S, n = x.shape[1], x.shape[1] - input_ids.shape[1]
+        if segment_ids is not None:
+            positions, attn = segment_positions(segment_ids, n), segment_mask(
+                torch.cat([segment_ids.new_zeros(segment_ids.shape[0], n), segment_ids], 1), n)
+        else:
+            positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+            if bidirectional:
+                attn = mask[:, None, None, :] | torch.eye(S, dtype=torch.bool, device=x.device)
+            else:
+                attn = causal_mask(mask, 0, S, S)
+        if int(positions.max()) >= self.max_seq_len:
+            raise ValueError(f"sequence of {int(positions.max()) + 1} positions exceeds max_seq_len {self.max_seq_len}")
+        return self.decoder.hidden(x, positions, attn, context=context)[:, n:]
 
     def forward(self, batch: Mapping[str, Any] | None = None, *, input_ids: Tensor | None = None,
                 attention_mask: Tensor | None = None, pixel_values: Tensor | None = None,
@@ -119,41 +231,58 @@ class MultimodalTransformerModel(nn.Module):
         """Call as `model(batch)` with a dict from the collator, or with keyword tensors.
 
         `labels` (B, T) are aligned with `input_ids` (IGNORE_INDEX where no loss); the shift
-        happens here, as in Hugging Face models. `segment_ids` (B, T), from the packing
-        collator, mark several examples that share one image (0 = padding): positions restart
-        and attention stays within each example.
+        happens in the loss, as in Hugging Face models.
         """
         if batch is not None:
             return self.forward(**{k: v for k, v in batch.items() if isinstance(v, Tensor)})
         if input_ids is None:
             raise ValueError("input_ids are required")
-        if segment_ids is not None:
-            attention_mask = segment_ids > 0
-        x, mask = self.embed(input_ids, attention_mask, pixel_values)
-        S = x.shape[1]
-        if segment_ids is None:
-            positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-            attn = causal_mask(mask, 0, S, S)
-        else:
-            n = S - input_ids.shape[1]
-            segments = torch.cat([segment_ids.new_zeros(segment_ids.shape[0], n), segment_ids], dim=1)
-            idx = torch.arange(S, device=x.device).expand_as(segments)
-            starts = torch.cat([torch.ones_like(segments[:, :1], dtype=torch.bool),
-                                segments[:, 1:] != segments[:, :-1]], dim=1)
-            seg_start = torch.where(starts, idx, torch.zeros_like(idx)).cummax(-1).values
-            positions = torch.where(idx < n, idx, idx - seg_start + n)  # each segment restarts after the prefix
-            positions = positions.masked_fill((idx >= n) & (segments == 0), 0)  # padding
-            attn = segment_mask(segments, n)
-        if int(positions.max()) >= self.max_seq_len:
-            raise ValueError(f"sequence of {int(positions.max()) + 1} positions exceeds max_seq_len {self.max_seq_len}")
-        logits = self.decoder(x, positions, attn)
-        logits = logits[:, S - input_ids.shape[1]:]  # text positions only
-        loss = None
-        if labels is not None:
-            loss = F.cross_entropy(
-                logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
-                ignore_index=IGNORE_INDEX, label_smoothing=self.label_smoothing)
+        logits = self.decoder.head(self.hidden_states(input_ids, attention_mask, pixel_values, segment_ids))
+        loss = causal_lm_loss(logits, labels, self.label_smoothing) if labels is not None else None
         return ModelOutput(loss, logits)
+
+    # ---- heads -------------------------------------------------------------------------------
+    def features(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+                 pixel_values: Tensor | None = None) -> Tensor:
+        """The pooled joint representation (B, C) the task and matching heads read: the decoder's
+        last real token over [image; text], or, with late fusion, an MLP over pooled image and text."""
+        mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        if self.is_dual_encoder:
+            raise ValueError("a dual encoder (fusion joint) has no joint representation for heads; "
+                             "compare encode_image / encode_text instead")
+        if self.is_late_fusion:
+            text = last_token(self.hidden_states(input_ids, mask), mask)
+            if pixel_values is None:
+                raise ValueError("late fusion heads need pixel_values")
+            return self.fusion(self.image_encoder(pixel_values), text)
+        return last_token(self.hidden_states(input_ids, mask, pixel_values), mask)
+
+    def classify(self, task: str, input_ids: Tensor, attention_mask: Tensor | None = None,
+                 pixel_values: Tensor | None = None) -> Tensor:
+        """Logits (B, K) of the classification head of `task` (labels in `head_labels[task]`)."""
+        if task not in self.heads:
+            raise KeyError(f"no classification head for task {task!r}; heads: {sorted(self.heads)}")
+        return self.heads[task](self.features(input_ids, attention_mask, pixel_values))
+
+    def itm_logits(self, input_ids: Tensor, attention_mask: Tensor | None, pixel_values: Tensor) -> Tensor:
+        """Image-text matching logits (B, 2), class 1 = the text describes the image."""
+        if self.itm_head is None:
+            raise ValueError("this model has no image-text matching head (heads.itm)")
+        return self.itm_head(self.features(input_ids, attention_mask, pixel_values))
+
+    def encode_image(self, pixel_values: Tensor) -> Tensor:
+        """Contrastive image embeddings (B, D), not normalised: mean of the encoder tokens, projected."""
+        if self.image_proj is None:
+            raise ValueError("this model has no contrastive head (heads.contrastive_dim)")
+        return self.image_proj(self.image_encoder(pixel_values).mean(1))
+
+    def encode_text(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """Contrastive text embeddings (B, D): the text-only decoder pass at the last real token
+        (CLIP's causal text tower reads its EOT token the same way), projected."""
+        if self.text_proj is None:
+            raise ValueError("this model has no contrastive head (heads.contrastive_dim)")
+        mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        return self.text_proj(last_token(self.hidden_states(input_ids, mask), mask))
 
     # ---- incremental decoding (used by generation/) ----------------------------------------
     @property
@@ -170,20 +299,22 @@ class MultimodalTransformerModel(nn.Module):
     def label_smoothing(self) -> float:
         return self.config.label_smoothing
 
-    def setup_caches(self, batch: int, max_len: int) -> None:
-        self.decoder.transformer.setup_caches(batch, max_len)
+    def setup_caches(self, batch: int, max_len: int, context_len: int | None = None) -> None:
+        self.decoder.transformer.setup_caches(batch, max_len, context_len)
 
     def clear_caches(self) -> None:
         self.decoder.transformer.clear_caches()
 
-    def decode_step(self, x: Tensor, positions: Tensor, key_mask: Tensor, start: int) -> Tensor:
+    def decode_step(self, x: Tensor, positions: Tensor, key_mask: Tensor, start: int,
+                    context: Tensor | None = None) -> Tensor:
         """Run embeddings x (B, T, C) at absolute slots start..start+T through the cached decoder.
 
-        key_mask (B, L) marks the cache slots holding real tokens; returns logits (B, T, V).
+        key_mask (B, L) marks the cache slots holding real tokens; `context` (B, M, C) is given
+        at the prefill only (its K/V are cached); returns logits (B, T, V).
         """
         T, L = x.shape[1], key_mask.shape[1]
         input_pos = torch.arange(start, start + T, device=x.device)
-        return self.decoder(x, positions, causal_mask(key_mask, start, T, L), input_pos=input_pos)
+        return self.decoder(x, positions, causal_mask(key_mask, start, T, L), input_pos=input_pos, context=context)
 
     @torch.no_grad()
     def generate(self, input_ids: Tensor, attention_mask: Tensor | None = None,

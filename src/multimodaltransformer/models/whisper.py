@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from ..modalities.audio import AudioEncoder, AudioEncoderConfig, AudioProcessorConfig
 from ..nn import TransformerConfig, TransformerDecoder
 from .base import PretrainedModel
-from .multimodal import IGNORE_INDEX
+from ..objectives import IGNORE_INDEX
 
 
 def _whisper_decoder_stack() -> TransformerConfig:  # whisper-tiny

@@ -50,6 +50,9 @@ class TransformerConfig:
     rope_base: float = 10000.0
     # a cross-attention sub-layer after self attention (the decoder of an encoder-decoder).
     cross_attention: bool = False
+    # Flamingo's tanh gate on the cross-attention residual: x + tanh(g) * Cross(LN(x), ctx), g = 0 at
+    # init, so the gate starts closed and a pretrained LM is unchanged until training opens it.
+    cross_attention_gate: bool = False
     # a norm on the embeddings before the first block (BERT's embedding LayerNorm, CLIP's pre_layrnorm).
     embed_norm: bool = False
     # a norm after the last block (pre-LN stacks have one; post-LN BERT does not).
@@ -68,6 +71,10 @@ class TransformerConfig:
             raise ValueError(f"rope needs an even head dim, got {self.dim // self.heads}")
         if self.mlp_dim is not None and self.mlp_dim <= 0:
             raise ValueError(f"mlp_dim must be positive, got {self.mlp_dim}")
+        if self.cross_attention_gate and not self.cross_attention:
+            raise ValueError("cross_attention_gate needs cross_attention: true")
+        if self.cross_attention_gate and not self.norm_first:
+            raise ValueError("cross_attention_gate is defined for pre-LN blocks only (norm_first: true)")
 
     @property
     def hidden_dim(self) -> int:
@@ -131,7 +138,10 @@ class MLP(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    """Pre-LN: x + Attn(LN(x)); [x + Cross(LN(x), ctx)]; x + MLP(LN(x)).  Post-LN: LN(x + f(x)) each."""
+    """Pre-LN: x + Attn(LN(x)); [x + Cross(LN(x), ctx)]; x + MLP(LN(x)).  Post-LN: LN(x + f(x)) each.
+
+    With `cross_attention_gate` the cross residual is x + tanh(cross_gate) * Cross(LN(x), ctx).
+    """
 
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
@@ -148,6 +158,8 @@ class TransformerBlock(nn.Module):
             self.cross_attn = attention(cross=True)
         else:
             self.ln_cross = self.cross_attn = None
+        # a scalar, zero at init: tanh(0) = 0 closes the gate (Flamingo)
+        self.cross_gate = nn.Parameter(torch.zeros(())) if cfg.cross_attention_gate else None
         self.ln_2 = build_norm(cfg.norm, cfg.dim, cfg.norm_eps)
         self.mlp = MLP(cfg.dim, cfg.hidden_dim, bias=cfg.bias, dropout=cfg.dropout, activation=cfg.activation)
         self.drop = nn.Dropout(cfg.dropout)
@@ -160,10 +172,19 @@ class TransformerBlock(nn.Module):
     def forward(self, x: Tensor, mask: Tensor | None = None, input_pos: Tensor | None = None,
                 rotary: tuple[Tensor, Tensor] | None = None, context: Tensor | None = None,
                 context_mask: Tensor | None = None) -> Tensor:
-        """x (B, T, C); context (B, S, C) for the cross-attention sub-layer (None: reuse its cache)."""
+        """x (B, T, C); context (B, S, C) for the cross-attention sub-layer.
+
+        With `context` None the cross-attention sub-layer reuses the K/V cached at prefill; with
+        no cache either, it is skipped: a text-only pass through self attention and the MLP.
+        """
         x = self._residual(x, self.ln_1, lambda h: self.drop(
             self.attn(h, mask=mask, input_pos=input_pos, rotary=rotary)))
-        if self.cross_attn is not None:
-            x = self._residual(x, self.ln_cross, lambda h: self.drop(
-                self.cross_attn(h, context=context, mask=context_mask)))
+        if self.cross_attn is not None and (context is not None or self.cross_attn.kv_cache is not None):
+            def cross(h: Tensor) -> Tensor:
+                return self.drop(self.cross_attn(h, context=context, mask=context_mask))
+
+            if self.cross_gate is None:
+                x = self._residual(x, self.ln_cross, cross)
+            else:  # pre-LN only (checked in the config)
+                x = x + torch.tanh(self.cross_gate) * cross(self.ln_cross(x))
         return self._residual(x, self.ln_2, self.mlp)

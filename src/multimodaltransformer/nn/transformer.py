@@ -65,14 +65,13 @@ class TransformerStack(nn.Module):
         return self.ln_f(x)
 
     def setup_caches(self, batch: int, max_len: int, context_len: int | None = None) -> None:
-        """Preallocate self-attention KV caches of `max_len` slots (and cross-attention ones of `context_len`)."""
+        """Preallocate self-attention KV caches of `max_len` slots, and cross-attention ones of `context_len`
+        (None: no context this time; the cross-attention sub-layers are skipped, a text-only pass)."""
         p = next(self.parameters())
         for block in self.blocks:
             attn = block.attn
             attn.kv_cache = KVCache(batch, attn.kv_heads, max_len, attn.head_dim, p.dtype, p.device)
-            if block.cross_attn is not None:
-                if context_len is None:
-                    raise ValueError("this stack has cross attention: setup_caches needs context_len")
+            if block.cross_attn is not None and context_len is not None:
                 cross = block.cross_attn
                 cross.kv_cache = KVCache(batch, cross.kv_heads, context_len, cross.head_dim, p.dtype, p.device)
         self.cache_len = max_len

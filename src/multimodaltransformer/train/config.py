@@ -11,6 +11,7 @@ from typing import Any
 from ..config import ConfigError, apply_overrides, from_dict, load_yaml
 from ..models.composed import ComposedConfig
 from ..models.multimodal import MultimodalTransformer
+from .tasks import MultiTaskConfig
 
 
 def default_cache_dir() -> str:
@@ -67,6 +68,8 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     # Build the model from pretrained parts instead of `model` (image encoder + projector + LM).
     compose: ComposedConfig | None = None
+    # Several task streams with their objectives and weights; None: one causal-LM stream over `data`.
+    multitask: MultiTaskConfig | None = None
 
 
 def packaged_config(name: str) -> Path:

@@ -1,7 +1,8 @@
 """The training loop: AdamW, warmup + cosine, clipping, validation, atomic checkpoints, resume.
 
-Data order is a seeded permutation per epoch, and the position in it is saved in each
-checkpoint, so a resumed run sees exactly the batches an uninterrupted one would.
+A run trains one or several task streams (tasks.py); each step draws one. Every stream's data
+order is a seeded permutation per epoch, and the positions are saved in each checkpoint, so a
+resumed run sees exactly the batches an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -20,15 +21,16 @@ import torch
 from tqdm import tqdm
 
 from ..config import save_json
-from ..data.collate import ManifestDataset, TrainCollator
+from ..config import ConfigError
 from ..data.manifest import DataError, Example, read_manifest
 from ..data.sources import resolve_source
-from ..evaluate import predict, score
+from ..evaluate import evaluate
 from ..modalities.text import TextTokenizer
 from ..models.multimodal import MultimodalTransformerModel
 from ..nn.lora import count_parameters
 from .checkpoint import atomic_dir_write, load_latest, save_checkpoint
 from .config import RunConfig
+from .tasks import MultiTaskConfig, TaskConfig, TaskStream, class_labels, draw_stream, sampling_weights, select, stream_loss
 
 CALIBRATION_STEPS = 15  # steps timed before fitting max_steps to a time budget
 
@@ -67,15 +69,6 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str,
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _select(examples: list[Example], tasks: list[str] | None, source: str) -> list[Example]:
-    if tasks is None:
-        return examples
-    kept = [e for e in examples if e.task in tasks]
-    if not kept:
-        raise DataError(f"{source}: no examples of tasks {tasks}")
-    return kept
-
-
 class Trainer:
     def __init__(self, run: RunConfig, out: str | Path, progress: bool = True) -> None:
         self.run, self.out, self.progress = run, Path(out), progress
@@ -85,35 +78,58 @@ class Trainer:
         with (self.out / "log.jsonl").open("a") as f:
             f.write(json.dumps(record) + "\n")
 
+    def _multitask(self) -> MultiTaskConfig:
+        """The run's task streams; without `multitask`, one causal-LM stream over `data`."""
+        if self.run.multitask is not None:
+            return self.run.multitask
+        return MultiTaskConfig([TaskConfig("lm", "lm", tasks=self.run.data.tasks)])
+
+    def _read(self, source: str) -> list[Example]:
+        d = self.run.data
+        if source not in self._manifests:
+            self._manifests[source] = read_manifest(resolve_source(source, d.cache_dir, self.progress),
+                                                    skip_bad=d.skip_bad)
+        return self._manifests[source]
+
     def _setup(self, resume: bool) -> None:
-        run, t = self.run, self.run.train
+        t, d = self.run.train, self.run.data
         if t.threads:
             torch.set_num_threads(t.threads)
         random.seed(t.seed)
         np.random.seed(t.seed)
         torch.manual_seed(t.seed)
-        d = run.data
-        self.train_examples = _select(
-            read_manifest(resolve_source(d.train, d.cache_dir, self.progress), skip_bad=d.skip_bad), d.tasks, d.train)
-        self.val_examples = (_select(read_manifest(resolve_source(d.val, d.cache_dir, self.progress),
-                                                   skip_bad=d.skip_bad), d.tasks, d.val) if d.val else [])
+        self._manifests: dict[str, list[Example]] = {}
+        mt = self._multitask()
+        self.streams = []
+        for cfg in mt.tasks:
+            train_src, val_src = cfg.data or d.train, cfg.val if cfg.val is not None else d.val
+            train_ex = select(self._read(train_src), cfg.tasks, train_src)
+            val_ex = select(self._read(val_src), cfg.tasks, val_src) if val_src else []
+            self.streams.append(TaskStream(cfg, train_ex, val_ex, cfg.batch_size or t.batch_size))
+        self.train_examples = list({id(e): e for s in self.streams for e in s.examples}.values())
+        self.val_examples = list({id(e): e for s in self.streams for e in s.val_examples}.values())
         self.model = self._build_model(resume)
-        tok = self.model.tokenizer
         save_json(self.run, self.out / "run_config.json")
         max_text = self.model.max_seq_len - self.model.num_media_tokens
-        self.train_set = ManifestDataset(self.train_examples, tok, self.model.image_processor, max_text, d.skip_bad,
-                                         pack=d.pack)
-        self.collate = TrainCollator(tok.pad_id, self.model.image_processor)
+        for stream in self.streams:
+            stream.build(self.model, max_text, d.skip_bad, d.pack)
+            if len(stream.dataset) < stream.batch_size:
+                raise DataError(f"task {stream.cfg.name}: {len(stream.dataset)} training items is fewer than one "
+                                f"batch of {stream.batch_size}")
+        self.probs = sampling_weights([len(s.examples) for s in self.streams], mt.sampling, mt.temperature)
+        self.sampling = mt.sampling
         self.opt = torch.optim.AdamW(_param_groups(self.model, t.weight_decay), lr=t.lr,
                                      betas=(t.beta1, t.beta2), fused=False)
-        self.step, self.epoch, self.pos, self.total_steps = 0, 0, 0, t.max_steps
+        self.step, self.total_steps = 0, t.max_steps
         self.calibrated = False  # True once a resumed budgeted run restores its planned step count
         if resume:
             state = load_latest(self.ckpt_dir, self.model, self.opt)
             if state is None:
                 tqdm.write(f"no checkpoint under {self.ckpt_dir}; starting from scratch")
             else:
-                self.step, self.epoch, self.pos = state["step"], state["epoch"], state["pos"]
+                self.step = state["step"]
+                for stream in self.streams:
+                    stream.load_state(state["streams"][stream.cfg.name])
                 if t.time_budget_minutes is not None:  # keep the step count the budget fixed
                     self.total_steps, self.calibrated = state["total_steps"], True
                 random.setstate(_tuple(state["python_rng"]))
@@ -124,7 +140,10 @@ class Trainer:
         """The model of `run.compose` (pretrained parts), else a fresh one with a tokenizer trained
         on the training text (kept across resumes)."""
         run = self.run
+        objectives = {s.cfg.objective for s in self.streams}
         if run.compose is not None:
+            if objectives - {"lm", "mlm"}:
+                raise ConfigError(f"compose: a composed model trains lm / mlm objectives only, not {sorted(objectives)}")
             from ..models.composed import ComposedModel
 
             return ComposedModel.compose(run.compose)
@@ -135,52 +154,57 @@ class Trainer:
             texts = [s for e in self.train_examples for s in (e.prompt, e.target, e.text) if s]
             tok = TextTokenizer.train(texts, vocab_size=run.data.tokenizer_vocab_size)
             tok.save_pretrained(self.out)
-        mcfg = replace(run.model, decoder=replace(run.model.decoder, vocab_size=tok.vocab_size))
+        heads = run.model.heads
+        labels = class_labels([e for s in self.streams if s.cfg.objective == "classify" for e in s.examples])
+        heads = replace(heads, classes={**heads.classes, **labels}, itm=heads.itm or "itm" in objectives,
+                        contrastive_dim=heads.contrastive_dim or (64 if "contrastive" in objectives else None))
+        mcfg = replace(run.model, decoder=replace(run.model.decoder, vocab_size=tok.vocab_size), heads=heads)
         self.run = replace(run, model=mcfg)
         model = MultimodalTransformerModel(mcfg)
         model.tokenizer = tok
         return model
 
-    def _batches(self):
-        """Endless, resumable batches: epoch e visits a permutation seeded by (seed, e)."""
-        n, B = len(self.train_set), self.run.train.batch_size
-        if n < B:
-            raise DataError(f"{n} training examples is fewer than one batch of {B}")
-        while True:
-            g = torch.Generator().manual_seed(self.run.train.seed * 100_003 + self.epoch)
-            perm = torch.randperm(n, generator=g).tolist()
-            while self.pos + B <= n:
-                idx = perm[self.pos:self.pos + B]
-                self.pos += B
-                yield self.collate([self.train_set[i] for i in idx])
-            self.epoch, self.pos = self.epoch + 1, 0
-
     def _state(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "pos": self.pos, "total_steps": self.total_steps,
+        return {"streams": {s.cfg.name: s.state() for s in self.streams}, "total_steps": self.total_steps,
                 "python_rng": random.getstate(), "numpy_rng": _np_list(np.random.get_state())}
 
     @torch.no_grad()
     def validate(self) -> dict[str, Any]:
+        """Validation loss per stream, and each task's figures on up to `eval_examples` examples."""
         if not self.val_examples:
             return {}
         model, t = self.model, self.run.train
         model.eval()
         max_text = model.max_seq_len - model.num_media_tokens
-        val_set = ManifestDataset(self.val_examples[:1024], model.tokenizer, model.image_processor, max_text,
-                                  pack=self.run.data.pack)
-        losses = []
-        for s in range(0, len(val_set), t.batch_size):
-            batch = self.collate([val_set[i] for i in range(s, min(s + t.batch_size, len(val_set)))])
-            losses.append(model(batch).loss.item())
+        result: dict[str, Any] = {}
+        for stream in self.streams:
+            if not stream.val_examples:
+                continue
+            val = TaskStream(stream.cfg, stream.val_examples[:1024], [], stream.batch_size)
+            val.build(model, max_text, skip_bad=False, pack=self.run.data.pack)
+            g = torch.Generator().manual_seed(t.seed)
+            losses = []
+            for s in range(0, len(val.dataset), val.batch_size):
+                items = [val.dataset[i] for i in range(s, min(s + val.batch_size, len(val.dataset)))]
+                if len(items) < 2 and stream.cfg.objective in ("contrastive", "itm"):
+                    continue
+                losses.append(stream_loss(model, stream.cfg.objective, val.collate(items), g).item())
+            if losses:
+                result[f"val_loss/{stream.cfg.name}"] = sum(losses) / len(losses)
+        losses = [v for k, v in result.items() if k.startswith("val_loss/")]
+        if losses:
+            result["val_loss"] = sum(losses) / len(losses)
         by_task: dict[str, list[Example]] = {}
+        retrieval = sorted({task for s in self.streams if s.cfg.objective == "contrastive"
+                            for task in (s.cfg.tasks or {e.task for e in s.examples})})
         for e in self.val_examples:
-            if len(by_task.setdefault(e.task, [])) < t.eval_examples:
+            n = 4 * t.eval_examples if e.task in retrieval else t.eval_examples  # retrieval needs a gallery
+            if len(by_task.setdefault(e.task, [])) < n:
                 by_task[e.task].append(e)
         subset = [e for es in by_task.values() for e in es]
-        max_new = max(len(model.tokenizer.encode(e.target or "")) for e in subset) + 2
-        metrics = score(subset, predict(model, subset, batch_size=64, max_new_tokens=max_new))
+        metrics, _ = evaluate(model, subset, retrieval_tasks=retrieval)
         model.train()
-        return {"val_loss": sum(losses) / len(losses), **metrics}
+        return {**result, **{k: v for k, v in metrics.items() if not k.endswith("_report")}}
 
     def _replan(self, budget: TimeBudget, bar: tqdm) -> None:
         total = budget.plan(self.step)
@@ -194,11 +218,14 @@ class Trainer:
         self._setup(resume)
         t, model = self.run.train, self.model
         trainable, n_params = count_parameters(model)
-        tqdm.write(f"model: {n_params / 1e6:.2f}M parameters ({trainable / 1e6:.2f}M trainable); {len(self.train_set.examples)} training examples "
-                   f"in {len(self.train_set)} sequences; "
+        tqdm.write(f"model: {n_params / 1e6:.2f}M parameters ({trainable / 1e6:.2f}M trainable); "
                    f"vocab {model.tokenizer.vocab_size}")
+        for stream, p in zip(self.streams, self.probs):
+            tqdm.write(f"  task {stream.cfg.name} ({stream.cfg.objective}, weight {stream.cfg.weight:g}, "
+                       f"p={p:.2f}): {len(stream.examples)} examples in {len(stream.dataset)} items")
         model.train()
-        batches = self._batches()
+        iters = [s.batches(t.seed + 7919 * k) for k, s in enumerate(self.streams)]
+        last_loss: dict[str, float] = {}
         for g in self.opt.param_groups:
             g["lr"] = t.lr * lr_factor(self.step, t.warmup_steps, self.total_steps, t.min_lr_ratio)
         bar = tqdm(total=self.total_steps, initial=self.step, desc="train", disable=not self.progress,
@@ -211,11 +238,15 @@ class Trainer:
         window_t, window_n = time.perf_counter(), 0
         while self.step < self.total_steps:
             step_start = time.perf_counter()
-            batch = next(batches)
-            loss = model(batch).loss
+            k = draw_stream(self.step, t.seed, self.probs, self.sampling)
+            stream = self.streams[k]
+            batch = next(iters[k])
+            g = torch.Generator().manual_seed(t.seed * 1_000_033 + self.step)  # masking / negatives
+            loss = stream_loss(model, stream.cfg.objective, batch, g)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at step {self.step}; stopping")
-            loss.backward()
+                raise FloatingPointError(f"loss is {loss.item()} at step {self.step} (task {stream.cfg.name}); stopping")
+            last_loss[stream.cfg.name] = loss.item()
+            (loss * stream.cfg.weight).backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
             self.opt.step()
             self.opt.zero_grad(set_to_none=True)
@@ -235,8 +266,12 @@ class Trainer:
                 window_t, window_n = time.perf_counter(), 0
                 lr = self.opt.param_groups[0]["lr"]
                 bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}", ex_s=f"{rate:.0f}")
-                self._log({"step": self.step, "loss": loss.item(), "lr": lr, "grad_norm": float(grad_norm),
-                           "examples_per_s": rate, "elapsed_s": time.perf_counter() - started})
+                record = {"step": self.step, "loss": loss.item(), "task": stream.cfg.name, "lr": lr,
+                          "grad_norm": float(grad_norm), "examples_per_s": rate,
+                          "elapsed_s": time.perf_counter() - started}
+                if len(self.streams) > 1:
+                    record["task_loss"] = dict(last_loss)
+                self._log(record)
             if self.step % t.eval_every == 0 or self.step == self.total_steps:
                 eval_start = time.perf_counter()
                 metrics = self.validate()

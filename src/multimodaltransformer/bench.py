@@ -1,0 +1,120 @@
+"""`mmt bench fusion`: every fusion method, and single- vs multi-task, under one ShapesWorld budget.
+
+Each method trains the `bench-fusion` config's model for the same wall time on the same data
+and is scored on the same held-out images. Out come one table (printed, and as Markdown and
+JSON) and one plot (PNG, matplotlib) under the output directory.
+Generative fusions train captions, VQA, classification and matching as text (one causal-LM
+stream) plus retrieval (contrastive); late fusion answers VQA, classification and matching
+with heads; the joint space (a dual encoder) trains retrieval only.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from .config import ConfigError
+from .data.manifest import read_manifest
+from .data.sources import resolve_source
+from .evaluate import evaluate
+from .nn.lora import count_parameters
+from .train.config import load_run_config
+from .train.tasks import MultiTaskConfig, TaskConfig
+from .train.trainer import train
+
+GENERATIVE = ["caption", "vqa", "classify", "match"]
+RETRIEVAL = TaskConfig("retrieval", "contrastive", tasks=["retrieval"], batch_size=64)
+# method -> (fusion type, task streams)
+METHODS: dict[str, tuple[str, list[TaskConfig]]] = {
+    "early": ("early", [TaskConfig("generate", "lm", tasks=GENERATIVE), RETRIEVAL]),
+    "cross": ("cross", [TaskConfig("generate", "lm", tasks=GENERATIVE), RETRIEVAL]),
+    "gated": ("gated", [TaskConfig("generate", "lm", tasks=GENERATIVE), RETRIEVAL]),
+    "resampler": ("resampler", [TaskConfig("generate", "lm", tasks=GENERATIVE), RETRIEVAL]),
+    "late": ("late", [TaskConfig("heads", "classify", tasks=["vqa", "classify", "match"]), RETRIEVAL]),
+    "joint": ("joint", [RETRIEVAL]),
+    "early, vqa only": ("early", [TaskConfig("generate", "lm", tasks=["vqa"])]),
+    "early, caption only": ("early", [TaskConfig("generate", "lm", tasks=["caption"])]),
+}
+COLUMNS = [("vqa_accuracy", "VQA acc"), ("caption_bleu4", "caption BLEU-4"), ("caption_cider", "caption CIDEr"),
+           ("classify_accuracy", "classify acc"), ("match_accuracy", "match acc"), ("retrieval_r1", "retrieval R@1")]
+
+
+def run_fusion_bench(out: str | Path = "runs/bench-fusion", minutes: float = 3.0, methods: list[str] | None = None,
+                     config: str = "bench-fusion", overrides: list[str] | None = None, eval_n: int = 300,
+                     eval_seed: int = 1, progress: bool = True) -> list[dict[str, Any]]:
+    """Train and score each method; returns the table rows (also written under `out`)."""
+    methods = methods or list(METHODS)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ConfigError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    base = load_run_config(config, [f"train.time_budget_minutes={minutes}", *(overrides or [])])
+    test = read_manifest(resolve_source(f"shapes:split=test,n={eval_n},seed={eval_seed}", base.data.cache_dir, progress))
+    rows = []
+    for method in methods:
+        fusion, streams = METHODS[method]
+        run = replace(base, model=replace(base.model, fusion=replace(base.model.fusion, type=fusion)),
+                      multitask=MultiTaskConfig(streams))
+        run_dir = out / method.replace(", ", "-").replace(" ", "-")
+        tqdm.write(f"\n== {method}: fusion {fusion}, tasks {[s.name for s in streams]}, {minutes:g} min")
+        start = time.perf_counter()
+        model = train(run, run_dir, progress=progress)
+        summary = json.loads((run_dir / "train_summary.json").read_text())
+        trained = {task for s in streams for task in s.tasks or []}
+        report, _ = evaluate(model, [e for e in test if e.task in trained], progress=progress)  # "-" for the rest
+        row = {"method": method, "fusion": fusion, "tasks": [s.name for s in streams],
+               "parameters": count_parameters(model)[1], "steps": summary["steps"],
+               "steps_per_s": summary["steps"] / summary["train_seconds"],
+               "wall_s": time.perf_counter() - start,
+               **{k: report.get(k) for k, _ in COLUMNS}}
+        rows.append(row)
+        (out / "fusion.json").write_text(json.dumps(rows, indent=2) + "\n")
+    table = markdown_table(rows)
+    (out / "fusion.md").write_text(f"# Fusion benchmark ({minutes:g} min per method, {eval_n} test images)\n\n"
+                                   f"{table}\n")
+    tqdm.write("\n" + table)
+    try:
+        plot(rows, out / "fusion.png")
+        tqdm.write(f"\nwrote {out / 'fusion.md'}, {out / 'fusion.json'}, {out / 'fusion.png'}")
+    except ImportError:
+        tqdm.write(f"\nwrote {out / 'fusion.md'}, {out / 'fusion.json'} (no plot: pip install matplotlib)")
+    return rows
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    head = ["method", *[name for _, name in COLUMNS], "params (M)", "steps", "steps/s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["method"], *[("-" if r[k] is None else f"{r[k]:.3f}" if k != "caption_bleu4" else f"{r[k]:.1f}")
+                                for k, _ in COLUMNS],
+                 f"{r['parameters'] / 1e6:.2f}", str(r["steps"]), f"{r['steps_per_s']:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """Grouped bars: one group per metric (BLEU scaled to 0-1), one bar per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(11, 4.5))
+    width = 0.8 / len(rows)
+    for i, r in enumerate(rows):
+        values = [(r[k] or 0.0) / (100.0 if k == "caption_bleu4" else 1.0) for k, _ in COLUMNS]
+        ax.bar([j + i * width for j in range(len(COLUMNS))], values, width, label=r["method"])
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(COLUMNS))])
+    ax.set_xticklabels([name.replace("caption BLEU-4", "BLEU-4 / 100") for _, name in COLUMNS])
+    ax.set_ylabel("score (missing = not trained)")
+    ax.set_title("ShapesWorld, same wall-time budget per method")
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,126 @@
+"""Training objectives as plain functions: language modelling, masked LM, contrastive, matching, classification.
+
+Every loss is computed in fp32 (logits may arrive in bf16) and ignores labels equal to IGNORE_INDEX.
+Legend: B batch, T tokens, V vocabulary, P embedding dim, N rows, K classes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+IGNORE_INDEX = -100  # label of positions that carry no loss (prompt, padding, the image prefix)
+MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps its learned temperature so logits stay <= 100 x cosine
+
+
+def _cross_entropy(logits: Tensor, labels: Tensor, label_smoothing: float) -> Tensor:
+    """Mean CE over non-ignored rows; logits (N, V), labels (N,). An all-ignored batch gives 0
+    (with a graph), not NaN, so a stream whose batch happens to have no labels does no harm."""
+    total = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX,
+                            label_smoothing=label_smoothing, reduction="sum")
+    return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
+
+
+def causal_lm_loss(logits: Tensor, labels: Tensor, label_smoothing: float = 0.0) -> Tensor:
+    """Next-token loss. logits (B, T, V) and labels (B, T) both aligned with input_ids: position t
+    predicts labels[t + 1], so the shift happens here. Scalar, mean over non-ignored targets."""
+    V = logits.shape[-1]
+    return _cross_entropy(logits[:, :-1].reshape(-1, V), labels[:, 1:].reshape(-1), label_smoothing)
+
+
+def masked_lm_loss(logits: Tensor, labels: Tensor, label_smoothing: float = 0.0) -> Tensor:
+    """BERT's loss: logits (B, T, V), labels (B, T) from `mask_tokens` (no shift). Scalar."""
+    return _cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), label_smoothing)
+
+
+def mask_tokens(input_ids: Tensor, *, mask_id: int, vocab_size: int, special: Tensor, prob: float = 0.15,
+                generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """BERT masking (Devlin et al. 2019). input_ids (B, T); special (B, T) bool, True = never chosen
+    (padding, bos, sep). Each other token is chosen with `prob`; of the chosen, 80% become
+    `mask_id`, 10% a random id in [0, vocab_size), 10% stay as they are (so the model cannot
+    trust unmasked tokens blindly). Returns (masked ids (B, T), labels (B, T)): labels hold the
+    original id at chosen positions and IGNORE_INDEX elsewhere. input_ids is not modified."""
+    if not 0.0 <= prob <= 1.0:
+        raise ValueError(f"mask prob must be in [0, 1], got {prob}")
+    if special.shape != input_ids.shape:
+        raise ValueError(f"special {tuple(special.shape)} must match input_ids {tuple(input_ids.shape)}")
+    device = input_ids.device
+    chosen = (torch.rand(input_ids.shape, generator=generator, device=device) < prob) & ~special.bool()
+    action = torch.rand(input_ids.shape, generator=generator, device=device)  # 80 / 10 / 10 split
+    random_ids = torch.randint(vocab_size, input_ids.shape, generator=generator, device=device,
+                               dtype=input_ids.dtype)
+    masked = torch.where(chosen & (action < 0.8), torch.full_like(input_ids, mask_id), input_ids)
+    masked = torch.where(chosen & (action >= 0.8) & (action < 0.9), random_ids, masked)
+    labels = torch.where(chosen, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
+    return masked, labels
+
+
+def logit_scale_init(temperature: float = 0.07) -> float:
+    """Initial value of CLIP's learned log scale: ln(1 / temperature)."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    return math.log(1.0 / temperature)
+
+
+def contrastive_loss(image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor, same: Tensor | None = None) -> Tensor:
+    """Symmetric InfoNCE (CLIP). image_emb, text_emb (B, P), row i of each a matching pair;
+    logit_scale a scalar log scale (clamped to <= ln 100, as CLIP does). Scalar loss:
+    mean of CE over rows (image -> texts) and over columns (text -> images), diagonal targets.
+
+    same (B, B) bool, optional: [i, j] True marks image i and text j as also matching (identical
+    captions); those off-diagonal pairs are removed from the softmax denominators rather than
+    pushed apart as negatives.
+    """
+    img = F.normalize(image_emb.float(), dim=-1)
+    txt = F.normalize(text_emb.float(), dim=-1)
+    scale = logit_scale.float().clamp(max=MAX_LOGIT_SCALE).exp()
+    logits = scale * img @ txt.T  # (B, B): image i x text j
+    B = logits.shape[0]
+    targets = torch.arange(B, device=logits.device)
+    if same is not None:
+        off_diagonal = same.bool() & ~torch.eye(B, dtype=torch.bool, device=logits.device)
+        logits = logits.masked_fill(off_diagonal, float("-inf"))
+    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+
+
+@torch.no_grad()
+def hard_negatives(similarity: Tensor, same: Tensor | None = None,
+                   generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """ALBEF's hard-negative mining for image-text matching (Li et al. 2021).
+
+    similarity (B, B): image i x text j (already scaled). Each image draws one negative text with
+    probability softmax(similarity row) over its non-matching texts (the diagonal and `same`
+    excluded), and each text one negative image likewise from its column: similar-but-wrong pairs
+    are the informative ones. Returns (neg_text_for_image (B,), neg_image_for_text (B,)) indices.
+    A row where every other column is marked `same` has no true negative; it falls back to a
+    uniform draw among the other columns.
+    """
+    if similarity.dim() != 2 or similarity.shape[0] != similarity.shape[1]:
+        raise ValueError(f"similarity must be (B, B), got {tuple(similarity.shape)}")
+    B = similarity.shape[0]
+    if B < 2:
+        raise ValueError(f"hard negatives need a batch of at least 2 pairs, got {B}")
+    eye = torch.eye(B, dtype=torch.bool, device=similarity.device)
+    excluded = eye if same is None else eye | same.bool()
+
+    def draw(sim: Tensor, excluded: Tensor) -> Tensor:
+        # rows with nothing left fall back to "anything but the diagonal" (still >= 1 column, B >= 2)
+        empty = excluded.all(dim=1, keepdim=True)
+        excluded = torch.where(empty, eye, excluded)
+        weights = sim.float().masked_fill(excluded, float("-inf")).softmax(dim=1)  # (B, B)
+        return torch.multinomial(weights, 1, generator=generator).squeeze(1)  # (B,)
+
+    return draw(similarity, excluded), draw(similarity.T, excluded.T)
+
+
+def itm_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Image-text matching: logits (N, 2), labels (N,) with 1 = the pair matches. Scalar mean CE."""
+    return _cross_entropy(logits, labels, 0.0)
+
+
+def classification_loss(logits: Tensor, labels: Tensor, label_smoothing: float = 0.0) -> Tensor:
+    """logits (N, K), labels (N,) class indices (IGNORE_INDEX skipped). Scalar mean CE."""
+    return _cross_entropy(logits, labels, label_smoothing)

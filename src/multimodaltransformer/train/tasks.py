@@ -1,0 +1,191 @@
+"""Multi-task training: task streams, which stream a step draws, and each objective's loss.
+
+A stream reads one source (a manifest or a built-in spec), keeps some of its tasks and trains
+them with one objective:
+  lm           causal LM on prompt -> target (examples that share an image packed behind it)
+  mlm          masked LM (BERT masking), the decoder run without its causal mask (UniLM)
+  contrastive  image-text InfoNCE with a learnable temperature (CLIP)
+  itm          image-text matching, negatives mined from the contrastive similarities (ALBEF)
+  classify     cross-entropy of a classification head per task
+Each step draws one stream: proportional to its size, temperature-scaled (p ~ n^(1/T)), or
+round-robin; the draw depends only on (seed, step), so a resumed run draws the same streams.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from ..data.collate import ExampleDataset, ManifestDataset, TrainCollator, collate_examples
+from ..data.manifest import DataError, Example
+from ..objectives import (IGNORE_INDEX, classification_loss, contrastive_loss, hard_negatives, itm_loss,
+                          mask_tokens, masked_lm_loss)
+
+Objective = Literal["lm", "mlm", "contrastive", "itm", "classify"]
+Sampling = Literal["proportional", "temperature", "round_robin"]
+
+
+@dataclass
+class TaskConfig:
+    """One stream of a multi-task run."""
+
+    name: str
+    objective: Objective = "lm"
+    data: str | None = None  # a manifest or a built-in spec; None: data.train
+    val: str | None = None  # None: data.val
+    tasks: list[str] | None = None  # the manifest tasks this stream reads; None: all of them
+    weight: float = 1.0  # multiplies the stream's loss
+    batch_size: int | None = None  # None: train.batch_size
+
+    def __post_init__(self) -> None:
+        if self.weight < 0:
+            raise ValueError(f"tasks.{self.name}: weight must be non-negative, got {self.weight}")
+        if self.batch_size is not None and self.batch_size <= 0:
+            raise ValueError(f"tasks.{self.name}: batch_size must be positive")
+        if self.objective in ("contrastive", "itm") and self.batch_size is not None and self.batch_size < 2:
+            raise ValueError(f"tasks.{self.name}: {self.objective} needs batches of at least 2 pairs")
+
+
+@dataclass
+class MultiTaskConfig:
+    tasks: list[TaskConfig]
+    sampling: Sampling = "proportional"
+    temperature: float = 2.0  # for "temperature": p ~ n^(1/T); T=1 is proportional, large T uniform
+
+    def __post_init__(self) -> None:
+        if not self.tasks:
+            raise ValueError("multitask.tasks is empty")
+        names = [t.name for t in self.tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"multitask.tasks: duplicate names in {names}")
+        if self.temperature <= 0:
+            raise ValueError(f"multitask.temperature must be positive, got {self.temperature}")
+
+
+def sampling_weights(sizes: list[int], sampling: Sampling, temperature: float = 2.0) -> list[float]:
+    """Probability of drawing each stream at a step, from the streams' sizes in examples."""
+    if sampling == "round_robin":
+        return [1 / len(sizes)] * len(sizes)
+    power = 1.0 if sampling == "proportional" else 1.0 / temperature
+    w = [n ** power for n in sizes]
+    return [x / sum(w) for x in w]
+
+
+def draw_stream(step: int, seed: int, probs: list[float], sampling: Sampling) -> int:
+    """The stream of `step`: a function of (seed, step) only, hence the same after a resume."""
+    if sampling == "round_robin":
+        return step % len(probs)
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    return int(torch.multinomial(torch.tensor(probs, dtype=torch.float64), 1, generator=g))
+
+
+def select(examples: list[Example], tasks: list[str] | None, source: str) -> list[Example]:
+    if tasks is None:
+        return examples
+    kept = [e for e in examples if e.task in tasks]
+    if not kept:
+        raise DataError(f"{source}: no examples of tasks {tasks}")
+    return kept
+
+
+def class_labels(examples: list[Example]) -> dict[str, list[str]]:
+    """Sorted labels of each task (the targets seen in training)."""
+    labels: dict[str, set[str]] = {}
+    for e in examples:
+        labels.setdefault(e.task, set()).add(e.target or "")
+    return {t: sorted(ls) for t, ls in labels.items()}
+
+
+class TaskStream:
+    """One stream's dataset, collator and resumable position (a seeded permutation per epoch)."""
+
+    def __init__(self, cfg: TaskConfig, examples: list[Example], val_examples: list[Example], batch_size: int) -> None:
+        self.cfg, self.examples, self.val_examples, self.batch_size = cfg, examples, val_examples, batch_size
+        self.epoch = self.pos = 0
+
+    def build(self, model: Any, max_text_len: int, skip_bad: bool, pack: bool) -> None:
+        tok, proc = model.tokenizer, model.image_processor
+        if self.cfg.objective == "lm":
+            self.dataset: Any = ManifestDataset(self.examples, tok, proc, max_text_len, skip_bad, pack=pack)
+            self.collate: Any = TrainCollator(tok.pad_id, proc)
+        else:
+            kind = {"mlm": "text", "classify": "classify"}.get(self.cfg.objective, "pair")
+            self.dataset = ExampleDataset(self.examples, tok, proc, max_text_len, kind,
+                                          labels=getattr(model, "head_labels", None), skip_bad=skip_bad)
+            self.collate = lambda items: collate_examples(items, tok.pad_id, proc)
+
+    def batches(self, seed: int) -> Iterator[dict[str, Any]]:
+        n, B = len(self.dataset), self.batch_size
+        if n < B:
+            raise DataError(f"task {self.cfg.name}: {n} items is fewer than one batch of {B}")
+        while True:
+            g = torch.Generator().manual_seed(seed * 100_003 + self.epoch)
+            perm = torch.randperm(n, generator=g).tolist()
+            while self.pos + B <= n:
+                idx = perm[self.pos:self.pos + B]
+                self.pos += B
+                yield self.collate([self.dataset[i] for i in idx])
+            self.epoch, self.pos = self.epoch + 1, 0
+
+    def state(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load_state(self, state: dict[str, int]) -> None:
+        self.epoch, self.pos = state["epoch"], state["pos"]
+
+
+def _same_text(input_ids: Tensor, mask: Tensor) -> Tensor:
+    """(B, B) True where two rows hold the same text (identical captions are not negatives)."""
+    ids = input_ids.masked_fill(~mask, -1)
+    return (ids[:, None, :] == ids[None, :, :]).all(-1)
+
+
+def stream_loss(model: Any, objective: Objective, batch: dict[str, Any], generator: torch.Generator | None = None
+                ) -> Tensor:
+    """The loss of one batch under `objective` (before the stream's weight)."""
+    if objective == "lm":
+        return model(batch).loss
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    pixels = batch.get("pixel_values")
+    if objective == "mlm":
+        tok = model.tokenizer
+        special = ~mask | (ids == tok.bos_id) | (ids == tok.eos_id) | (ids == tok.sep_id)
+        masked, labels = mask_tokens(ids, mask_id=tok.mask_id, vocab_size=model.config.decoder.vocab_size,
+                                     special=special, generator=generator)
+        if not (labels != IGNORE_INDEX).any():  # nothing chosen in a tiny batch: no signal, no NaN
+            labels[0, int(mask[0].sum()) // 2] = ids[0, int(mask[0].sum()) // 2]
+        logits = model.decoder.head(model.hidden_states(masked, mask, bidirectional=True))
+        return masked_lm_loss(logits, labels, model.label_smoothing)
+    if objective == "classify":
+        features = model.features(ids, mask, pixels)
+        tasks = [t[0] for t in batch["tasks"]]
+        losses = []
+        for task in sorted(set(tasks)):
+            rows = torch.tensor([i for i, t in enumerate(tasks) if t == task])
+            logits = model.heads[task](features[rows])
+            losses.append(classification_loss(logits, batch["class_labels"][rows], model.label_smoothing) * len(rows))
+        return torch.stack(losses).sum() / len(tasks)
+    if pixels is None:
+        raise DataError(f"the {objective} objective needs an image with every example")
+    same = _same_text(ids, mask)
+    if objective == "contrastive":
+        return contrastive_loss(model.encode_image(pixels), model.encode_text(ids, mask), model.logit_scale, same)
+    if objective == "itm":
+        B = ids.shape[0]
+        with torch.no_grad():
+            if model.image_proj is not None:  # hard negatives: the most similar non-matching pairs
+                sim = torch.nn.functional.normalize(model.encode_image(pixels), dim=-1) @ \
+                    torch.nn.functional.normalize(model.encode_text(ids, mask), dim=-1).t()
+            else:  # no contrastive space: uniform random negatives
+                sim = torch.zeros(B, B)
+            neg_text, neg_image = hard_negatives(sim.float(), same, generator)
+        all_ids = torch.cat([ids, ids[neg_text], ids])
+        all_mask = torch.cat([mask, mask[neg_text], mask])
+        all_pixels = torch.cat([pixels, pixels, pixels[neg_image]])
+        labels = torch.cat([torch.ones(B), torch.zeros(2 * B)]).long().to(ids.device)
+        return itm_loss(model.itm_logits(all_ids, all_mask, all_pixels), labels)
+    raise ValueError(f"unknown objective {objective!r}")

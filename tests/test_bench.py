@@ -1,0 +1,31 @@
+"""`mmt bench fusion` end to end on a tiny budget: one table row per method, Markdown, JSON and a plot."""
+
+import json
+
+import pytest
+
+
+@pytest.mark.slow
+def test_bench_fusion_writes_table_and_plot(tmp_path):
+    from multimodaltransformer.cli import main
+
+    tiny = ["--set", f"data.cache_dir={tmp_path / 'cache'}",
+            "--set", "data.train=shapes:split=train,n=80,seed=0,questions=2",
+            "--set", "data.val=shapes:split=val,n=10,seed=0",
+            "--set", "model.image={image_size: 64, patch_size: 16, dim: 32, depth: 1, heads: 2}",
+            "--set", "model.decoder={dim: 32, depth: 1, heads: 2, max_seq_len: 96}",
+            "--set", "model.fusion={num_queries: 4, depth: 1, heads: 2}",
+            "--set", "train.batch_size=8", "--set", "train.max_steps=4", "--set", "train.warmup_steps=1"]
+    assert main(["bench", "fusion", "--out", str(tmp_path / "b"), "--minutes", "0.02", "--eval-n", "12",
+                 "--methods", "resampler;late;joint;early, vqa only", *tiny]) == 0
+    rows = json.loads((tmp_path / "b" / "fusion.json").read_text())
+    assert [r["method"] for r in rows] == ["resampler", "late", "joint", "early, vqa only"]
+    by = {r["method"]: r for r in rows}
+    assert by["late"]["caption_bleu4"] is None and by["late"]["vqa_accuracy"] is not None  # heads, no generation
+    assert by["joint"]["retrieval_r1"] is not None and by["joint"]["vqa_accuracy"] is None
+    assert by["early, vqa only"]["caption_bleu4"] is None and by["early, vqa only"]["retrieval_r1"] is None
+    assert all(r["steps"] >= 1 and r["parameters"] > 0 for r in rows)
+    table = (tmp_path / "b" / "fusion.md").read_text()
+    assert table.count("\n| ") == 5  # header + 4 methods
+    assert (tmp_path / "b" / "fusion.png").stat().st_size > 1000
+    assert main(["bench", "fusion", "--out", str(tmp_path / "c"), "--methods", "nope"]) == 2

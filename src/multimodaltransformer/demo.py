@@ -24,7 +24,7 @@ HEADLINE = ("vqa_accuracy", "caption_exact_match", "caption_bleu4", "caption_cid
 
 def run_demo(out: str | Path = "runs/demo", budget_minutes: float = 9.0, config: str = "demo",
              overrides: list[str] | None = None, serve: bool = False, eval_n: int = 500,
-             eval_seed: int = 1) -> dict:
+             eval_seed: int = 1, port: int = 8000) -> dict:
     out = Path(out)
     run = load_run_config(config, [f"train.time_budget_minutes={budget_minutes}", *(overrides or [])])
     for stale in ("checkpoints", "log.jsonl"):  # a demo always starts fresh
@@ -58,7 +58,12 @@ def run_demo(out: str | Path = "runs/demo", budget_minutes: float = 9.0, config:
     tqdm.write(f"model: {out / 'model'}   metrics: {out / 'metrics.json'}")
     tqdm.write(f"try:   mmt generate {out / 'model'} --image {first_image} --prompt \"describe the image.\"")
     if serve:
-        tqdm.write("(serving the model comes with the serving issue; --no-serve is implied for now)")
+        from .serve import free_port, serve as serve_model
+
+        port = free_port(port)
+        tqdm.write(f"\nchat with it: open http://127.0.0.1:{port}/ (image + question), or any OpenAI client with "
+                   f"base_url http://127.0.0.1:{port}/v1 and model \"model\"; Ctrl-C stops (--no-serve skips this)")
+        serve_model(out / "model", port=port, model=model)
     return metrics
 
 

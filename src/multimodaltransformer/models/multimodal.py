@@ -270,19 +270,29 @@ class MultimodalTransformerModel(nn.Module):
             raise ValueError("this model has no image-text matching head (heads.itm)")
         return self.itm_head(self.features(input_ids, attention_mask, pixel_values))
 
-    def encode_image(self, pixel_values: Tensor) -> Tensor:
-        """Contrastive image embeddings (B, D), not normalised: mean of the encoder tokens, projected."""
+    def encode_image(self, pixel_values: Tensor, lock_encoder: bool = False) -> Tensor:
+        """Contrastive image embeddings (B, D), not normalised: mean of the encoder tokens, projected.
+
+        `lock_encoder` keeps gradients out of the image encoder (LiT, Zhai et al. 2022): only the
+        projection (and the text side) learn from the contrastive loss.
+        """
         if self.image_proj is None:
             raise ValueError("this model has no contrastive head (heads.contrastive_dim)")
-        return self.image_proj(self.image_encoder(pixel_values).mean(1))
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not lock_encoder):
+            pooled = self.image_encoder(pixel_values).mean(1)
+        return self.image_proj(pooled)
 
-    def encode_text(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+    def encode_text(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+                    lock_decoder: bool = False) -> Tensor:
         """Contrastive text embeddings (B, D): the text-only decoder pass at the last real token
-        (CLIP's causal text tower reads its EOT token the same way), projected."""
+        (CLIP's causal text tower reads its EOT token the same way), projected. `lock_decoder`
+        keeps gradients out of the decoder (only the projection learns)."""
         if self.text_proj is None:
             raise ValueError("this model has no contrastive head (heads.contrastive_dim)")
         mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-        return self.text_proj(last_token(self.hidden_states(input_ids, mask), mask))
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not lock_decoder):
+            pooled = last_token(self.hidden_states(input_ids, mask), mask)
+        return self.text_proj(pooled)
 
     # ---- incremental decoding (used by generation/) ----------------------------------------
     @property

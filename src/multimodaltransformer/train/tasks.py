@@ -14,7 +14,7 @@ round-robin; the draw depends only on (seed, step), so a resumed run draws the s
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -40,6 +40,11 @@ class TaskConfig:
     tasks: list[str] | None = None  # the manifest tasks this stream reads; None: all of them
     weight: float = 1.0  # multiplies the stream's loss
     batch_size: int | None = None  # None: train.batch_size
+    # contrastive: towers this loss does not train (they learn from the other streams only):
+    # "image" (the image encoder, as LiT does), "text" (the decoder as text tower). With both,
+    # only the projections and the temperature learn: the retrieval head cannot disturb the
+    # generative tasks, which on a small budget it otherwise does.
+    lock: list[Literal["image", "text"]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.weight < 0:
@@ -144,9 +149,10 @@ def _same_text(input_ids: Tensor, mask: Tensor) -> Tensor:
     return (ids[:, None, :] == ids[None, :, :]).all(-1)
 
 
-def stream_loss(model: Any, objective: Objective, batch: dict[str, Any], generator: torch.Generator | None = None
+def stream_loss(model: Any, cfg: TaskConfig, batch: dict[str, Any], generator: torch.Generator | None = None
                 ) -> Tensor:
-    """The loss of one batch under `objective` (before the stream's weight)."""
+    """The loss of one batch under the stream's objective (before its weight)."""
+    objective = cfg.objective
     if objective == "lm":
         return model(batch).loss
     ids, mask = batch["input_ids"], batch["attention_mask"]
@@ -173,7 +179,9 @@ def stream_loss(model: Any, objective: Objective, batch: dict[str, Any], generat
         raise DataError(f"the {objective} objective needs an image with every example")
     same = _same_text(ids, mask)
     if objective == "contrastive":
-        return contrastive_loss(model.encode_image(pixels), model.encode_text(ids, mask), model.logit_scale, same)
+        image = model.encode_image(pixels, lock_encoder="image" in cfg.lock)
+        text = model.encode_text(ids, mask, lock_decoder="text" in cfg.lock)
+        return contrastive_loss(image, text, model.logit_scale, same)
     if objective == "itm":
         B = ids.shape[0]
         with torch.no_grad():

@@ -12,6 +12,7 @@ import math
 import random
 import sys
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -181,14 +182,16 @@ class Trainer:
             if not stream.val_examples:
                 continue
             val = TaskStream(stream.cfg, stream.val_examples[:1024], [], stream.batch_size)
-            val.build(model, max_text, skip_bad=False, pack=self.run.data.pack)
+            with warnings.catch_warnings():  # e.g. a label never seen in training: no loss for it
+                warnings.simplefilter("ignore")
+                val.build(model, max_text, skip_bad=True, pack=self.run.data.pack)
             g = torch.Generator().manual_seed(t.seed)
             losses = []
             for s in range(0, len(val.dataset), val.batch_size):
                 items = [val.dataset[i] for i in range(s, min(s + val.batch_size, len(val.dataset)))]
                 if len(items) < 2 and stream.cfg.objective in ("contrastive", "itm"):
                     continue
-                losses.append(stream_loss(model, stream.cfg.objective, val.collate(items), g).item())
+                losses.append(stream_loss(model, stream.cfg, val.collate(items), g).item())
             if losses:
                 result[f"val_loss/{stream.cfg.name}"] = sum(losses) / len(losses)
         losses = [v for k, v in result.items() if k.startswith("val_loss/")]
@@ -242,7 +245,7 @@ class Trainer:
             stream = self.streams[k]
             batch = next(iters[k])
             g = torch.Generator().manual_seed(t.seed * 1_000_033 + self.step)  # masking / negatives
-            loss = stream_loss(model, stream.cfg.objective, batch, g)
+            loss = stream_loss(model, stream.cfg, batch, g)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss.item()} at step {self.step} (task {stream.cfg.name}); stopping")
             last_loss[stream.cfg.name] = loss.item()

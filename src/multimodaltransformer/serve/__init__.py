@@ -1,0 +1,48 @@
+"""Serving: an OpenAI-compatible HTTP API (chat with images, streaming, embeddings) and a web chat page.
+
+`mmt serve MODEL_DIR` runs `serve`; `create_app` gives the FastAPI app (for tests or your own
+server). fastapi and uvicorn are imported here only: `pip install "multimodaltransformer[serve]"`.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Any
+
+from .media import MediaPolicy
+
+
+def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
+          allow_remote_media: list[str] | None = None, max_batch: int = 16, queue_size: int = 64,
+          request_timeout_s: float = 120.0, device: str = "cpu", model: Any = None) -> None:
+    """Load the model (or take `model`) and serve it until interrupted."""
+    import uvicorn
+
+    from .app import ServerConfig, create_app
+
+    if model is None:
+        from ..cli import _load_model
+
+        model = _load_model(str(model_dir), device)
+    cfg = ServerConfig(model_name=Path(model_dir).name if model_dir else "model", api_key=api_key,
+                       max_batch=max_batch, queue_size=queue_size, request_timeout_s=request_timeout_s,
+                       media=MediaPolicy(allowed_hosts=frozenset(h.lower() for h in allow_remote_media or [])))
+    app = create_app(model, cfg)
+    print(f"serving {cfg.model_name} at http://{host}:{port}/  (OpenAI API at http://{host}:{port}/v1)", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+def free_port(preferred: int = 8000, host: str = "127.0.0.1") -> int:
+    """`preferred` if nothing listens there, else a free port the OS picks."""
+    for port in (preferred, 0):
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+                return s.getsockname()[1]
+            except OSError:
+                continue
+    raise OSError("no free port")
+
+
+__all__ = ["MediaPolicy", "free_port", "serve"]

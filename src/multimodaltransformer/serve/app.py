@@ -1,0 +1,298 @@
+"""The HTTP server: OpenAI-compatible routes over one `ModelWorker`, and the web chat page.
+
+Routes: POST /v1/chat/completions (plain or `stream: true` server-sent events ending in
+`data: [DONE]`), POST /v1/embeddings (models with a contrastive space), GET /v1/models,
+GET /health, GET / (the chat page). Every error is a 4xx/5xx with OpenAI's error body; no model
+work runs on the event loop (images are decoded in a thread, decoding happens in the worker).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import queue
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import numpy as np
+import torch
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..data.collate import encode_prompt
+from .media import MediaPolicy, MediaRejected, decode_image, image_bytes
+from .schemas import (AssistantMessage, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice,
+                      ChunkChoice, Delta, Embedding, EmbeddingRequest, EmbeddingResponse, ModelCard, ModelList,
+                      Usage, error)
+from .template import TemplateError, build_conversation
+from .worker import Job, ModelWorker
+
+
+@dataclass
+class ServerConfig:
+    model_name: str = "model"
+    api_key: str | None = None
+    max_batch: int = 16
+    queue_size: int = 64
+    request_timeout_s: float = 120.0
+    max_body_bytes: int = 32 * 1024 * 1024
+    default_max_tokens: int = 64
+    media: MediaPolicy = field(default_factory=MediaPolicy)
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
+
+
+def _json_error(status: int, message: str, param: str | None = None, code: str | None = None,
+                headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(error(status, message, param, code), status_code=status, headers=headers)
+
+
+def create_app(model: Any, config: ServerConfig | None = None) -> FastAPI:
+    """The app for `model` (a multimodal model with a tokenizer); starts its worker thread."""
+    cfg = config or ServerConfig()
+    if getattr(model, "tokenizer", None) is None:
+        raise ValueError("the model has no tokenizer: serve a saved model directory with tokenizer.json")
+    worker = ModelWorker(model, max_batch=cfg.max_batch, queue_size=cfg.queue_size)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        worker.close()  # the server stops: so does the worker thread
+
+    app = FastAPI(title="multimodaltransformer", docs_url=None, redoc_url=None, lifespan=lifespan)
+    app.state.worker, app.state.config = worker, cfg
+    created = int(time.time())
+
+    # ---- errors: every one in OpenAI's shape --------------------------------------------------------
+    @app.exception_handler(APIError)
+    async def _api_error(_: Request, e: APIError) -> JSONResponse:
+        return _json_error(e.status, e.message, e.param, e.code, e.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:
+        first = e.errors()[0] if e.errors() else {}
+        loc = [str(x) for x in first.get("loc", ()) if x != "body"]
+        if first.get("type") == "json_invalid":
+            return _json_error(400, f"invalid JSON body: {first.get('msg', '')}", code="invalid_json")
+        where = ".".join(loc) or "body"
+        return _json_error(400, f"{where}: {first.get('msg', 'invalid value')}", param=where or None)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, e: StarletteHTTPException) -> JSONResponse:
+        return _json_error(e.status_code, str(e.detail))
+
+    @app.exception_handler(Exception)
+    async def _crash(_: Request, e: Exception) -> JSONResponse:  # a bug must not leak a traceback
+        return _json_error(500, f"internal error ({type(e).__name__})")
+
+    @app.middleware("http")
+    async def _guard(request: Request, call_next: Any) -> Any:
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > cfg.max_body_bytes):
+            return _json_error(413, f"request body larger than {cfg.max_body_bytes} bytes")
+        if cfg.api_key and request.url.path.startswith("/v1/"):
+            if request.headers.get("authorization", "") != f"Bearer {cfg.api_key}":
+                return _json_error(401, "invalid or missing API key (Authorization: Bearer KEY)",
+                                   code="invalid_api_key")
+        return await call_next(request)
+
+    # ---- routes ----------------------------------------------------------------------------------------
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "model": cfg.model_name, "load": worker.load, "max_batch": cfg.max_batch,
+                "decode_steps": worker.steps}
+
+    @app.get("/v1/models")
+    async def models() -> ModelList:
+        return ModelList(data=[ModelCard(id=cfg.model_name, created=created)])
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page() -> str:
+        return (resources.files("multimodaltransformer") / "serve" / "static" / "index.html").read_text()
+
+    @app.post("/v1/chat/completions")
+    async def chat(req: ChatCompletionRequest, request: Request) -> Any:
+        _check_model(req.model, cfg)
+        job, prompt_tokens = await _make_job(req, model, cfg)
+        events: asyncio.Queue = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        job.emit = lambda i, text, finish, err: loop.call_soon_threadsafe(events.put_nowait, (i, text, finish, err))
+        try:
+            worker.submit(job)
+        except queue.Full:
+            raise APIError(429, "the server is busy: too many requests queued, retry shortly",
+                           code="rate_limit_exceeded", headers={"Retry-After": "1"}) from None
+        rid, now = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        n = req.n
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return StreamingResponse(_sse(job, events, request, rid, now, cfg.model_name, n, prompt_tokens,
+                                          include_usage), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        texts, finish = [""] * n, [None] * n
+        try:
+            while any(f is None for f in finish):
+                i, text, reason, err = await _next_event(events, request, job)
+                if err:
+                    raise APIError(504 if "time limit" in err else 500, err)
+                if text:
+                    texts[i] += text
+                if reason:
+                    finish[i] = reason
+        finally:
+            job.cancelled.set()  # a no-op when done; stops the rows of a request that failed or left
+        completion = sum(job.completion_tokens)
+        return ChatCompletion(id=rid, created=now, model=cfg.model_name,
+                              choices=[Choice(index=i, message=AssistantMessage(content=texts[i]),
+                                              finish_reason=finish[i]) for i in range(n)],
+                              usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=completion,
+                                          total_tokens=prompt_tokens + completion))
+
+    @app.post("/v1/embeddings")
+    async def embeddings(req: EmbeddingRequest) -> EmbeddingResponse:
+        _check_model(req.model, cfg)
+        if getattr(model, "image_proj", None) is None:
+            raise APIError(400, f"model {cfg.model_name} has no embedding space (heads.contrastive_dim)")
+        inputs = [req.input] if isinstance(req.input, str) else req.input
+        if len(inputs) > 256:
+            raise APIError(400, "input: at most 256 items per request", param="input")
+        if any(not s for s in inputs):
+            raise APIError(400, "input: empty strings cannot be embedded", param="input")
+        pixels = {}
+        for i, s in enumerate(inputs):
+            if s.startswith("data:") or s.startswith("http://") or s.startswith("https://"):
+                pixels[i] = await asyncio.to_thread(_pixels, s, model, cfg.media)
+        texts = {i: s for i, s in enumerate(inputs) if i not in pixels}
+        for i, s in texts.items():
+            if len(encode_prompt(model.tokenizer, s)) > model.max_seq_len:
+                raise APIError(400, f"input[{i}]: longer than the model's {model.max_seq_len} tokens", param="input")
+
+        def embed() -> list[list[float]]:
+            out: list[Any] = [None] * len(inputs)
+            with torch.inference_mode():
+                for i, px in pixels.items():
+                    out[i] = torch.nn.functional.normalize(model.encode_image(px), dim=-1)[0]
+                for i, s in texts.items():
+                    ids = torch.tensor([[model.tokenizer.bos_id, *model.tokenizer.encode(s), model.tokenizer.sep_id]])
+                    out[i] = torch.nn.functional.normalize(model.encode_text(ids.to(px_device(model))), dim=-1)[0]
+            return [v.float().cpu().tolist() for v in out]
+
+        try:
+            vectors = await asyncio.to_thread(worker.run_exclusive, embed, cfg.request_timeout_s)
+        except queue.Full:
+            raise APIError(429, "the server is busy, retry shortly", headers={"Retry-After": "1"}) from None
+        tokens = sum(len(model.tokenizer.encode(s)) for s in texts.values())
+        if req.encoding_format == "base64":
+            vectors = [base64.b64encode(np.asarray(v, dtype="<f4").tobytes()).decode() for v in vectors]
+        return EmbeddingResponse(data=[Embedding(index=i, embedding=v) for i, v in enumerate(vectors)],
+                                 model=cfg.model_name, usage={"prompt_tokens": tokens, "total_tokens": tokens})
+
+    return app
+
+
+def px_device(model: Any) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _check_model(name: str, cfg: ServerConfig) -> None:
+    if name != cfg.model_name:
+        raise APIError(404, f"model {name!r} not found; this server has {cfg.model_name!r}", param="model",
+                       code="model_not_found")
+
+
+def _pixels(url: str, model: Any, policy: MediaPolicy) -> torch.Tensor:
+    """An image URL -> normalised pixel values (1, 3, H, W) for the model (runs in a thread)."""
+    if getattr(model, "image_processor", None) is None:
+        raise APIError(400, "this model takes no images")
+    try:
+        image = decode_image(image_bytes(url, policy), policy)
+    except MediaRejected as e:
+        raise APIError(400, str(e), param="messages") from None
+    return model.image_processor(image)[None].to(px_device(model))
+
+
+async def _make_job(req: ChatCompletionRequest, model: Any, cfg: ServerConfig) -> tuple[Job, int]:
+    try:
+        conv = build_conversation(req.messages)
+        stops = req.stops()
+    except (TemplateError, ValueError) as e:
+        raise APIError(400, str(e), param="messages") from None
+    if conv.has_audio:
+        raise APIError(400, "this model takes no audio (input_audio)", param="messages")
+    pixel_values = await asyncio.to_thread(_pixels, conv.image_url, model, cfg.media) if conv.image_url else None
+    tok = model.tokenizer
+    ids = encode_prompt(tok, conv.prompt, conv.context)
+    n_media = model.num_media_tokens if pixel_values is not None else 0
+    room = model.max_seq_len - n_media - len(ids)
+    if room < 1:
+        raise APIError(400, f"the messages are {len(ids) + n_media} tokens long; this model takes at most "
+                       f"{model.max_seq_len - 1} before its answer", param="messages", code="context_length_exceeded")
+    max_tokens = req.max_completion_tokens or req.max_tokens
+    if max_tokens is not None and max_tokens > room:
+        raise APIError(400, f"max_tokens {max_tokens} is more than the {room} tokens left after the prompt",
+                       param="max_tokens", code="context_length_exceeded")
+    if req.num_beams > 1 and req.stream:
+        raise APIError(400, "beam search (num_beams > 1) cannot stream", param="num_beams")
+    if req.num_beams > 1 and req.n > req.num_beams:
+        raise APIError(400, "n must not exceed num_beams with beam search", param="n")
+    job = Job(torch.tensor([ids]), pixel_values, emit=lambda *a: None,
+              max_new_tokens=max_tokens or min(cfg.default_max_tokens, room), temperature=req.temperature,
+              top_p=req.top_p, top_k=req.top_k, repetition_penalty=req.repetition_penalty, seed=req.seed, n=req.n,
+              num_beams=req.num_beams, length_penalty=req.length_penalty, stops=stops,
+              deadline=time.monotonic() + cfg.request_timeout_s)
+    return job, len(ids) + n_media
+
+
+async def _next_event(events: asyncio.Queue, request: Request, job: Job) -> tuple:
+    """The worker's next event; checks for a client that left while waiting."""
+    while True:
+        try:
+            return await asyncio.wait_for(events.get(), timeout=0.5)
+        except asyncio.TimeoutError:
+            if await request.is_disconnected():
+                job.cancelled.set()
+                raise asyncio.CancelledError from None
+            if time.monotonic() > job.deadline + 5:  # the worker never picked it up
+                job.cancelled.set()
+                raise APIError(504, "the request ran past its time limit") from None
+
+
+async def _sse(job: Job, events: asyncio.Queue, request: Request, rid: str, created: int, model: str, n: int,
+               prompt_tokens: int, include_usage: bool):
+    def chunk(choices: list[ChunkChoice], usage: Usage | None = None) -> str:
+        body = ChatCompletionChunk(id=rid, created=created, model=model, choices=choices, usage=usage)
+        return f"data: {body.model_dump_json(exclude={'usage'} if usage is None else None)}\n\n"
+
+    try:
+        yield chunk([ChunkChoice(index=i, delta=Delta(role="assistant", content="")) for i in range(n)])
+        finished = 0
+        while finished < n:
+            i, text, reason, err = await _next_event(events, request, job)
+            if err:
+                yield f"data: {json.dumps(error(504 if 'time limit' in err else 500, err))}\n\n"
+                break
+            if text:
+                yield chunk([ChunkChoice(index=i, delta=Delta(content=text))])
+            if reason:
+                finished += 1
+                yield chunk([ChunkChoice(index=i, delta=Delta(), finish_reason=reason)])
+        if include_usage and finished == n:
+            completion = sum(job.completion_tokens)
+            yield chunk([], Usage(prompt_tokens=prompt_tokens, completion_tokens=completion,
+                                  total_tokens=prompt_tokens + completion))
+        yield "data: [DONE]\n\n"
+    finally:
+        job.cancelled.set()  # the client left or the stream ended: the worker drops the rows

@@ -1,0 +1,454 @@
+"""The model worker: one thread owns the model and batches decode steps across requests.
+
+Jobs wait in a bounded queue (full: the HTTP layer answers 429). Between two decode steps the
+worker admits waiting jobs into the running batch, up to `max_batch` rows: their prompts are
+prefilled together into a scratch cache whose rows then join the batch's cache right before the
+current slot. Every row keeps its own slot mask and positions, so rows that started at different
+times decode side by side (continuous batching); each row has its own sampling settings, seed,
+stop strings and budget. A finished, cancelled or timed-out row leaves the batch at once (its
+cache row is dropped). Beam search runs a job on its own between steps, through `generate`.
+The worker never touches asyncio: results go through each job's `emit` callback.
+Legend: N batch rows, L cache slots, S prefill length, H heads, D head dim, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..generation import GenerationConfig, generate
+from ..generation.fastpath import FewRowLinears
+from ..generation.processors import build_processors
+from ..generation.streaming import Detokenizer, StopStrings, decode_fn
+from ..nn.attention import KVCache, MultiHeadAttention
+
+# emit(choice index, text delta or None, finish reason or None, error message or None)
+Emit = Callable[[int, str | None, str | None, str | None], None]
+
+
+@dataclass
+class Job:
+    """One request: a prompt (1, T), its image, its generation settings and where results go."""
+
+    input_ids: Tensor  # (1, T)
+    pixel_values: Tensor | None  # (1, 3, H, W)
+    emit: Emit
+    max_new_tokens: int = 64
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    n: int = 1
+    num_beams: int = 1
+    length_penalty: float = 1.0
+    stops: list[str] = field(default_factory=list)
+    deadline: float = float("inf")  # time.monotonic() limit
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    completion_tokens: list[int] = field(default_factory=list)
+
+    @property
+    def has_media(self) -> bool:
+        return self.pixel_values is not None
+
+
+class _Row:
+    """One decoded sequence of a job (a job with n > 1 has n rows)."""
+
+    def __init__(self, job: Job, index: int, cfg: GenerationConfig, eos: Tensor, decode: Callable) -> None:
+        self.job, self.index = job, index
+        self.history = job.input_ids[0].tolist()
+        self.prompt_len = len(self.history)
+        self.processors = build_processors(cfg, self.prompt_len, eos, None)
+        self.generator = None
+        if cfg.do_sample:
+            self.generator = torch.Generator().manual_seed(
+                job.seed + index if job.seed is not None else int(torch.randint(2**62, ()).item()))
+        self.detok, self.stops = Detokenizer(decode), StopStrings(job.stops)
+        self.produced = 0
+        self.finish: str | None = None
+        self.eos_hit = False
+        self.held = ""  # trailing whitespace held back: the answer is stripped, as TextTokenizer.decode does
+        self.started = False
+
+    def trim(self, text: str, final: bool = False) -> str:
+        """The part of `text` to emit so the whole answer comes out stripped at both ends."""
+        if not self.started:
+            text = text.lstrip()
+            self.started = bool(text)
+        text = self.held + text
+        if final:
+            self.held = ""
+            return text.rstrip()
+        body = text.rstrip()
+        self.held = text[len(body):]
+        return body
+
+
+class ModelWorker:
+    """Owns `model` in a background thread; `submit` jobs, `run_exclusive` other model work."""
+
+    def __init__(self, model: Any, max_batch: int = 16, queue_size: int = 64) -> None:
+        self.model, self.max_batch = model.eval(), max_batch
+        self.queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
+        self.waiting: deque[Job] = deque()
+        self.tok = model.tokenizer
+        self.decode = decode_fn(self.tok)
+        eos = self.tok.eos_id
+        self.eos = torch.tensor([eos])
+        self.device = next(model.parameters()).device
+        self.attn = [m for m in model.modules() if isinstance(m, MultiHeadAttention)]
+        self.rows: list[_Row] = []
+        self.L = 2 * model.max_seq_len  # cache slots: any row needs at most max_seq_len of them
+        self.slot = 0
+        self.steps = 0  # decode steps run (for stats)
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="mmt-model-worker", daemon=True)
+        self.thread.start()
+
+    # ---- public, any thread -------------------------------------------------------------------
+    def submit(self, job: Job) -> None:
+        """Queue a job; raises queue.Full when the queue is full."""
+        self.queue.put_nowait(job)
+
+    def run_exclusive(self, fn: Callable[[], Any], timeout: float = 60.0) -> Any:
+        """Run fn() on the worker thread between decode steps; returns its result or raises its error."""
+        done, box = threading.Event(), {}
+
+        def task() -> None:
+            try:
+                box["value"] = fn()
+            except BaseException as e:  # handed to the caller
+                box["error"] = e
+            finally:
+                done.set()
+
+        self.queue.put_nowait(task)
+        if not done.wait(timeout):
+            raise TimeoutError("the model worker did not answer in time")
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+
+    @property
+    def load(self) -> int:
+        return len(self.rows) + len(self.waiting) + self.queue.qsize()
+
+    def close(self) -> None:
+        self._stop.set()
+        self.thread.join(timeout=10)
+
+    # ---- the loop -------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        fast = FewRowLinears(self.model) if self.device.type == "cpu" else None
+        try:
+            while not self._stop.is_set():
+                self._take(block=not self.rows and not self.waiting)
+                self._admit()
+                if self.rows:
+                    try:
+                        with torch.inference_mode():
+                            self._step()
+                    except Exception as e:  # a bug must not leave requests hanging: fail the batch, go on
+                        traceback.print_exc()
+                        for row in self.rows:
+                            row.job.emit(row.index, None, None, f"generation failed: {e}")
+                        self._drop([])
+        finally:
+            if fast is not None:
+                fast.restore()
+
+    def _take(self, block: bool) -> None:
+        """Move queued items into `waiting`; exclusive tasks and beam jobs run right away."""
+        try:
+            item = self.queue.get(timeout=0.05) if block else self.queue.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            if callable(item):
+                with self._detached():
+                    item()
+            else:
+                self.waiting.append(item)
+            try:
+                item = self.queue.get_nowait()
+            except queue.Empty:
+                return
+
+    def _admit(self) -> None:
+        """Prefill waiting jobs that fit (same media kind for cross-attention models) into the batch."""
+        group: list[Job] = []
+        rows = len(self.rows)
+        kind = self._kind(self.rows[0].job) if self.rows else None
+        kept: deque[Job] = deque()
+        while self.waiting:
+            job = self.waiting.popleft()
+            if job.cancelled.is_set():
+                job.emit(0, None, None, "cancelled")
+                continue
+            if job.num_beams > 1:
+                with self._detached():
+                    self._beam(job)
+                continue
+            kind = kind if kind is not None else self._kind(job)
+            fits = rows + job.n <= self.max_batch or rows == 0  # a job wider than max_batch runs alone
+            if self._kind(job) == kind and fits and not kept:
+                group.append(job)
+                rows += job.n
+            else:
+                kept.append(job)
+        self.waiting = kept
+        for has_media in (True, False):  # one prefill per kind: with an image, the prompt has a prefix
+            part = [j for j in group if j.has_media == has_media]
+            if not part:
+                continue
+            try:
+                with torch.inference_mode():
+                    self._prefill(part)
+            except Exception as e:  # a bad job must not take the worker down
+                traceback.print_exc()
+                for job in part:
+                    job.emit(0, None, None, f"generation failed: {e}")
+
+    def _kind(self, job: Job) -> bool:
+        """Rows can share a batch unless the model cross-attends and only some have an image."""
+        return job.has_media and getattr(getattr(self.model, "fusion_config", None), "type", "") in ("cross", "gated")
+
+    # ---- caches -------------------------------------------------------------------------------------
+    def _caches(self) -> list[tuple[MultiHeadAttention, KVCache | None]]:
+        return [(m, m.kv_cache) for m in self.attn]
+
+    @contextlib.contextmanager
+    def _detached(self) -> Iterator[None]:
+        """Other model work (beam search, embeddings) runs with the batch's caches set aside."""
+        saved = self._caches()
+        for m in self.attn:
+            m.kv_cache = None
+        try:
+            yield
+        finally:
+            self.model.clear_caches()
+            for m, c in saved:
+                m.kv_cache = c
+            if self.rows:
+                self.model.decoder.transformer.cache_len = self.L
+
+    def _prefill(self, jobs: list[Job]) -> None:
+        model, dev = self.model, self.device
+        T = max(j.input_ids.shape[1] for j in jobs)
+        ids = torch.full((len(jobs), T), self.tok.pad_id, dtype=torch.long, device=dev)
+        mask = torch.zeros((len(jobs), T), dtype=torch.bool, device=dev)
+        for r, j in enumerate(jobs):
+            ids[r, T - j.input_ids.shape[1]:] = j.input_ids[0].to(dev)
+            mask[r, T - j.input_ids.shape[1]:] = True
+        media = {}
+        if jobs[0].has_media:
+            media["pixel_values"] = torch.cat([j.pixel_values for j in jobs]).to(dev)
+        old = self._caches()
+        x, key_mask, context = model.embed(ids, mask, **media)
+        S = x.shape[1]
+        model.setup_caches(len(jobs), S, None if context is None else context.shape[1])
+        try:
+            positions = (key_mask.long().cumsum(-1) - 1).clamp(min=0)
+            logits = model.decode_step(x, positions, key_mask, 0, context=context)[:, -1].float()  # (b, V)
+            new = self._caches()
+        finally:
+            for m, c in old:
+                m.kv_cache = c
+        expand = torch.tensor([r for r, j in enumerate(jobs) for _ in range(j.n)], device=dev)
+        self._merge(new, key_mask[expand], positions[expand, -1:] + 1, expand, S)
+        for r, j in enumerate(jobs):
+            cfg = GenerationConfig(max_new_tokens=j.max_new_tokens, do_sample=j.temperature > 0,
+                                   temperature=j.temperature or 1.0, top_p=j.top_p, top_k=j.top_k,
+                                   repetition_penalty=j.repetition_penalty)
+            j.completion_tokens = [0] * j.n
+            for i in range(j.n):
+                self.rows.append(_Row(j, i, cfg, self.eos, self.decode))
+        self._choose(logits[expand])
+
+    def _merge(self, new: list[tuple[MultiHeadAttention, KVCache | None]], key_mask: Tensor, next_pos: Tensor,
+               expand: Tensor, S: int) -> None:
+        """Add prefilled rows (their self-attention K/V in slots 0..S) at slots slot-S..slot of the batch."""
+        first = not self.rows
+        if first:
+            self.slot = S
+        else:
+            if self.slot + 1 > self.L - 1:
+                self._compact()
+            if S > self.slot:  # make room on the left: shift the running rows right
+                self._shift(S - self.slot)
+        start = self.slot - S
+        b = expand.shape[0]
+        dev = self.device
+        for (m, big), (_, scratch) in zip(self._caches(), new):
+            if scratch is None:
+                continue
+            k, v = scratch.k.index_select(0, expand), scratch.v.index_select(0, expand)
+            if m.cross:  # context K/V: one length for every row of the batch
+                merged = KVCache(0, k.shape[1], k.shape[2], k.shape[3], k.dtype, dev)
+                merged.k = k if first else torch.cat([big.k, k])
+                merged.v = v if first else torch.cat([big.v, v])
+            else:
+                rows_k = torch.zeros(b, k.shape[1], self.L, k.shape[3], dtype=k.dtype, device=dev)
+                rows_v = torch.zeros_like(rows_k)
+                rows_k[:, :, start:self.slot], rows_v[:, :, start:self.slot] = k[:, :, :S], v[:, :, :S]
+                merged = KVCache(0, k.shape[1], self.L, k.shape[3], k.dtype, dev)
+                merged.k = rows_k if first else torch.cat([big.k, rows_k])
+                merged.v = rows_v if first else torch.cat([big.v, rows_v])
+            m.kv_cache = merged
+        slots = torch.zeros(b, self.L, dtype=torch.bool, device=dev)
+        slots[:, start:self.slot] = key_mask
+        if first:
+            self.slots, self.next_pos = slots, next_pos
+        else:
+            self.slots, self.next_pos = torch.cat([self.slots, slots]), torch.cat([self.next_pos, next_pos])
+        self.model.decoder.transformer.cache_len = self.L
+
+    def _shift(self, d: int) -> None:
+        """Move every running row's slots d to the right (room for a longer prompt on the left).
+
+        Only called with slot + d = S <= max_seq_len < L, so nothing falls off the end."""
+        for m, c in self._caches():
+            if c is not None and not m.cross:
+                for buf in (c.k, c.v):
+                    buf[:, :, d:self.slot + d] = buf[:, :, :self.slot].clone()
+                    buf[:, :, :d] = 0
+        self.slots[:, d:self.slot + d] = self.slots[:, :self.slot].clone()
+        self.slots[:, :d] = False
+        self.slot += d
+
+    def _compact(self) -> None:
+        """Drop the leading slots no running row uses (the cache would otherwise run out)."""
+        used = self.slots.any(0).nonzero()
+        c0 = int(used[0]) if used.numel() else self.slot
+        if c0 == 0:
+            return
+        for m, c in self._caches():
+            if c is not None and not m.cross:
+                for buf in (c.k, c.v):
+                    buf[:, :, :self.slot - c0] = buf[:, :, c0:self.slot].clone()
+                    buf[:, :, self.slot - c0:] = 0
+        self.slots[:, :self.slot - c0] = self.slots[:, c0:self.slot].clone()
+        self.slots[:, self.slot - c0:] = False
+        self.slot -= c0
+
+    def _drop(self, keep: list[int]) -> None:
+        """Keep only these batch rows (finished ones leave)."""
+        if not keep:
+            self.rows = []
+            self.model.clear_caches()
+            self.slot = 0
+            return
+        idx = torch.tensor(keep, device=self.device)
+        for _, c in self._caches():
+            if c is not None:
+                c.k, c.v = c.k.index_select(0, idx), c.v.index_select(0, idx)
+        self.slots, self.next_pos = self.slots[idx], self.next_pos[idx]
+        self.last = self.last[idx]
+        self.rows = [self.rows[i] for i in keep]
+
+    # ---- decoding -----------------------------------------------------------------------------------
+    def _step(self) -> None:
+        if self.slot + 1 > self.L - 1:
+            self._compact()
+        x = self.model.decoder.embed(self.last[:, None])  # (N, 1, C)
+        self.slots[:, self.slot] = True
+        logits = self.model.decode_step(x, self.next_pos, self.slots, self.slot)[:, -1].float()
+        self.slot += 1
+        self.next_pos += 1
+        self.steps += 1
+        self._choose(logits)
+
+    def _choose(self, logits: Tensor) -> None:
+        """Pick each row's next token from its logits (N_new or N, V), emit text, retire finished rows.
+
+        Called after a prefill with the new rows' logits (they are the batch's last rows) and
+        after a step with every row's."""
+        n_new = logits.shape[0]
+        rows = self.rows[len(self.rows) - n_new:]
+        tokens = torch.empty(n_new, dtype=torch.long)
+        now = time.monotonic()
+        for r, (row, scores) in enumerate(zip(rows, logits)):
+            ids = torch.tensor([row.history])
+            s = scores[None].clone()
+            for p in row.processors:
+                s = p(ids, s)
+            if row.generator is not None:
+                t = int(torch.multinomial(s.softmax(-1), 1, generator=row.generator))
+            else:
+                t = int(s.argmax(-1))
+            tokens[r] = t
+            row.history.append(t)
+            row.produced += 1
+            row.finish = self._advance(row, t, now)
+        new_last = tokens.to(self.device)
+        self.last = new_last if n_new == len(self.rows) else torch.cat([self.last, new_last])
+        keep = [i for i, row in enumerate(self.rows) if row.finish is None]
+        if len(keep) < len(self.rows):
+            self._drop(keep)
+
+    def _advance(self, row: _Row, token: int, now: float) -> str | None:
+        """Emit the token's text for `row`; the finish reason once the row is done, else None."""
+        job = row.job
+        if job.cancelled.is_set():
+            job.emit(row.index, None, None, "cancelled")
+            return "cancelled"
+        if now > job.deadline:
+            job.emit(row.index, None, None, "the request ran past its time limit")
+            return "timeout"
+        if token == self.tok.eos_id:
+            row.eos_hit = True
+            return self._finish(row, "stop")
+        text = row.trim(row.stops.feed(row.detok.push(token)))
+        if text:
+            job.emit(row.index, text, None, None)
+        if row.stops.stopped:
+            return self._finish(row, "stop", flush=False)
+        # the token just chosen goes in at position n_media + prompt_len + produced - 1: is there a next one?
+        n_media = self.model.num_media_tokens if job.has_media else 0
+        if row.produced >= job.max_new_tokens or n_media + row.prompt_len + row.produced >= self.model.max_seq_len:
+            return self._finish(row, "length")
+        return None
+
+    def _finish(self, row: _Row, reason: str, flush: bool = True) -> str:
+        text = ""
+        if flush:
+            text = row.stops.feed(row.detok.flush())
+            if not row.stops.stopped:
+                text += row.stops.flush()
+        text = row.trim(text, final=True)
+        row.job.completion_tokens[row.index] = row.produced - row.eos_hit  # the EOS token is not text
+        row.job.emit(row.index, text or None, reason, None)
+        return reason
+
+    def _beam(self, job: Job) -> None:
+        """Beam search for one job, alone (it needs its own cache rows per beam)."""
+        try:
+            with torch.inference_mode():
+                media = {"pixel_values": job.pixel_values.to(self.device)} if job.has_media else {}
+                out = generate(self.model, job.input_ids.to(self.device), num_beams=job.num_beams,
+                               num_return_sequences=job.n, length_penalty=job.length_penalty,
+                               repetition_penalty=job.repetition_penalty, max_new_tokens=job.max_new_tokens,
+                               **media)
+            T = job.input_ids.shape[1]
+            job.completion_tokens = []
+            for i, row in enumerate(out[:, T:].tolist()):
+                produced = row.index(self.tok.eos_id) if self.tok.eos_id in row else len(row)
+                text = self.decode(row[:produced])
+                stops = StopStrings(job.stops)
+                text = (stops.feed(text) + ("" if stops.stopped else stops.flush())).strip()
+                job.completion_tokens.append(produced)
+                job.emit(i, text, "stop" if produced < len(row) or stops.stopped else "length", None)
+        except Exception as e:
+            traceback.print_exc()
+            job.emit(0, None, None, f"generation failed: {e}")

@@ -1,0 +1,29 @@
+"""`mmt demo` end to end on a tiny budget: multi-task training, both splits scored, files written."""
+
+import json
+
+import pytest
+
+
+@pytest.mark.slow
+def test_demo_writes_metrics_for_every_task(tmp_path):
+    from multimodaltransformer.cli import main
+
+    tiny = ["--set", f"data.cache_dir={tmp_path / 'cache'}",
+            "--set", "data.train=shapes:split=train,n=64,seed=0,questions=2",
+            "--set", "data.val=shapes:split=val,n=8,seed=0",
+            "--set", "model.image={image_size: 64, patch_size: 16, dim: 32, depth: 1, heads: 2}",
+            "--set", "model.decoder={dim: 32, depth: 1, heads: 2, max_seq_len: 96}",
+            "--set", "train.batch_size=8", "--set", "train.warmup_steps=1", "--set", "train.eval_examples=4",
+            "--set", "multitask={tasks: [{name: generate, objective: lm, tasks: [caption, vqa, classify, match]}, "
+                     "{name: retrieval, objective: contrastive, tasks: [retrieval], batch_size: 8}]}"]
+    assert main(["demo", "--out", str(tmp_path / "run"), "--budget-minutes", "0.05", "--eval-n", "12",
+                 "--no-serve", *tiny]) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    for split in ("test", "novel"):
+        for key in ("vqa_accuracy", "caption_bleu4", "caption_cider", "classify_accuracy", "match_accuracy",
+                    "retrieval_r1"):
+            assert key in metrics[split], (split, key)
+    preds = (tmp_path / "run" / "predictions-test.jsonl").read_text().splitlines()
+    assert {json.loads(p)["task"] for p in preds} == {"caption", "vqa", "classify", "match"}
+    assert (tmp_path / "run" / "model" / "model.safetensors").is_file()

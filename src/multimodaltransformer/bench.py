@@ -4,8 +4,10 @@ Each method trains the `bench-fusion` config's model for the same wall time on t
 and is scored on the same held-out images. Out come one table (printed, and as Markdown and
 JSON) and one plot (PNG, matplotlib) under the output directory.
 Generative fusions train captions, VQA, classification and matching as text (one causal-LM
-stream) plus retrieval (contrastive); late fusion answers VQA, classification and matching
-with heads; the joint space (a dual encoder) trains retrieval only.
+stream) plus retrieval (contrastive projections on the locked towers, as the demo does); late
+fusion answers VQA, classification and matching with heads; the joint space (a dual encoder)
+trains retrieval only, towers included. Two early-fusion rows vary the tasks: retrieval that
+trains the shared towers too, and single tasks (VQA only, captions only).
 """
 
 from __future__ import annotations
@@ -28,7 +30,10 @@ from .train.tasks import MultiTaskConfig, TaskConfig
 from .train.trainer import train
 
 GENERATIVE = ["caption", "vqa", "classify", "match"]
-RETRIEVAL = TaskConfig("retrieval", "contrastive", tasks=["retrieval"], batch_size=64)
+# as in the demo: retrieval learns projections on the towers the other tasks train ...
+RETRIEVAL = TaskConfig("retrieval", "contrastive", tasks=["retrieval"], batch_size=64, lock=["image", "text"])
+# ... or trains the towers too (the dual encoder; and the row that measures the interference)
+RETRIEVAL_FULL = TaskConfig("retrieval", "contrastive", tasks=["retrieval"], batch_size=64)
 # method -> (fusion type, task streams)
 METHODS: dict[str, tuple[str, list[TaskConfig]]] = {
     "early": ("early", [TaskConfig("generate", "lm", tasks=GENERATIVE), RETRIEVAL]),
@@ -36,7 +41,8 @@ METHODS: dict[str, tuple[str, list[TaskConfig]]] = {
     "gated": ("gated", [TaskConfig("generate", "lm", tasks=GENERATIVE), RETRIEVAL]),
     "resampler": ("resampler", [TaskConfig("generate", "lm", tasks=GENERATIVE), RETRIEVAL]),
     "late": ("late", [TaskConfig("heads", "classify", tasks=["vqa", "classify", "match"]), RETRIEVAL]),
-    "joint": ("joint", [RETRIEVAL]),
+    "joint": ("joint", [RETRIEVAL_FULL]),
+    "early, retrieval trains the towers": ("early", [TaskConfig("generate", "lm", tasks=GENERATIVE), RETRIEVAL_FULL]),
     "early, vqa only": ("early", [TaskConfig("generate", "lm", tasks=["vqa"])]),
     "early, caption only": ("early", [TaskConfig("generate", "lm", tasks=["caption"])]),
 }

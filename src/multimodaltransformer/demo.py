@@ -33,12 +33,14 @@ def run_demo(out: str | Path = "runs/demo", budget_minutes: float = 9.0, config:
     splits = {s: resolve_source(f"shapes:split={s},n={eval_n},seed={eval_seed}", run.data.cache_dir)
               for s in ("test", "novel")}
     model = train(run, out)
+    trained = ({t for s in run.multitask.tasks for t in s.tasks or []} if run.multitask
+               else set(run.data.tasks or ()) or {"caption", "vqa", "classify"})
     summary = json.loads((out / "train_summary.json").read_text())
 
     metrics: dict = {}
     first_image = read_manifest(splits["test"])[0].image
     for split, manifest in splits.items():
-        examples = read_manifest(manifest)
+        examples = [e for e in read_manifest(manifest) if e.task in trained]  # the tasks it learned
         metrics[split], preds = evaluate(model, examples, progress=True)
         with (out / f"predictions-{split}.jsonl").open("w") as f:
             for ex, p in zip(examples, preds):
@@ -68,12 +70,12 @@ def run_demo(out: str | Path = "runs/demo", budget_minutes: float = 9.0, config:
 
 
 def _table(metrics: dict) -> str:
-    names = [k.replace("caption_", "cap_").replace("_accuracy", "_acc").replace("exact_match", "em")
-             for k in HEADLINE]
+    keys = [k for k in HEADLINE if any(k in metrics[s] for s in ("test", "novel"))]
+    names = [k.replace("caption_", "cap_").replace("_accuracy", "_acc").replace("exact_match", "em") for k in keys]
     rows = [f"{'split':<8}" + "".join(f"{n:>14}" for n in names)]
     for split in ("test", "novel"):
         m = metrics[split]
-        rows.append(f"{split:<8}" + "".join(f"{m.get(k, float('nan')):>14.4f}" for k in HEADLINE))
+        rows.append(f"{split:<8}" + "".join(f"{m.get(k, float('nan')):>14.4f}" for k in keys))
     return "\n".join(rows)
 
 

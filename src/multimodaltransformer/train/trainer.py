@@ -34,6 +34,7 @@ from .config import RunConfig
 from .tasks import MultiTaskConfig, TaskConfig, TaskStream, class_labels, draw_stream, sampling_weights, select, stream_loss
 
 CALIBRATION_STEPS = 15  # steps timed before fitting max_steps to a time budget
+REPLAN_EVERY = 50  # then the plan follows the measured step time every this many steps
 
 
 class TimeBudget:
@@ -212,9 +213,11 @@ class Trainer:
     def _replan(self, budget: TimeBudget, bar: tqdm) -> None:
         total = budget.plan(self.step)
         if total != self.total_steps:
+            report = abs(total - self.total_steps) > 0.05 * total or budget.steps == CALIBRATION_STEPS
             self.total_steps = bar.total = total
-            per_step = budget.step_time / budget.steps
-            tqdm.write(f"time budget {budget.seconds / 60:g} min at {per_step:.3f} s/step: {total} steps")
+            if report:
+                per_step = budget.step_time / budget.steps
+                tqdm.write(f"time budget {budget.seconds / 60:g} min at {per_step:.3f} s/step: {total} steps")
 
     def fit(self, resume: bool = False) -> MultimodalTransformerModel:
         self.out.mkdir(parents=True, exist_ok=True)
@@ -260,8 +263,9 @@ class Trainer:
             if budget is not None and self.step - calib_from > 3:  # the first steps run slow: skip them
                 budget.step_time += time.perf_counter() - step_start
                 budget.steps += 1
-                if budget.steps == CALIBRATION_STEPS:
-                    self._replan(budget, bar)
+                if budget.steps == CALIBRATION_STEPS or (budget.steps > CALIBRATION_STEPS and
+                                                         budget.steps % REPLAN_EVERY == 0):
+                    self._replan(budget, bar)  # step times drift (warm-up, other load): follow them
             bar.update(1)
             if self.step % t.log_every == 0 or self.step == self.total_steps:
                 elapsed = time.perf_counter() - window_t

@@ -401,3 +401,19 @@ def test_cli_serve_starts_answers_and_stops(model, tmp_path):
         proc.wait(timeout=20)
     from multimodaltransformer.cli import main
     assert main(["serve", str(tmp_path / "missing")]) == 2
+
+
+def test_sixteen_concurrent_streams_all_finish_with_the_engine_answers(client, model, shapes_dir):
+    examples = [e for e in read_manifest(shapes_dir) if e.task in ("vqa", "caption")][16:32]
+    want = predict(model, examples, max_new_tokens=12)
+
+    def stream(e):
+        with client.stream("POST", "/v1/chat/completions", json=ask(e.prompt, e.image, stream=True)) as r:
+            lines = [x for x in r.iter_lines() if x]
+        assert lines[-1] == "data: [DONE]"
+        chunks = [json.loads(x[6:]) for x in lines[:-1]]
+        assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
+        return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+
+    with ThreadPoolExecutor(16) as pool:
+        assert list(pool.map(stream, examples)) == want

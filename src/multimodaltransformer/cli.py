@@ -30,6 +30,15 @@ def _cmd_data_reviews(a: argparse.Namespace) -> None:
     print(f"wrote {path}")
 
 
+def _cmd_data_shard(a: argparse.Namespace) -> None:
+    from .data.shards import INFO, write_shards
+
+    paths = write_shards(a.manifest, a.out, shard_size=a.shard_size)
+    out = paths[0].parent
+    info = json.loads((out / INFO).read_text())
+    print(f"wrote {info['samples']} samples in {len(paths)} shard(s) to {out}")
+
+
 def _cmd_train(a: argparse.Namespace) -> None:
     from .train.checkpoint import list_checkpoints
     from .train.config import load_run_config
@@ -197,6 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--out", required=True)
     r.set_defaults(func=_cmd_data_reviews)
+    sh = data.add_parser("shard", help="write a manifest as WebDataset tar shards (+ shards.json)")
+    sh.add_argument("manifest", help="manifest.jsonl (or its folder)")
+    sh.add_argument("--out", required=True, help="output directory (replaced if it holds older shards)")
+    sh.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
+    sh.set_defaults(func=_cmd_data_shard)
 
     t = sub.add_parser("train", help="train a model from a YAML config")
     t.add_argument("config", help="YAML file, or the name of a packaged config (shapes-tiny, demo)")

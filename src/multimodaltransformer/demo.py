@@ -27,7 +27,7 @@ def run_demo(out: str | Path = "runs/demo", budget_minutes: float = 9.0, config:
              eval_seed: int = 1, port: int = 8000) -> dict:
     out = Path(out)
     run = load_run_config(config, [f"train.time_budget_minutes={budget_minutes}", *(overrides or [])])
-    for stale in ("checkpoints", "log.jsonl"):  # a demo always starts fresh
+    for stale in ("checkpoints", "log.jsonl", "tensorboard"):  # a demo always starts fresh
         p = out / stale
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
     splits = {s: resolve_source(f"shapes:split={s},n={eval_n},seed={eval_seed}", run.data.cache_dir)

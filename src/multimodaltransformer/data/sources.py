@@ -1,10 +1,17 @@
-"""Resolve a data source string to a manifest path, generating built-in datasets on demand.
+"""Data sources: a string naming examples, read by `read_source`.
 
-A source is a manifest path (or its folder), or a built-in spec `NAME:key=value,...`:
-  shapes:split=train,n=2000,seed=0[,questions=3][,tasks=caption+vqa+retrieval]
-  reviews:split=train,n=2000,seed=0
+A source is one of
+  a manifest path (or its folder)                                   read_manifest
+  a built-in spec `NAME:key=value,...`, generated into a manifest:   resolve_source + read_manifest
+    shapes:split=train,n=2000,seed=0[,questions=3][,tasks=caption+vqa+retrieval]
+    reviews:split=train,n=2000,seed=0
+  WebDataset shards: `wds:URLS`, a path or pattern ending in .tar    shards.read_shards
+    (`dir/shard-{000000..000009}.tar`), or a folder with shards.json
+  a Hugging Face `save_to_disk` folder: `hf:DIR` (a DatasetDict's    hf.read_hf_dataset
+    split: `hf:DIR/SPLIT`, default train), or a folder holding dataset_info.json / dataset_dict.json
 A spec is generated once into CACHE_DIR/<dataset>/<name from its values>; a cached copy written by
-an older generator version (its info.json says) is regenerated.
+an older generator version (its info.json says) is regenerated. Shards and Hugging Face rows are
+split across ranks; manifests and built-ins are read whole (the trainer slices their batches).
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from .manifest import DataError
+from .manifest import DataError, Example, read_manifest
 
 Spec = dict[str, str | int]
 
@@ -99,3 +106,28 @@ def resolve_source(spec: str, cache_dir: str | Path, progress: bool = True) -> P
     if not path.is_file():
         raise DataError(f"manifest not found: {path}")
     return path
+
+
+def _is_shards(spec: str) -> bool:
+    path = Path(spec).expanduser()
+    return spec.endswith((".tar", ".tar.gz", ".tgz")) or (path.is_dir() and (path / "shards.json").is_file())
+
+
+def _is_hf(spec: str) -> bool:
+    path = Path(spec).expanduser()
+    return path.is_dir() and any((path / name).is_file() for name in ("dataset_info.json", "dataset_dict.json"))
+
+
+def read_source(spec: str, cache_dir: str | Path, progress: bool = True, skip_bad: bool = False, rank: int = 0,
+                world: int = 1) -> tuple[list[Example], list[str]]:
+    """The examples of a source (see the module docstring) and the messages of those skipped with
+    `skip_bad` (a manifest's skipped lines are only warned about, not listed)."""
+    if spec.startswith("wds:") or _is_shards(spec):
+        from .shards import read_shards
+
+        return read_shards(spec.removeprefix("wds:"), rank=rank, world=world, skip_bad=skip_bad, progress=progress)
+    if spec.startswith("hf:") or _is_hf(spec):
+        from .hf import read_hf_dataset
+
+        return read_hf_dataset(spec.removeprefix("hf:"), rank=rank, world=world, skip_bad=skip_bad)
+    return read_manifest(resolve_source(spec, cache_dir, progress), skip_bad=skip_bad), []

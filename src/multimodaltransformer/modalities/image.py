@@ -48,7 +48,9 @@ class ImageProcessor:
     def to_uint8(self, image: Image.Image | str | Path) -> Tensor:
         """Decode and resize: (3, H, W) uint8, a quarter of the memory of floats (for caching)."""
         if not isinstance(image, Image.Image):
-            image = load_image(image)
+            from ..data.shards import MediaBytes, decode_image  # images read from shards / HF datasets
+
+            image = decode_image(image) if isinstance(image, MediaBytes) else load_image(image)
         image = image.convert("RGB")
         if image.size != (self.image_size, self.image_size):
             image = image.resize((self.image_size, self.image_size), Image.BICUBIC)

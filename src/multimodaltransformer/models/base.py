@@ -74,6 +74,15 @@ class PretrainedModel(nn.Module):
         return model.to(map_location).eval()
 
 
+def write_config(model: nn.Module, directory: str | Path) -> None:
+    """config.json (+ tokenizer.json when attached), without weights (sharded checkpoints)."""
+    directory = Path(directory)
+    (directory / CONFIG_FILE).write_text(json.dumps(to_dict(model.config), indent=2) + "\n")
+    tok = getattr(model, "tokenizer", None)
+    if tok is not None:
+        tok.save_pretrained(directory) if hasattr(tok, "save_pretrained") else tok.save(str(directory / TOKENIZER_FILE))
+
+
 def write_model_dir(model: nn.Module, directory: str | Path) -> Path:
     """config.json (the model's `config` dataclass) + model.safetensors; returns the directory."""
     directory = Path(directory)

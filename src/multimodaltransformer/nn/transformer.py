@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from .attention import KVCache, causal_padding_mask, padding_mask
 from .blocks import TransformerBlock, TransformerConfig, build_norm
@@ -38,6 +39,7 @@ class TransformerStack(nn.Module):
         self.blocks = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.depth))
         self.ln_f = build_norm(cfg.norm, cfg.dim, cfg.norm_eps) if cfg.final_norm else nn.Identity()
         self.cache_len: int | None = None
+        self.checkpointing = False  # training: recompute each block's activations in backward (memory for time)
 
     def forward(self, x: Tensor, mask: Tensor | None = None, input_pos: Tensor | None = None, *,
                 positions: Tensor | None = None, context: Tensor | None = None,
@@ -60,8 +62,13 @@ class TransformerStack(nn.Module):
         if bias is not None:  # ALiBi: fold the bias into the mask; masked entries become -inf
             bias = bias.to(x.dtype)
             mask = bias if mask is None else bias.masked_fill(~mask, float("-inf"))
+        recompute = self.checkpointing and self.training and torch.is_grad_enabled() and input_pos is None
         for block in self.blocks:
-            x = block(x, mask=mask, input_pos=input_pos, rotary=rotary, context=context, context_mask=context_mask)
+            if recompute:
+                x = checkpoint(block, x, mask=mask, input_pos=input_pos, rotary=rotary, context=context,
+                               context_mask=context_mask, use_reentrant=False)
+            else:
+                x = block(x, mask=mask, input_pos=input_pos, rotary=rotary, context=context, context_mask=context_mask)
         return self.ln_f(x)
 
     def setup_caches(self, batch: int, max_len: int, context_len: int | None = None) -> None:

@@ -6,12 +6,13 @@ import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ..config import ConfigError, apply_overrides, from_dict, load_yaml
 from ..models.composed import ComposedConfig
 from ..models.multimodal import MultimodalTransformer
 from .tasks import MultiTaskConfig
+from .tracking import TrackingConfig
 
 
 def default_cache_dir() -> str:
@@ -31,6 +32,9 @@ class DataConfig:
     # One sequence per image holding all its examples (attention kept apart per example):
     # the image is encoded once, not once per question. batch_size then counts images.
     pack: bool = True
+    workers: int = 0  # DataLoader worker processes collating batches (0: in the training process)
+    # with skip_bad: the run fails if more than this fraction of a source's examples were unreadable
+    max_bad_fraction: float = 0.01
 
 
 @dataclass
@@ -52,9 +56,17 @@ class TrainConfig:
     keep_last: int = 2
     time_budget_minutes: float | None = None  # fit max_steps to this wall time (measured after a few steps)
     threads: int | None = None  # torch intra-op threads (None: torch's default)
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: this process's GPU if there is one
+    # batch_size is the global batch: split over processes (torchrun) and grad_accum micro-batches
+    grad_accum: int = 1
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype; fp16 adds a grad scaler
+    activation_checkpointing: bool = False  # recompute each block's activations in backward
+    compile: bool = False  # torch.compile the model's forward
+    parallel: Literal["ddp", "fsdp"] = "ddp"  # with several processes: replicate, or shard (FSDP)
+    nan_policy: Literal["stop", "skip"] = "stop"  # a non-finite loss stops the run, or skips the step
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "max_steps", "log_every", "eval_every", "save_every", "keep_last"):
+        for name in ("batch_size", "max_steps", "log_every", "eval_every", "save_every", "keep_last", "grad_accum"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"train.{name} must be positive, got {getattr(self, name)}")
         if self.lr <= 0 or self.warmup_steps < 0:
@@ -70,6 +82,7 @@ class RunConfig:
     compose: ComposedConfig | None = None
     # Several task streams with their objectives and weights; None: one causal-LM stream over `data`.
     multitask: MultiTaskConfig | None = None
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
 def packaged_config(name: str) -> Path:

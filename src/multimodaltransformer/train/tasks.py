@@ -13,12 +13,13 @@ round-robin; the draw depends only on (seed, step), so a resumed run draws the s
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader, Sampler
 
 from ..data.collate import ExampleDataset, ManifestDataset, TrainCollator, collate_examples
 from ..data.manifest import DataError, Example
@@ -123,18 +124,34 @@ class TaskStream:
                                           labels=getattr(model, "head_labels", None), skip_bad=skip_bad)
             self.collate = lambda items: collate_examples(items, tok.pad_id, proc)
 
-    def batches(self, seed: int) -> Iterator[dict[str, Any]]:
+    def order(self, seed: int, epoch: int) -> list[int]:
+        """The epoch's item order: a permutation seeded by (seed, epoch), whatever the process count."""
+        g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        return torch.randperm(len(self.dataset), generator=g).tolist()
+
+    def step_indices(self, seed: int, epoch: int, pos: int) -> tuple[list[int], int, int]:
+        """The global batch at (epoch, pos) and the position after it (a short tail is dropped)."""
         n, B = len(self.dataset), self.batch_size
         if n < B:
             raise DataError(f"task {self.cfg.name}: {n} items is fewer than one batch of {B}")
-        while True:
-            g = torch.Generator().manual_seed(seed * 100_003 + self.epoch)
-            perm = torch.randperm(n, generator=g).tolist()
-            while self.pos + B <= n:
-                idx = perm[self.pos:self.pos + B]
-                self.pos += B
-                yield self.collate([self.dataset[i] for i in idx])
-            self.epoch, self.pos = self.epoch + 1, 0
+        if pos + B > n:
+            epoch, pos = epoch + 1, 0
+        return self.order(seed, epoch)[pos:pos + B], epoch, pos + B
+
+    def advance(self, seed: int) -> None:
+        """Record that one global batch was consumed (the data position a checkpoint saves)."""
+        _, self.epoch, self.pos = self.step_indices(seed, self.epoch, self.pos)
+
+    def loader(self, seed: int, pieces: int, piece_ids: list[int], workers: int = 0) -> Iterator[dict[str, Any]]:
+        """Micro-batches from the saved position on: each global batch is cut into `pieces` equal
+        parts (processes x accumulation steps) and this process gets `piece_ids`, in order.
+        Collation runs in `workers` DataLoader processes."""
+        if self.batch_size % pieces:
+            raise DataError(f"task {self.cfg.name}: batch size {self.batch_size} does not split into {pieces} "
+                            "equal micro-batches (processes x grad_accum)")
+        sampler = _StepSampler(self, seed, pieces, piece_ids)
+        return iter(DataLoader(self.dataset, batch_sampler=sampler, collate_fn=self.collate, num_workers=workers,
+                               persistent_workers=workers > 0, prefetch_factor=2 if workers else None))
 
     def state(self) -> dict[str, int]:
         return {"epoch": self.epoch, "pos": self.pos}
@@ -143,15 +160,46 @@ class TaskStream:
         self.epoch, self.pos = state["epoch"], state["pos"]
 
 
-def _same_text(input_ids: Tensor, mask: Tensor) -> Tensor:
-    """(B, B) True where two rows hold the same text (identical captions are not negatives)."""
-    ids = input_ids.masked_fill(~mask, -1)
-    return (ids[:, None, :] == ids[None, :, :]).all(-1)
+class _StepSampler(Sampler[list[int]]):
+    """Yields this process's micro-batch index lists, step after step, from the stream's position."""
+
+    def __init__(self, stream: TaskStream, seed: int, pieces: int, piece_ids: list[int]) -> None:
+        self.stream, self.seed, self.pieces, self.piece_ids = stream, seed, pieces, piece_ids
+        self.epoch, self.pos = stream.epoch, stream.pos
+
+    def __iter__(self) -> Iterator[list[int]]:
+        size = self.stream.batch_size // self.pieces
+        while True:
+            idx, self.epoch, self.pos = self.stream.step_indices(self.seed, self.epoch, self.pos)
+            for k in self.piece_ids:
+                yield idx[k * size:(k + 1) * size]
+
+    def __len__(self) -> int:  # endless; DataLoader only asks for it in messages
+        return 2**62
 
 
-def stream_loss(model: Any, cfg: TaskConfig, batch: dict[str, Any], generator: torch.Generator | None = None
-                ) -> Tensor:
-    """The loss of one batch under the stream's objective (before its weight)."""
+def text_hash(input_ids: Tensor, mask: Tensor) -> Tensor:
+    """(B,) int64 fingerprint of each row's text (equal texts, equal hashes; padding ignored)."""
+    ids = input_ids.masked_fill(~mask, 0).long()
+    weights = torch.arange(1, ids.shape[1] + 1, device=ids.device, dtype=torch.long) * 1_000_003 + 7
+    return (ids * weights).sum(1) * 31 + mask.sum(1)
+
+
+def loss_units(cfg: TaskConfig, batch: dict[str, Any]) -> int | None:
+    """What the objective's loss is a mean over, counted before the forward pass: predicted
+    tokens (lm), rows (classify). None: a mean per micro-batch (mlm masks and itm negatives are
+    drawn per micro-batch; contrastive gathers the global batch itself)."""
+    if cfg.objective == "lm":
+        return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+    if cfg.objective == "classify":
+        return len(batch["tasks"])
+    return None
+
+
+def stream_loss(model: Any, cfg: TaskConfig, batch: dict[str, Any], generator: torch.Generator | None = None,
+                gather: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+    """The loss of one batch under the stream's objective (before its weight). `gather`
+    concatenates every process's rows, so the contrastive loss sees the global batch."""
     objective = cfg.objective
     if objective == "lm":
         return model(batch).loss
@@ -177,11 +225,15 @@ def stream_loss(model: Any, cfg: TaskConfig, batch: dict[str, Any], generator: t
         return torch.stack(losses).sum() / len(tasks)
     if pixels is None:
         raise DataError(f"the {objective} objective needs an image with every example")
-    same = _same_text(ids, mask)
+    hashes = text_hash(ids, mask)
     if objective == "contrastive":
         image = model.encode_image(pixels, lock_encoder="image" in cfg.lock)
         text = model.encode_text(ids, mask, lock_decoder="text" in cfg.lock)
+        if gather is not None:
+            image, text, hashes = gather(image), gather(text), gather(hashes)
+        same = hashes[:, None] == hashes[None, :]  # identical captions are not negatives
         return contrastive_loss(image, text, model.logit_scale, same)
+    same = hashes[:, None] == hashes[None, :]
     if objective == "itm":
         B = ids.shape[0]
         with torch.no_grad():

@@ -3,6 +3,12 @@
 A run trains one or several task streams (tasks.py); each step draws one. Every stream's data
 order is a seeded permutation per epoch, and the positions are saved in each checkpoint, so a
 resumed run sees exactly the batches an uninterrupted one would.
+
+`train.batch_size` is the global batch. Under torchrun it is cut into processes x grad_accum
+micro-batches; each loss is scaled by what it averages over (tokens, rows) against the global
+count, so the summed, averaged gradient equals one process's on the whole batch: 1 x 8 and
+2 x 4 follow the same trajectory up to float noise. Rank 0 alone writes logs and checkpoints
+(FSDP: every rank its shard).
 """
 
 from __future__ import annotations
@@ -19,19 +25,27 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm import tqdm
 
-from ..config import save_json
-from ..config import ConfigError
-from ..data.manifest import DataError, Example, read_manifest
-from ..data.sources import resolve_source
+from ..config import ConfigError, save_json, to_dict
+from ..data.manifest import DataError, Example
+from ..data.sources import read_source
 from ..evaluate import evaluate
 from ..modalities.text import TextTokenizer
 from ..models.multimodal import MultimodalTransformerModel
 from ..nn.lora import count_parameters
-from .checkpoint import atomic_dir_write, load_latest, save_checkpoint
+from ..nn.transformer import TransformerStack
+from ..nn.blocks import TransformerBlock
+from . import distributed as dd
+from .checkpoint import atomic_dir_write, clean_partial, load_latest, save_checkpoint
 from .config import RunConfig
-from .tasks import MultiTaskConfig, TaskConfig, TaskStream, class_labels, draw_stream, sampling_weights, select, stream_loss
+from .tasks import (MultiTaskConfig, TaskConfig, TaskStream, class_labels, draw_stream, loss_units, sampling_weights,
+                    select, stream_loss)
+from .throughput import ThroughputReport, measure_matmul_peak, model_flops_per_token
+from .tracking import Tracker
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 CALIBRATION_STEPS = 15  # steps timed before fitting max_steps to a time budget
 REPLAN_EVERY = 50  # then the plan follows the measured step time every this many steps
@@ -71,14 +85,22 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str,
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+class _Objective(nn.Module):
+    """The loss as one module call, so FSDP's root unit gathers its parameters whichever model
+    entry point an objective uses (forward, features, encode_image ...)."""
+
+    def __init__(self, model: MultimodalTransformerModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, cfg: TaskConfig, batch: dict[str, Any], g: torch.Generator, gather: Any = None) -> torch.Tensor:
+        return stream_loss(self.model, cfg, batch, g, gather)
+
+
 class Trainer:
     def __init__(self, run: RunConfig, out: str | Path, progress: bool = True) -> None:
         self.run, self.out, self.progress = run, Path(out), progress
         self.ckpt_dir = self.out / "checkpoints"
-
-    def _log(self, record: dict[str, Any]) -> None:
-        with (self.out / "log.jsonl").open("a") as f:
-            f.write(json.dumps(record) + "\n")
 
     def _multitask(self) -> MultiTaskConfig:
         """The run's task streams; without `multitask`, one causal-LM stream over `data`."""
@@ -89,9 +111,21 @@ class Trainer:
     def _read(self, source: str) -> list[Example]:
         d = self.run.data
         if source not in self._manifests:
-            self._manifests[source] = read_manifest(resolve_source(source, d.cache_dir, self.progress),
-                                                    skip_bad=d.skip_bad)
+            examples, skipped = read_source(source, d.cache_dir, self.progress and self.dist.main, d.skip_bad,
+                                            self.dist.rank, self.dist.world)
+            self._check_bad(source, skipped, len(examples))
+            self._manifests[source] = examples
         return self._manifests[source]
+
+    def _check_bad(self, where: str, skipped: list[str], kept: int) -> None:
+        """Count skipped examples; too many of them (data.max_bad_fraction) fail the run loudly."""
+        if not skipped:
+            return
+        self.skipped[where] = self.skipped.get(where, 0) + len(skipped)
+        bad, limit = len(skipped) / (len(skipped) + kept), self.run.data.max_bad_fraction
+        if bad > limit:
+            raise DataError(f"{where}: {len(skipped)} of {len(skipped) + kept} examples are unreadable ({bad:.1%} > "
+                            f"data.max_bad_fraction {limit:.1%}); first: {skipped[0]}")
 
     def _setup(self, resume: bool) -> None:
         t, d = self.run.train, self.run.data
@@ -101,6 +135,7 @@ class Trainer:
         np.random.seed(t.seed)
         torch.manual_seed(t.seed)
         self._manifests: dict[str, list[Example]] = {}
+        self.skipped: dict[str, int] = {}
         mt = self._multitask()
         self.streams = []
         for cfg in mt.tasks:
@@ -111,36 +146,57 @@ class Trainer:
         self.train_examples = list({id(e): e for s in self.streams for e in s.examples}.values())
         self.val_examples = list({id(e): e for s in self.streams for e in s.val_examples}.values())
         self.model = self._build_model(resume)
-        save_json(self.run, self.out / "run_config.json")
+        if self.dist.main:
+            save_json(self.run, self.out / "run_config.json")
         max_text = self.model.max_seq_len - self.model.num_media_tokens
         for stream in self.streams:
             stream.build(self.model, max_text, d.skip_bad, d.pack)
+            self._check_bad(f"task {stream.cfg.name}", stream.dataset.skipped, len(stream.dataset.examples))
             if len(stream.dataset) < stream.batch_size:
                 raise DataError(f"task {stream.cfg.name}: {len(stream.dataset)} training items is fewer than one "
                                 f"batch of {stream.batch_size}")
         self.probs = sampling_weights([len(s.examples) for s in self.streams], mt.sampling, mt.temperature)
         self.sampling = mt.sampling
+        self.model.to(self.dist.device)
+        if t.activation_checkpointing:
+            for m in self.model.modules():
+                if isinstance(m, TransformerStack):
+                    m.checkpointing = True
+        self.objective: nn.Module | None = None
+        if self.dist.enabled and t.parallel == "fsdp":
+            self.objective = _Objective(self.model)
+            dd.fully_shard_model(self.objective, [m for m in self.model.modules() if isinstance(m, TransformerBlock)])
+        self.runner = torch.compile(self.model) if t.compile else self.model
         self.opt = torch.optim.AdamW(_param_groups(self.model, t.weight_decay), lr=t.lr,
                                      betas=(t.beta1, t.beta2), fused=False)
-        self.step, self.total_steps = 0, t.max_steps
+        self.scaler = torch.amp.GradScaler(self.dist.device.type, enabled=t.precision == "fp16")
+        self.step, self.total_steps, self.skipped_steps = 0, t.max_steps, 0
         self.calibrated = False  # True once a resumed budgeted run restores its planned step count
         if resume:
-            state = load_latest(self.ckpt_dir, self.model, self.opt)
+            clean_partial(self.ckpt_dir)
+            state = load_latest(self.ckpt_dir, self.model, self.opt, self.dist)
             if state is None:
-                tqdm.write(f"no checkpoint under {self.ckpt_dir}; starting from scratch")
+                self._say(f"no checkpoint under {self.ckpt_dir}; starting from scratch")
             else:
                 self.step = state["step"]
                 for stream in self.streams:
                     stream.load_state(state["streams"][stream.cfg.name])
                 if t.time_budget_minutes is not None:  # keep the step count the budget fixed
                     self.total_steps, self.calibrated = state["total_steps"], True
+                self.skipped_steps = state.get("skipped_steps", 0)
+                if state.get("scaler"):
+                    self.scaler.load_state_dict(state["scaler"])
                 random.setstate(_tuple(state["python_rng"]))
                 np.random.set_state(_np_state(state["numpy_rng"]))
-                tqdm.write(f"resumed from {state['path']} at step {self.step}")
+                self._say(f"resumed from {state['path']} at step {self.step}")
+
+    def _say(self, message: str) -> None:
+        if self.dist.main:
+            tqdm.write(message)
 
     def _build_model(self, resume: bool) -> MultimodalTransformerModel:
         """The model of `run.compose` (pretrained parts), else a fresh one with a tokenizer trained
-        on the training text (kept across resumes)."""
+        on the training text (kept across resumes; rank 0's, under torchrun)."""
         run = self.run
         objectives = {s.cfg.objective for s in self.streams}
         if run.compose is not None:
@@ -155,7 +211,11 @@ class Trainer:
         else:
             texts = [s for e in self.train_examples for s in (e.prompt, e.target, e.text) if s]
             tok = TextTokenizer.train(texts, vocab_size=run.data.tokenizer_vocab_size)
-            tok.save_pretrained(self.out)
+            if self.dist.main:
+                tok.save_pretrained(self.out)
+        if self.dist.enabled:  # sharded sources: every rank uses rank 0's tokenizer
+            dd.barrier(self.dist)
+            tok = TextTokenizer.from_pretrained(tok_path)
         heads = run.model.heads
         labels = class_labels([e for s in self.streams if s.cfg.objective == "classify" for e in s.examples])
         heads = replace(heads, classes={**heads.classes, **labels}, itm=heads.itm or "itm" in objectives,
@@ -168,15 +228,27 @@ class Trainer:
 
     def _state(self) -> dict[str, Any]:
         return {"streams": {s.cfg.name: s.state() for s in self.streams}, "total_steps": self.total_steps,
+                "skipped_steps": self.skipped_steps, "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
                 "python_rng": random.getstate(), "numpy_rng": _np_list(np.random.get_state())}
 
+    def _plain_model(self) -> MultimodalTransformerModel:
+        """The model with full tensors, on rank 0 (FSDP gathers a copy; every rank must call this)."""
+        if self.objective is None:
+            return self.model
+        full = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).cpu() for k, v in self.model.state_dict().items()}
+        copy = MultimodalTransformerModel(self.model.config)
+        copy.load_state_dict(full)
+        copy.tokenizer = self.model.tokenizer
+        return copy
+
     @torch.no_grad()
-    def validate(self) -> dict[str, Any]:
+    def validate(self, model: MultimodalTransformerModel | None = None) -> dict[str, Any]:
         """Validation loss per stream, and each task's figures on up to `eval_examples` examples."""
         if not self.val_examples:
             return {}
-        model, t = self.model, self.run.train
+        model, t = model or self.model, self.run.train
         model.eval()
+        device = next(model.parameters()).device
         max_text = model.max_seq_len - model.num_media_tokens
         result: dict[str, Any] = {}
         for stream in self.streams:
@@ -192,7 +264,7 @@ class Trainer:
                 items = [val.dataset[i] for i in range(s, min(s + val.batch_size, len(val.dataset)))]
                 if len(items) < 2 and stream.cfg.objective in ("contrastive", "itm"):
                     continue
-                losses.append(stream_loss(model, stream.cfg, val.collate(items), g).item())
+                losses.append(stream_loss(model, stream.cfg, _to(val.collate(items), device), g).item())
             if losses:
                 result[f"val_loss/{stream.cfg.name}"] = sum(losses) / len(losses)
         losses = [v for k, v in result.items() if k.startswith("val_loss/")]
@@ -210,94 +282,212 @@ class Trainer:
         model.train()
         return {**result, **{k: v for k, v in metrics.items() if not k.endswith("_report")}}
 
+    def _validate_all_ranks(self) -> dict[str, Any]:
+        """Rank 0 validates (on a gathered copy under FSDP); the others wait."""
+        model = self._plain_model()
+        metrics = self.validate(model) if self.dist.main else {}
+        dd.barrier(self.dist)
+        return metrics
+
     def _replan(self, budget: TimeBudget, bar: tqdm) -> None:
         total = budget.plan(self.step)
+        total = int(dd.broadcast_object(total, self.dist))  # every rank stops at rank 0's count
         if total != self.total_steps:
             report = abs(total - self.total_steps) > 0.05 * total or budget.steps == CALIBRATION_STEPS
             self.total_steps = bar.total = total
             if report:
                 per_step = budget.step_time / budget.steps
-                tqdm.write(f"time budget {budget.seconds / 60:g} min at {per_step:.3f} s/step: {total} steps")
+                self._say(f"time budget {budget.seconds / 60:g} min at {per_step:.3f} s/step: {total} steps")
+
+    def _train_step(self, stream: TaskStream, micro: list[dict[str, Any]]) -> dict[str, float]:
+        """Forward + backward over this process's micro-batches, gradients averaged, one optimizer
+        step (skipped on a non-finite loss under nan_policy skip). Returns global figures."""
+        t, dist_, dev = self.run.train, self.dist, self.dist.device
+        micro = [_to(b, dev) for b in micro]
+        units = [loss_units(stream.cfg, b) for b in micro]
+        n_units = None
+        if units[0] is not None:
+            n_units = float(dd.all_reduce_sum(torch.tensor(float(sum(units)), device=dev), dist_))
+        gather = (lambda x: dd.gather_rows(x, dist_)) if dist_.enabled else None
+        g = torch.Generator().manual_seed(t.seed * 1_000_033 + self.step)  # masking / negatives
+        dtype = DTYPES[t.precision]
+        stats = torch.zeros(5, dtype=torch.float64, device=dev)  # loss numerator, its denominator, tokens, samples, rows
+        sync_fsdp = self.objective is not None and t.grad_accum > 1
+        for i, (batch, u) in enumerate(zip(micro, units)):
+            if sync_fsdp:  # reduce-scatter gradients once, after the last micro-batch
+                self.objective.set_requires_gradient_sync(i == len(micro) - 1)
+            with torch.autocast(dev.type, dtype=dtype, enabled=dtype != torch.float32):
+                if self.objective is not None:
+                    loss = self.objective(stream.cfg, batch, g, gather)
+                else:
+                    loss = stream_loss(self.runner, stream.cfg, batch, g, gather)
+            loss = loss.float()
+            if u is not None:  # a mean over u units: weigh it by its share of the global count
+                scale = u * dist_.world / max(n_units, 1.0)
+                stats[0] += loss.detach() * u
+                stats[1] += u
+            else:  # a mean per micro-batch (or, gathered, the global batch's): average the means
+                scale = 1.0 / len(micro)
+                stats[0] += loss.detach() / (1 if gather is None or stream.cfg.objective != "contrastive" else dist_.world)
+                stats[1] += 1.0 / (1 if gather is None or stream.cfg.objective != "contrastive" else dist_.world)
+            stats[2] += float(batch["attention_mask"].sum()) + self.model.num_media_tokens * batch["input_ids"].shape[0] \
+                * ("pixel_values" in batch)
+            stats[3] += sum(len(x) for x in batch["tasks"])
+            stats[4] += batch["input_ids"].shape[0]
+            self.scaler.scale(loss * scale * stream.cfg.weight).backward()
+        stats = dd.all_reduce_sum(stats, dist_)
+        mean_loss = float(stats[0] / stats[1])
+        if self.objective is None:
+            dd.average_gradients(self.model.parameters(), dist_)
+        finite = math.isfinite(mean_loss)
+        if not finite and t.nan_policy == "stop":
+            raise FloatingPointError(f"loss is {mean_loss} at step {self.step} (task {stream.cfg.name}, batch "
+                                     f"{stream.state()} of its data order); stopping. Set train.nan_policy=skip to skip "
+                                     "such steps, or lower the learning rate")
+        grad_norm = float("nan")
+        if finite:
+            self.scaler.unscale_(self.opt)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip))
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            self.skipped_steps += 1
+            warnings.warn(f"non-finite loss at step {self.step} (task {stream.cfg.name}): step skipped", stacklevel=2)
+        self.opt.zero_grad(set_to_none=True)
+        return {"loss": mean_loss, "grad_norm": grad_norm, "tokens": float(stats[2]), "samples": float(stats[3]),
+                "rows": float(stats[4])}
 
     def fit(self, resume: bool = False) -> MultimodalTransformerModel:
-        self.out.mkdir(parents=True, exist_ok=True)
+        self.dist = dd.init_distributed(self.run.train.device)
+        try:
+            return self._fit(resume)
+        finally:
+            dd.shutdown(self.dist)
+
+    def _fit(self, resume: bool) -> MultimodalTransformerModel:
+        if self.dist.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        dd.barrier(self.dist)
         self._setup(resume)
-        t, model = self.run.train, self.model
+        t, model, dist_ = self.run.train, self.model, self.dist
+        tracker = Tracker(self.out, self.run.tracking, enabled=dist_.main, run_config=to_dict(self.run))
         trainable, n_params = count_parameters(model)
-        tqdm.write(f"model: {n_params / 1e6:.2f}M parameters ({trainable / 1e6:.2f}M trainable); "
-                   f"vocab {model.tokenizer.vocab_size}")
+        self._say(f"model: {n_params / 1e6:.2f}M parameters ({trainable / 1e6:.2f}M trainable); "
+                  f"vocab {model.tokenizer.vocab_size}" + (f"; {dist_.world} processes ({t.parallel}, "
+                                                            f"{dist_.device.type})" if dist_.enabled else ""))
         for stream, p in zip(self.streams, self.probs):
-            tqdm.write(f"  task {stream.cfg.name} ({stream.cfg.objective}, weight {stream.cfg.weight:g}, "
-                       f"p={p:.2f}): {len(stream.examples)} examples in {len(stream.dataset)} items")
+            self._say(f"  task {stream.cfg.name} ({stream.cfg.objective}, weight {stream.cfg.weight:g}, "
+                      f"p={p:.2f}): {len(stream.examples)} examples in {len(stream.dataset)} items")
         model.train()
-        iters = [s.batches(t.seed + 7919 * k) for k, s in enumerate(self.streams)]
-        last_loss: dict[str, float] = {}
+        pieces = dist_.world * t.grad_accum  # micro-batch k of a step: accumulation a = k // world, rank k % world
+        mine = [a * dist_.world + dist_.rank for a in range(t.grad_accum)]
+        seeds = [t.seed + 7919 * k for k in range(len(self.streams))]
+        iters = [s.loader(seeds[k], pieces, mine, self.run.data.workers) for k, s in enumerate(self.streams)]
         for g in self.opt.param_groups:
             g["lr"] = t.lr * lr_factor(self.step, t.warmup_steps, self.total_steps, t.min_lr_ratio)
-        bar = tqdm(total=self.total_steps, initial=self.step, desc="train", disable=not self.progress,
+        bar = tqdm(total=self.total_steps, initial=self.step, desc="train", disable=not (self.progress and dist_.main),
                    unit="step", dynamic_ncols=True, mininterval=1 if sys.stderr.isatty() else 15)
         started = time.perf_counter()
         budget = None
         if t.time_budget_minutes is not None and not self.calibrated:
             budget = TimeBudget(t.time_budget_minutes * 60, t.max_steps, t.eval_every)
-        calib_from = self.step
-        window_t, window_n = time.perf_counter(), 0
-        while self.step < self.total_steps:
-            step_start = time.perf_counter()
-            k = draw_stream(self.step, t.seed, self.probs, self.sampling)
-            stream = self.streams[k]
-            batch = next(iters[k])
-            g = torch.Generator().manual_seed(t.seed * 1_000_033 + self.step)  # masking / negatives
-            loss = stream_loss(model, stream.cfg, batch, g)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at step {self.step} (task {stream.cfg.name}); stopping")
-            last_loss[stream.cfg.name] = loss.item()
-            (loss * stream.cfg.weight).backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-            self.opt.step()
-            self.opt.zero_grad(set_to_none=True)
-            self.step += 1
-            window_n += sum(len(tasks) for tasks in batch["tasks"])
-            for g in self.opt.param_groups:
-                g["lr"] = t.lr * lr_factor(self.step, t.warmup_steps, self.total_steps, t.min_lr_ratio)
-            if budget is not None and self.step - calib_from > 3:  # the first steps run slow: skip them
-                budget.step_time += time.perf_counter() - step_start
-                budget.steps += 1
-                if budget.steps == CALIBRATION_STEPS or (budget.steps > CALIBRATION_STEPS and
-                                                         budget.steps % REPLAN_EVERY == 0):
-                    self._replan(budget, bar)  # step times drift (warm-up, other load): follow them
-            bar.update(1)
-            if self.step % t.log_every == 0 or self.step == self.total_steps:
-                elapsed = time.perf_counter() - window_t
-                rate = window_n / max(elapsed, 1e-9)
-                window_t, window_n = time.perf_counter(), 0
-                lr = self.opt.param_groups[0]["lr"]
-                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}", ex_s=f"{rate:.0f}")
-                record = {"step": self.step, "loss": loss.item(), "task": stream.cfg.name, "lr": lr,
-                          "grad_norm": float(grad_norm), "examples_per_s": rate,
-                          "elapsed_s": time.perf_counter() - started}
-                if len(self.streams) > 1:
-                    record["task_loss"] = dict(last_loss)
-                self._log(record)
-            if self.step % t.eval_every == 0 or self.step == self.total_steps:
-                eval_start = time.perf_counter()
-                metrics = self.validate()
-                if budget is not None and self.step < self.total_steps:
-                    budget.eval_time += time.perf_counter() - eval_start
-                    budget.evals += 1
-                    self._replan(budget, bar)
-                if metrics:
-                    self._log({"step": self.step, **metrics})
-                    brief = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
-                    tqdm.write(f"step {self.step}: {brief}")
-            if self.step % t.save_every == 0 or self.step == self.total_steps:
-                save_checkpoint(self.ckpt_dir, self.step, model, self.opt, self._state(), t.keep_last)
-        bar.close()
-        atomic_dir_write(self.out / "model", model.save_pretrained)
-        summary = {"steps": self.step, "train_seconds": time.perf_counter() - started, "parameters": n_params}
-        (self.out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        tqdm.write(f"saved {self.out / 'model'} ({summary['train_seconds']:.0f}s)")
-        return model
+        calib_from, first_step = self.step, self.step
+        window_t, window_n = time.perf_counter(), 0.0
+        totals = {"tokens": 0.0, "samples": 0.0, "rows": 0.0, "seconds": 0.0}
+        last_loss: dict[str, float] = {}
+        try:
+            while self.step < self.total_steps:
+                step_start = time.perf_counter()
+                k = draw_stream(self.step, t.seed, self.probs, self.sampling)
+                stream = self.streams[k]
+                micro = [next(iters[k]) for _ in range(t.grad_accum)]
+                out = self._train_step(stream, micro)
+                stream.advance(seeds[k])
+                last_loss[stream.cfg.name] = out["loss"]
+                self.step += 1
+                step_seconds = time.perf_counter() - step_start
+                if self.step - first_step > 3:  # the first steps run slow (allocation, compilation)
+                    totals["tokens"] += out["tokens"]
+                    totals["samples"] += out["samples"]
+                    totals["rows"] += out["rows"]
+                    totals["seconds"] += step_seconds
+                window_n += out["samples"]
+                for g in self.opt.param_groups:
+                    g["lr"] = t.lr * lr_factor(self.step, t.warmup_steps, self.total_steps, t.min_lr_ratio)
+                if budget is not None and self.step - calib_from > 3:
+                    budget.step_time += step_seconds
+                    budget.steps += 1
+                    if budget.steps == CALIBRATION_STEPS or (budget.steps > CALIBRATION_STEPS and
+                                                             budget.steps % REPLAN_EVERY == 0):
+                        self._replan(budget, bar)  # step times drift (warm-up, other load): follow them
+                bar.update(1)
+                if self.step % t.log_every == 0 or self.step == self.total_steps:
+                    elapsed = time.perf_counter() - window_t
+                    rate = window_n / max(elapsed, 1e-9)
+                    window_t, window_n = time.perf_counter(), 0.0
+                    lr = self.opt.param_groups[0]["lr"]
+                    bar.set_postfix(loss=f"{out['loss']:.3f}", lr=f"{lr:.2e}", ex_s=f"{rate:.0f}")
+                    record = {"step": self.step, "loss": out["loss"], "task": stream.cfg.name, "lr": lr,
+                              "grad_norm": out["grad_norm"], "examples_per_s": rate,
+                              "tokens_per_s": out["tokens"] / max(step_seconds, 1e-9),
+                              "elapsed_s": time.perf_counter() - started}
+                    if len(self.streams) > 1:
+                        record["task_loss"] = dict(last_loss)
+                    tracker.log(record, self.step)
+                if self.step % t.eval_every == 0 or self.step == self.total_steps:
+                    eval_start = time.perf_counter()
+                    metrics = self._validate_all_ranks()
+                    if budget is not None and self.step < self.total_steps:
+                        budget.eval_time += time.perf_counter() - eval_start
+                        budget.evals += 1
+                        self._replan(budget, bar)
+                    if metrics:
+                        tracker.log({"step": self.step, **metrics}, self.step)
+                        brief = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
+                        tqdm.write(f"step {self.step}: {brief}")
+                if self.step % t.save_every == 0 or self.step == self.total_steps:
+                    save_checkpoint(self.ckpt_dir, self.step, model, self.opt, self._state(), t.keep_last, dist_)
+            bar.close()
+            final = self._plain_model()
+            if dist_.main:
+                atomic_dir_write(self.out / "model", final.save_pretrained)
+            report = self._throughput(totals)
+            summary = {"steps": self.step, "train_seconds": time.perf_counter() - started, "parameters": n_params,
+                       "processes": dist_.world, "skipped_steps": self.skipped_steps,
+                       "skipped_examples": dict(self.skipped), **(report.as_dict() if report else {})}
+            if dist_.main:
+                (self.out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+                if report:
+                    tracker.log({"step": self.step, "throughput": report.as_dict()}, self.step)
+                    tqdm.write(report.summary())
+                if any(self.skipped.values()):
+                    tqdm.write(f"skipped unreadable examples: {self.skipped}")
+                if self.skipped_steps:
+                    tqdm.write(f"skipped {self.skipped_steps} step(s) with a non-finite loss")
+                tqdm.write(f"saved {self.out / 'model'} ({summary['train_seconds']:.0f}s)")
+            dd.barrier(dist_)
+        finally:
+            tracker.close()
+        return self.model
+
+    def _throughput(self, totals: dict[str, float]) -> ThroughputReport | None:
+        """tokens/s, samples/s and MFU over the timed steps (all processes), against this machine's
+        measured matmul peak for the run's precision, times the process count."""
+        if totals["seconds"] <= 0:
+            return None
+        dtype = DTYPES[self.run.train.precision]
+        peak = measure_matmul_peak(self.dist.device, dtype) * self.dist.world
+        seq = max(1.0, totals["tokens"] / max(totals["rows"], 1.0))  # positions per sequence, image tokens included
+        flops = model_flops_per_token(self.model, int(seq))
+        return ThroughputReport(tokens=int(totals["tokens"]), samples=int(totals["samples"]),
+                                seconds=totals["seconds"], flops_per_token=flops, peak_flops=peak,
+                                peak_dtype=self.run.train.precision)
+
+
+def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    if device.type == "cpu":
+        return batch
+    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
 
 def _np_list(state: tuple) -> list:

@@ -1,0 +1,103 @@
+"""Training throughput and MFU of a GPT-2-small-sized decoder built with this library.
+
+A text-only model (decoder 12 x 768, 12 heads, vocabulary 50257, 1024 positions, 124.4M
+parameters, as nanoGPT's GPT-2 small) trains on random token batches with AdamW, under
+torch.autocast in bf16 (default on CUDA) or in plain fp32 (default on CPU). After --warmup
+untimed steps, --steps steps are timed (each ends with loss.item(), so CUDA work is finished);
+the model FLOPs (6 N + 12 L H Q T per token, PaLM appendix B) over that time, divided by the
+matmul peak measured in the same run and dtype, is the MFU. --small swaps in a tiny decoder for
+a CPU smoke run in seconds.
+
+  python benchmarks/train_mfu.py [--device cuda] [--batch-size 8] [--seq-len 1024] [--compile]
+  python benchmarks/train_mfu.py --small   # CPU, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from multimodaltransformer import MultimodalTransformer, MultimodalTransformerModel
+from multimodaltransformer.models import DecoderConfig
+from multimodaltransformer.nn.lora import count_parameters
+from multimodaltransformer.train.throughput import (ThroughputReport, dtype_name, measure_matmul_peak,
+                                                    model_flops_per_token)
+
+GPT2_SMALL = DecoderConfig(dim=768, depth=12, heads=12, vocab_size=50257, max_seq_len=1024, activation="gelu_tanh")
+TINY = DecoderConfig(dim=128, depth=2, heads=4, vocab_size=1024, max_seq_len=128, activation="gelu_tanh")
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seq-len", type=int, default=None, help="default 1024 (GPT-2 small), 128 (--small)")
+    p.add_argument("--steps", type=int, default=20, help="timed steps")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps first (allocation, compilation)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--dtype", choices=["bf16", "fp32"], default=None,
+                   help="default bf16 on CUDA, fp32 on CPU (few CPUs have bf16 matmul units)")
+    p.add_argument("--small", action="store_true", help="a tiny decoder: a CPU smoke run in seconds")
+    return p.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    device = torch.device(args.device)
+    decoder = TINY if args.small else GPT2_SMALL
+    B = args.batch_size
+    T = args.seq_len or decoder.max_seq_len
+    if T > decoder.max_seq_len:
+        raise SystemExit(f"--seq-len {T} exceeds the model's {decoder.max_seq_len} positions")
+    args.dtype = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 runs use TF32, as the peak then does too
+        torch.backends.cudnn.allow_tf32 = True
+
+    torch.manual_seed(0)
+    model = MultimodalTransformerModel(MultimodalTransformer(image=None, decoder=decoder)).to(device).train()
+    _, n_params = count_parameters(model)
+    fpt = model_flops_per_token(model, T)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, fused=device.type == "cuda")
+    step_model = torch.compile(model) if args.compile else model
+    g = torch.Generator(device=device).manual_seed(0)
+
+    def step() -> float:
+        ids = torch.randint(0, decoder.vocab_size, (B, T), device=device, generator=g)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            loss = step_model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.item()  # .item() synchronises, so each step is finished when it returns
+
+    for _ in range(args.warmup):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        loss = step()
+    seconds = time.perf_counter() - start
+    peak = measure_matmul_peak(device, dtype)
+    report = ThroughputReport(tokens=args.steps * B * T, samples=args.steps * B, seconds=seconds,
+                              flops_per_token=fpt, peak_flops=peak, peak_dtype=dtype_name(dtype))
+
+    name = "tiny decoder (--small)" if args.small else "GPT-2 small"
+    dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    print(f"\n{name}: {n_params / 1e6:.1f}M parameters, {fpt / 1e9:.3g} GFLOPs per token (6N + 12LHQT), "
+          f"final loss {loss:.3f}\n")
+    print("| device | dtype | compile | batch x seq | step ms | tokens/s | samples/s | model TFLOP/s "
+          "| matmul peak TFLOP/s | MFU |")
+    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|")
+    print(f"| {dev} | {args.dtype} | {'yes' if args.compile else 'no'} | {B} x {T} | "
+          f"{1000 * seconds / args.steps:.1f} | {report.tokens_per_s:,.0f} | {report.samples_per_s:,.1f} | "
+          f"{report.achieved_flops / 1e12:.3g} | {peak / 1e12:.3g} | {100 * report.mfu:.1f}% |")
+    print(f"\n{report.summary()}")
+
+
+if __name__ == "__main__":
+    main()

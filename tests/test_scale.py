@@ -232,3 +232,12 @@ def test_trains_from_webdataset_shards(shapes_dir, tmp_path):
     run = _run(shapes_dir, f"data.train=wds:{tmp_path / 'shards'}", "train.max_steps=3", "train.save_every=100")
     train(run, tmp_path / "out", progress=False)
     assert (tmp_path / "out" / "model" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_compiled_model_trains_like_the_eager_one(shapes_dir, tmp_path):
+    extra = ("train.max_steps=2", "train.save_every=100")
+    train(_run(shapes_dir, *extra), tmp_path / "eager", progress=False)
+    train(_run(shapes_dir, *extra, "train.compile=true"), tmp_path / "compiled", progress=False)
+    eager, compiled = _losses(tmp_path / "eager"), _losses(tmp_path / "compiled")
+    assert all(abs(eager[s] - compiled[s]) < 1e-4 for s in eager), (eager, compiled)

@@ -42,48 +42,11 @@ from .checkpoint import atomic_dir_write, clean_partial, load_latest, save_check
 from .config import RunConfig
 from .tasks import (MultiTaskConfig, TaskConfig, TaskStream, class_labels, draw_stream, loss_units, sampling_weights,
                     select, stream_loss)
+from .schedule import CALIBRATION_STEPS, REPLAN_EVERY, TimeBudget, lr_factor, param_groups
 from .throughput import ThroughputReport, measure_matmul_peak, model_flops_per_token
 from .tracking import Tracker
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-CALIBRATION_STEPS = 15  # steps timed before fitting max_steps to a time budget
-REPLAN_EVERY = 50  # then the plan follows the measured step time every this many steps
-
-
-class TimeBudget:
-    """Fits the step count to a wall-time budget: planned after a few timed steps, then
-    re-planned after each validation, whose cost is then known."""
-
-    def __init__(self, seconds: float, max_steps: int, eval_every: int) -> None:
-        self.seconds, self.max_steps, self.eval_every = seconds, max_steps, eval_every
-        self.start = time.perf_counter()
-        self.step_time, self.steps, self.eval_time, self.evals = 0.0, 0, 0.0, 0
-
-    def plan(self, step: int) -> int:
-        per_step = self.step_time / max(1, self.steps)
-        eval_cost = self.eval_time / self.evals if self.evals else 0.0
-        remaining = self.seconds - (time.perf_counter() - self.start) - eval_cost  # the final validation
-        n = int(remaining / (per_step + eval_cost / self.eval_every))
-        return max(step + 1, min(self.max_steps, step + n))
-
-
-def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
-    """Linear warmup to 1, then cosine decay to `min_ratio` at `total`."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """No weight decay on biases, norms and position/type vectors (1-D or 3-D parameters)."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.dim() == 2 or p.dim() == 4 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
 
 class _Objective(nn.Module):
     """The loss as one module call, so FSDP's root unit gathers its parameters whichever model
@@ -169,7 +132,7 @@ class Trainer:
         if t.compile and self.objective is not None:
             warnings.warn("train.compile is not applied under FSDP in this version; training runs eager", stacklevel=2)
         self.runner = torch.compile(self.model) if t.compile and self.objective is None else self.model
-        self.opt = torch.optim.AdamW(_param_groups(self.model, t.weight_decay), lr=t.lr,
+        self.opt = torch.optim.AdamW(param_groups(self.model, t.weight_decay), lr=t.lr,
                                      betas=(t.beta1, t.beta2), fused=False)
         self.scaler = torch.amp.GradScaler(self.dist.device.type, enabled=t.precision == "fp16")
         self.step, self.total_steps, self.skipped_steps = 0, t.max_steps, 0
@@ -311,6 +274,7 @@ class Trainer:
         if units[0] is not None:
             n_units = float(dd.all_reduce_sum(torch.tensor(float(sum(units)), device=dev), dist_))
         gather = (lambda x: dd.gather_rows(x, dist_)) if dist_.enabled else None
+        gathered = gather is not None and stream.cfg.objective == "contrastive"
         g = torch.Generator().manual_seed(t.seed * 1_000_033 + self.step)  # masking / negatives
         dtype = DTYPES[t.precision]
         stats = torch.zeros(5, dtype=torch.float64, device=dev)  # loss numerator, its denominator, tokens, samples, rows
@@ -330,10 +294,11 @@ class Trainer:
                 stats[1] += u
             else:  # a mean per micro-batch (or, gathered, the global batch's): average the means
                 scale = 1.0 / len(micro)
-                stats[0] += loss.detach() / (1 if gather is None or stream.cfg.objective != "contrastive" else dist_.world)
-                stats[1] += 1.0 / (1 if gather is None or stream.cfg.objective != "contrastive" else dist_.world)
-            stats[2] += float(batch["attention_mask"].sum()) + self.model.num_media_tokens * batch["input_ids"].shape[0] \
-                * ("pixel_values" in batch)
+                share = 1.0 / dist_.world if gathered else 1.0  # every rank holds the same gathered loss
+                stats[0] += loss.detach() * share
+                stats[1] += share
+            images = batch["input_ids"].shape[0] if "pixel_values" in batch else 0
+            stats[2] += float(batch["attention_mask"].sum()) + self.model.num_media_tokens * images
             stats[3] += sum(len(x) for x in batch["tasks"])
             stats[4] += batch["input_ids"].shape[0]
             self.scaler.scale(loss * scale * stream.cfg.weight).backward()

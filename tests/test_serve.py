@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import struct
 import threading
@@ -45,6 +46,29 @@ def client(model):
     app = create_app(model, ServerConfig(model_name="tiny", max_batch=8, request_timeout_s=30))
     with TestClient(app) as c:
         yield c
+
+
+@contextlib.contextmanager
+def live_server(app):
+    """The app served by uvicorn on a free loopback port, in a thread; yields the port."""
+    import socket
+
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        for _ in range(100):
+            if server.started:
+                break
+            time.sleep(0.05)
+        yield sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 def data_url(path) -> str:
@@ -199,22 +223,8 @@ def test_cancelled_and_timed_out_rows_leave_the_batch(model):
 
 def test_openai_client_plain_and_streaming_with_an_image(model, shapes_dir):
     openai = pytest.importorskip("openai")
-    import socket
-
-    import uvicorn
-
     app = create_app(model, ServerConfig(model_name="tiny", api_key="sekret"))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        for _ in range(100):
-            if server.started:
-                break
-            time.sleep(0.05)
+    with live_server(app) as port:
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sekret", max_retries=0)
         image = next((shapes_dir / "images").iterdir())
         messages = [{"role": "user", "content": [{"type": "text", "text": "describe the image."},
@@ -229,9 +239,6 @@ def test_openai_client_plain_and_streaming_with_an_image(model, shapes_dir):
         assert len(emb.data) == 2 and len(emb.data[0].embedding) == 8
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="wrong", max_retries=0).models.list()
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 def test_embeddings_equal_the_model(client, model, shapes_dir):
@@ -270,28 +277,15 @@ def test_remote_media_only_from_allowed_hosts(model, tmp_path, shapes_dir):
 def test_web_page_streams_an_answer_in_headless_chromium(model, shapes_dir):
     """The chat page at / in Debian's chromium (driven by Playwright): pick an image, ask, see the answer."""
     import shutil
-    import socket
     import urllib.request
-
-    import uvicorn
 
     sync_api = pytest.importorskip("playwright.sync_api")
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("no chromium: apt-get install -y chromium (make test installs it)")
     app = create_app(model, ServerConfig(model_name="tiny"))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
     image = next((shapes_dir / "images").iterdir())
-    try:
-        for _ in range(100):
-            if server.started:
-                break
-            time.sleep(0.05)
+    with live_server(app) as port:
         req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", headers={
             "Content-Type": "application/json"}, data=json.dumps(ask("describe the image.", image, max_tokens=32)).encode())
         want = json.loads(urllib.request.urlopen(req, timeout=30).read())
@@ -311,9 +305,6 @@ def test_web_page_streams_an_answer_in_headless_chromium(model, shapes_dir):
             assert page.locator(".user img").count() == 1
             browser.close()
         assert answer == want["choices"][0]["message"]["content"]  # streamed into the page, same text
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 @pytest.mark.parametrize("fusion", ["early", "cross", "resampler"])

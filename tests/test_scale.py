@@ -241,3 +241,21 @@ def test_compiled_model_trains_like_the_eager_one(shapes_dir, tmp_path):
     train(_run(shapes_dir, *extra, "train.compile=true"), tmp_path / "compiled", progress=False)
     eager, compiled = _losses(tmp_path / "eager"), _losses(tmp_path / "compiled")
     assert all(abs(eager[s] - compiled[s]) < 1e-4 for s in eager), (eager, compiled)
+
+
+@pytest.mark.slow
+def test_torchrun_ranks_read_their_own_shards_and_agree_on_heads(shapes_dir, tmp_path):
+    from multimodaltransformer import MultimodalTransformerModel
+    from multimodaltransformer.data import read_manifest
+    from multimodaltransformer.data.shards import write_shards
+
+    write_shards(shapes_dir / "manifest.jsonl", tmp_path / "shards", shard_size=70, progress=False)
+    mt = ("multitask={tasks: [{name: lm, objective: lm, tasks: [caption, vqa]}, "
+          "{name: cls, objective: classify, tasks: [classify], batch_size: 4}]}")
+    out = tmp_path / "out"
+    cmd = _cli(shapes_dir, out, f"data.train=wds:{tmp_path / 'shards'}", "train.max_steps=4", "train.save_every=100",
+               "train.batch_size=4", mt, launcher=_torchrun(2))
+    r = subprocess.run(cmd, env=ENV, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    labels = sorted({e.target for e in read_manifest(shapes_dir) if e.task == "classify"})
+    assert MultimodalTransformerModel.from_pretrained(out / "model").head_labels["classify"] == labels

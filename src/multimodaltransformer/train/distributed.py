@@ -124,6 +124,15 @@ def broadcast_object(obj: object, d: Dist) -> object:
     return box[0]
 
 
+def all_objects(obj: object, d: Dist) -> list[object]:
+    """Every process's `obj`, in rank order (a one-item list in one process)."""
+    if not d.enabled:
+        return [obj]
+    out: list[object] = [None] * d.world
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def barrier(d: Dist) -> None:
     if d.enabled:
         dist.barrier()

@@ -118,7 +118,10 @@ class Trainer:
             if len(stream.dataset) < stream.batch_size:
                 raise DataError(f"task {stream.cfg.name}: {len(stream.dataset)} training items is fewer than one "
                                 f"batch of {stream.batch_size}")
-        self.probs = sampling_weights([len(s.examples) for s in self.streams], mt.sampling, mt.temperature)
+        # sharded sources give each rank its own examples: weights from the global counts, so every
+        # rank draws the same stream at each step
+        counts = [sum(c) for c in zip(*dd.all_objects([len(s.examples) for s in self.streams], self.dist))]
+        self.probs = sampling_weights(counts, mt.sampling, mt.temperature)
         self.sampling = mt.sampling
         self.model.to(self.dist.device)
         if t.activation_checkpointing:
@@ -173,16 +176,19 @@ class Trainer:
         tok_path = self.out / "tokenizer.json"
         if resume and tok_path.is_file():
             tok = TextTokenizer.from_pretrained(tok_path)
-        else:
+        elif self.dist.main:  # under torchrun rank 0 trains it, the others read it
             texts = [s for e in self.train_examples for s in (e.prompt, e.target, e.text) if s]
             tok = TextTokenizer.train(texts, vocab_size=run.data.tokenizer_vocab_size)
-            if self.dist.main:
-                tok.save_pretrained(self.out)
-        if self.dist.enabled:  # sharded sources: every rank uses rank 0's tokenizer
+            tok.save_pretrained(self.out)
+        if self.dist.enabled:
             dd.barrier(self.dist)
             tok = TextTokenizer.from_pretrained(tok_path)
         heads = run.model.heads
-        labels = class_labels([e for s in self.streams if s.cfg.objective == "classify" for e in s.examples])
+        labels: dict[str, list[str]] = {}  # every rank's labels (sharded sources), so all build the same heads
+        for part in dd.all_objects(class_labels([e for s in self.streams if s.cfg.objective == "classify"
+                                                 for e in s.examples]), self.dist):
+            for task, ls in part.items():
+                labels[task] = sorted(set(labels.get(task, [])) | set(ls))
         heads = replace(heads, classes={**heads.classes, **labels}, itm=heads.itm or "itm" in objectives,
                         contrastive_dim=heads.contrastive_dim or (64 if "contrastive" in objectives else None))
         mcfg = replace(run.model, decoder=replace(run.model.decoder, vocab_size=tok.vocab_size), heads=heads)

@@ -274,8 +274,10 @@ class Trainer:
         """Forward + backward over this process's micro-batches, gradients averaged, one optimizer
         step (skipped on a non-finite loss under nan_policy skip). Returns global figures."""
         t, dist_, dev = self.run.train, self.dist, self.dist.device
+        units = [loss_units(stream.cfg, b) for b in micro]  # counted on the host: no device syncs
+        tokens = [float(b["attention_mask"].sum()) + self.model.num_media_tokens * b["input_ids"].shape[0]
+                  * ("pixel_values" in b) for b in micro]  # sequence positions, image tokens included
         micro = [_to(b, dev) for b in micro]
-        units = [loss_units(stream.cfg, b) for b in micro]
         n_units = None
         if units[0] is not None:
             n_units = float(dd.all_reduce_sum(torch.tensor(float(sum(units)), device=dev), dist_))
@@ -285,7 +287,7 @@ class Trainer:
         dtype = DTYPES[t.precision]
         stats = torch.zeros(5, dtype=torch.float64, device=dev)  # loss numerator, its denominator, tokens, samples, rows
         sync_fsdp = self.objective is not None and t.grad_accum > 1
-        for i, (batch, u) in enumerate(zip(micro, units)):
+        for i, (batch, u, n_tokens) in enumerate(zip(micro, units, tokens)):
             if sync_fsdp:  # reduce-scatter gradients once, after the last micro-batch
                 self.objective.set_requires_gradient_sync(i == len(micro) - 1)
             with torch.autocast(dev.type, dtype=dtype, enabled=dtype != torch.float32):
@@ -303,8 +305,7 @@ class Trainer:
                 share = 1.0 / dist_.world if gathered else 1.0  # every rank holds the same gathered loss
                 stats[0] += loss.detach() * share
                 stats[1] += share
-            images = batch["input_ids"].shape[0] if "pixel_values" in batch else 0
-            stats[2] += float(batch["attention_mask"].sum()) + self.model.num_media_tokens * images
+            stats[2] += n_tokens
             stats[3] += sum(len(x) for x in batch["tasks"])
             stats[4] += batch["input_ids"].shape[0]
             self.scaler.scale(loss * scale * stream.cfg.weight).backward()

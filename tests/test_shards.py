@@ -139,9 +139,9 @@ def test_corrupt_samples(tmp_path):
                  ("k5.json", json.dumps({**row, "text": "only text"}).encode())])
     got, skipped = read_shards(str(shard), skip_bad=True)
     assert [e.text for e in got] == [None, "only text"] and len(skipped) == 4
-    for key, why in zip(("k1", "k2", "k3", "k4"), ("cannot decode", "invalid JSON", "'task'", "no json")):
+    for key, why in zip(("k1", "k2", "k3", "k4"), ("cannot read image", "invalid JSON", "'task'", "no json")):
         assert [m for m in skipped if f"bad.tar/{key}" in m and why in m], (key, skipped)
-    with pytest.raises(DataError, match=r"cannot decode image .*bad\.tar/k1\.png"):
+    with pytest.raises(DataError, match=r"cannot read image .*bad\.tar/k1\.png"):
         read_shards(str(shard))
     with pytest.raises(MediaError, match="junk"):
         decode_image(MediaBytes(b"\x89PNG\r\n\x1a\n broken", "junk.png"))

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from ..modalities.image import MediaError, load_image
 from .manifest import DataError, Example, read_manifest
@@ -52,13 +52,7 @@ class MediaBytes:
 
 def decode_image(media: MediaBytes) -> Image.Image:
     """Decode fully (so corruption surfaces here, not later) as RGB; MediaError names the media."""
-    try:
-        with Image.open(io.BytesIO(media.data)) as im:
-            im.load()
-            return im.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        reason = "not a known image format, or damaged" if isinstance(e, UnidentifiedImageError) else e
-        raise MediaError(f"cannot decode image {media.name}: {reason}") from e
+    return load_image(media.data, media.name)
 
 
 def open_media(x: MediaBytes | Image.Image | str | Path) -> Image.Image:

@@ -5,6 +5,8 @@ Legend: B batch, N patches, C model dim, P patch size.
 
 from __future__ import annotations
 
+import io
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -21,17 +23,23 @@ class MediaError(ValueError):
     """A media file is missing, unreadable or corrupt; the message names it."""
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """Open an image file fully (so corruption surfaces here, not later) as RGB."""
-    path = Path(path)
-    if not path.is_file():
-        raise MediaError(f"image file not found: {path}")
+def load_image(source: str | Path | bytes, name: str | None = None) -> Image.Image:
+    """Decode an image file, or a file's bytes (named `name` in errors), fully (so corruption
+    surfaces here, not later) as RGB."""
+    if isinstance(source, bytes):
+        fp, name = io.BytesIO(source), name or "<bytes>"
+    else:
+        fp = Path(source)
+        name = name or str(fp)
+        if not fp.is_file():
+            raise MediaError(f"image file not found: {fp}")
     try:
-        with Image.open(path) as im:
+        with Image.open(fp) as im:
             im.load()
             return im.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise MediaError(f"cannot read image {path}: {e}") from e
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        reason = "not a known image format, or damaged" if isinstance(e, UnidentifiedImageError) else e
+        raise MediaError(f"cannot read image {name}: {reason}") from e
 
 
 @dataclass

@@ -35,33 +35,42 @@ class Example:
 _STR_FIELDS = ("id", "task", "prompt", "target", "text", "image", "audio")
 
 
-def _parse(line: str, where: str, root: Path, require_target: bool) -> Example:
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{where}: invalid JSON ({e.msg})") from e
+def example_from_row(row: Any, where: str, require_target: bool = False, image: Any = None, audio: Any = None,
+                     default_id: str | None = None) -> Example:
+    """Validate one row (a manifest line's object, a shard's json, a dataset row) into an Example;
+    `image` / `audio` are the row's media, already resolved (a path, or bytes held in memory)."""
     if not isinstance(row, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    if default_id is not None and row.get("id") is None:
+        row = {**row, "id": default_id}
     for key in ("id", "task"):
-        if key not in row:
+        if row.get(key) is None:
             raise DataError(f"{where}: missing required field {key!r}")
     if require_target and row.get("target") is None:
         raise DataError(f"{where}: missing required field 'target'")
     for key in _STR_FIELDS:
         if row.get(key) is not None and not isinstance(row[key], str):
             raise DataError(f"{where}: field {key!r} must be a string, got {type(row[key]).__name__}")
+    meta = {k: v for k, v in row.items() if k not in _STR_FIELDS}
+    return Example(id=row["id"], task=row["task"], prompt=row.get("prompt") or "", target=row.get("target"),
+                   image=image, audio=audio, text=row.get("text"), source=where, meta=meta)
+
+
+def _parse(line: str, where: str, root: Path, require_target: bool) -> Example:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{where}: invalid JSON ({e.msg})") from e
     paths = {}
     for key in ("image", "audio"):
-        if row.get(key):
-            p = Path(row[key])
+        value = row.get(key) if isinstance(row, dict) else None
+        if value and isinstance(value, str):
+            p = Path(value)
             p = p if p.is_absolute() else root / p
             if not p.is_file():
                 raise DataError(f"{where}: {key} file not found: {p}")
             paths[key] = p
-    meta = {k: v for k, v in row.items() if k not in _STR_FIELDS}
-    return Example(id=row["id"], task=row["task"], prompt=row.get("prompt") or "", target=row.get("target"),
-                   image=paths.get("image"), audio=paths.get("audio"), text=row.get("text"),
-                   source=where, meta=meta)
+    return example_from_row(row, where, require_target, paths.get("image"), paths.get("audio"))
 
 
 def read_manifest(path: str | Path, require_target: bool = True, skip_bad: bool = False) -> list[Example]:

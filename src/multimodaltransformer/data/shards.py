@@ -29,13 +29,12 @@ from typing import Any
 from PIL import Image
 
 from ..modalities.image import MediaError, load_image
-from .manifest import DataError, Example, read_manifest
+from .manifest import DataError, Example, example_from_row, read_manifest
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp", "bmp", "gif", "tif", "tiff", "ppm")
 AUDIO_EXTS = ("wav", "flac", "mp3", "ogg", "opus", "m4a")
 INFO = "shards.json"
 VERSION = 1
-_ROW_FIELDS = ("id", "task", "prompt", "target", "text")
 
 
 @dataclass(frozen=True, eq=False)
@@ -78,19 +77,10 @@ def intern_media(pool: dict[bytes, MediaBytes], data: bytes, name: str, image: b
 
 def row_to_example(row: Any, where: str, image: MediaBytes | None = None, audio: MediaBytes | None = None,
                    default_id: str | None = None) -> Example:
-    """Validate a row (the json of a sample, a dataset row) like a manifest line; other keys go to meta."""
-    if not isinstance(row, dict):
-        raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
-    row = {"id": default_id, **{k: v for k, v in row.items() if v is not None}}
-    for key in ("id", "task"):
-        if not row.get(key):
-            raise DataError(f"{where}: missing required field {key!r}")
-    for key in _ROW_FIELDS:
-        if row.get(key) is not None and not isinstance(row[key], str):
-            raise DataError(f"{where}: field {key!r} must be a string, got {type(row[key]).__name__}")
-    meta = {k: v for k, v in row.items() if k not in (*_ROW_FIELDS, "image", "audio")}
-    return Example(id=row["id"], task=row["task"], prompt=row.get("prompt") or "", target=row.get("target"),
-                   image=image, audio=audio, text=row.get("text"), source=where, meta=meta)  # type: ignore[arg-type]
+    """A sample's json (or a dataset row) validated like a manifest line; empty fields count as absent."""
+    if isinstance(row, dict):
+        row = {k: v for k, v in row.items() if v is not None and k not in ("image", "audio")}
+    return example_from_row(row, where, image=image, audio=audio, default_id=default_id)
 
 
 # ---- writing -------------------------------------------------------------------------------------------

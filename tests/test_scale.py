@@ -244,7 +244,8 @@ def test_compiled_model_trains_like_the_eager_one(shapes_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_torchrun_ranks_read_their_own_shards_and_agree_on_heads(shapes_dir, tmp_path):
+@pytest.mark.parametrize("streaming", ["false", "true"])
+def test_torchrun_ranks_read_their_own_shards_and_agree_on_heads(shapes_dir, tmp_path, streaming):
     from multimodaltransformer import MultimodalTransformerModel
     from multimodaltransformer.data import read_manifest
     from multimodaltransformer.data.shards import write_shards
@@ -254,7 +255,7 @@ def test_torchrun_ranks_read_their_own_shards_and_agree_on_heads(shapes_dir, tmp
           "{name: cls, objective: classify, tasks: [classify], batch_size: 4}]}")
     out = tmp_path / "out"
     cmd = _cli(shapes_dir, out, f"data.train=wds:{tmp_path / 'shards'}", "train.max_steps=4", "train.save_every=100",
-               "train.batch_size=4", mt, launcher=_torchrun(2))
+               "train.batch_size=4", mt, f"data.streaming={streaming}", "data.workers=1", launcher=_torchrun(2))
     r = subprocess.run(cmd, env=ENV, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     labels = sorted({e.target for e in read_manifest(shapes_dir) if e.task == "classify"})

@@ -237,7 +237,9 @@ def _samples(url: str, errors: list[BaseException]) -> Iterator[dict[str, Any]]:
             errors.append(e)
 
 
-def _sample_to_example(sample: dict[str, Any], url: str, pool: dict[bytes, MediaBytes]) -> Example:
+def _sample_to_example(sample: dict[str, Any], url: str, pool: dict[bytes, MediaBytes], check: bool = True
+                       ) -> Example:
+    """A sample as an Example; with `check`, its image is decoded once here (corruption found now)."""
     where = f"{url}/{sample['__key__']}"
     if "json" not in sample:
         raise DataError(f"{where}: no json member (an incomplete sample)")
@@ -252,7 +254,7 @@ def _sample_to_example(sample: dict[str, Any], url: str, pool: dict[bytes, Media
             raise DataError(f"{where}: several {kind} members ({', '.join(found)})")
         if found:
             try:
-                media[kind] = intern_media(pool, sample[found[0]], f"{where}.{found[0]}", image=kind == "image")
+                media[kind] = intern_media(pool, sample[found[0]], f"{where}.{found[0]}", image=check and kind == "image")
             except MediaError as e:
                 raise DataError(str(e)) from e
     return row_to_example(row, where, image=media.get("image"), audio=media.get("audio"))

@@ -108,7 +108,8 @@ def resolve_source(spec: str, cache_dir: str | Path, progress: bool = True) -> P
     return path
 
 
-def _is_shards(spec: str) -> bool:
+def is_shard_source(spec: str) -> bool:
+    """A tar path or pattern, or a directory holding shards.json (without the wds: prefix)."""
     path = Path(spec).expanduser()
     return spec.endswith((".tar", ".tar.gz", ".tgz")) or (path.is_dir() and (path / "shards.json").is_file())
 
@@ -122,7 +123,7 @@ def read_source(spec: str, cache_dir: str | Path, progress: bool = True, skip_ba
                 world: int = 1) -> tuple[list[Example], list[str]]:
     """The examples of a source (see the module docstring) and the messages of those skipped with
     `skip_bad` (a manifest's skipped lines are only warned about, not listed)."""
-    if spec.startswith("wds:") or _is_shards(spec):
+    if spec.startswith("wds:") or is_shard_source(spec):
         from .shards import read_shards
 
         return read_shards(spec.removeprefix("wds:"), rank=rank, world=world, skip_bad=skip_bad, progress=progress)

@@ -35,6 +35,10 @@ class DataConfig:
     workers: int = 0  # DataLoader worker processes collating batches (0: in the training process)
     # with skip_bad: the run fails if more than this fraction of a source's examples were unreadable
     max_bad_fraction: float = 0.01
+    # stream WebDataset shard sources (wds:...) instead of holding them in memory; the first
+    # stream_scan samples per rank (json only) give the tokenizer, class labels and task counts
+    streaming: bool = False
+    stream_scan: int = 20000
 
 
 @dataclass

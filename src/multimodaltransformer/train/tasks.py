@@ -109,20 +109,29 @@ def class_labels(examples: list[Example]) -> dict[str, list[str]]:
 class TaskStream:
     """One stream's dataset, collator and resumable position (a seeded permutation per epoch)."""
 
-    def __init__(self, cfg: TaskConfig, examples: list[Example], val_examples: list[Example], batch_size: int) -> None:
+    def __init__(self, cfg: TaskConfig, examples: list[Example], val_examples: list[Example], batch_size: int,
+                 stream_urls: str | None = None) -> None:
         self.cfg, self.examples, self.val_examples, self.batch_size = cfg, examples, val_examples, batch_size
         self.epoch = self.pos = 0
+        # streamed from shards (data/streaming.py): `examples` is then only a scanned sample, and
+        # `pos` counts the steps consumed
+        self.stream_urls = stream_urls
 
     def build(self, model: Any, max_text_len: int, skip_bad: bool, pack: bool) -> None:
         tok, proc = model.tokenizer, model.image_processor
         if self.cfg.objective == "lm":
-            self.dataset: Any = ManifestDataset(self.examples, tok, proc, max_text_len, skip_bad, pack=pack)
             self.collate: Any = TrainCollator(tok.pad_id, proc)
+            make = lambda exs, skip, pack: ManifestDataset(exs, tok, proc, max_text_len, skip, pack=pack)  # noqa: E731
         else:
             kind = {"mlm": "text", "classify": "classify"}.get(self.cfg.objective, "pair")
-            self.dataset = ExampleDataset(self.examples, tok, proc, max_text_len, kind,
-                                          labels=getattr(model, "head_labels", None), skip_bad=skip_bad)
+            labels = getattr(model, "head_labels", None)
             self.collate = lambda items: collate_examples(items, tok.pad_id, proc)
+            make = lambda exs, skip, pack: ExampleDataset(exs, tok, proc, max_text_len, kind, labels, skip)  # noqa: E731
+        if self.stream_urls is not None:
+            self.encode = lambda ex: make([ex], False, False)[0]  # one streamed example -> one item
+            self.dataset: Any = None
+        else:
+            self.dataset = make(self.examples, skip_bad, pack)
 
     def order(self, seed: int, epoch: int) -> list[int]:
         """The epoch's item order: a permutation seeded by (seed, epoch), whatever the process count."""
@@ -140,15 +149,29 @@ class TaskStream:
 
     def advance(self, seed: int) -> None:
         """Record that one global batch was consumed (the data position a checkpoint saves)."""
-        _, self.epoch, self.pos = self.step_indices(seed, self.epoch, self.pos)
+        if self.stream_urls is not None:
+            self.pos += 1
+        else:
+            _, self.epoch, self.pos = self.step_indices(seed, self.epoch, self.pos)
 
-    def loader(self, seed: int, pieces: int, piece_ids: list[int], workers: int = 0) -> Iterator[dict[str, Any]]:
+    def loader(self, seed: int, pieces: int, piece_ids: list[int], workers: int = 0, rank: int = 0, world: int = 1
+               ) -> Iterator[dict[str, Any]]:
         """Micro-batches from the saved position on: each global batch is cut into `pieces` equal
         parts (processes x accumulation steps) and this process gets `piece_ids`, in order.
-        Collation runs in `workers` DataLoader processes."""
+        Collation runs in `workers` DataLoader processes. A streamed task reads this rank's shards
+        instead (data/streaming.py), each micro-batch holding batch_size / pieces items."""
         if self.batch_size % pieces:
             raise DataError(f"task {self.cfg.name}: batch size {self.batch_size} does not split into {pieces} "
                             "equal micro-batches (processes x grad_accum)")
+        if self.stream_urls is not None:  # this rank's own shards; position: steps x micro-batches drawn
+            from ..data.streaming import ShardStream
+
+            size = self.batch_size // pieces
+            data = ShardStream(self.stream_urls, self.encode, tasks=self.cfg.tasks, rank=rank, world=world,
+                               seed=seed, skip=self.pos * len(piece_ids), batch_size=size)
+            collate = self.collate
+            return iter(DataLoader(data, batch_size=size, num_workers=workers, persistent_workers=workers > 0,
+                                   collate_fn=lambda items: {**collate(items), "bad": sum(it["bad"] for it in items)}))
         sampler = _StepSampler(self, seed, pieces, piece_ids)
         return iter(DataLoader(self.dataset, batch_sampler=sampler, collate_fn=self.collate, num_workers=workers,
                                persistent_workers=workers > 0, prefetch_factor=2 if workers else None))

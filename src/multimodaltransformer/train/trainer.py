@@ -30,7 +30,8 @@ from tqdm import tqdm
 
 from ..config import ConfigError, save_json, to_dict
 from ..data.manifest import DataError, Example
-from ..data.sources import read_source
+from ..data.sources import is_shard_source, read_source
+from ..data.streaming import scan_shards
 from ..evaluate import evaluate
 from ..modalities.text import TextTokenizer
 from ..models.multimodal import MultimodalTransformerModel
@@ -71,8 +72,17 @@ class Trainer:
             return self.run.multitask
         return MultiTaskConfig([TaskConfig("lm", "lm", tasks=self.run.data.tasks)])
 
+    def _streamed(self, source: str) -> str | None:
+        """The shard URLs of a source that data.streaming streams, else None."""
+        if not self.run.data.streaming:
+            return None
+        return source.removeprefix("wds:") if source.startswith("wds:") or is_shard_source(source) else None
+
     def _read(self, source: str) -> list[Example]:
         d = self.run.data
+        if source not in self._manifests and self._streamed(source):
+            urls = self._streamed(source)
+            self._manifests[source] = scan_shards(urls, d.stream_scan, self.dist.rank, self.dist.world)
         if source not in self._manifests:
             examples, skipped = read_source(source, d.cache_dir, self.progress and self.dist.main, d.skip_bad,
                                             self.dist.rank, self.dist.world)
@@ -99,13 +109,15 @@ class Trainer:
         torch.manual_seed(t.seed)
         self._manifests: dict[str, list[Example]] = {}
         self.skipped: dict[str, int] = {}
+        self._stream_used: dict[str, int] = {}
         mt = self._multitask()
         self.streams = []
         for cfg in mt.tasks:
             train_src, val_src = cfg.data or d.train, cfg.val if cfg.val is not None else d.val
             train_ex = select(self._read(train_src), cfg.tasks, train_src)
             val_ex = select(self._read(val_src), cfg.tasks, val_src) if val_src else []
-            self.streams.append(TaskStream(cfg, train_ex, val_ex, cfg.batch_size or t.batch_size))
+            self.streams.append(TaskStream(cfg, train_ex, val_ex, cfg.batch_size or t.batch_size,
+                                           stream_urls=self._streamed(train_src)))
         self.train_examples = list({id(e): e for s in self.streams for e in s.examples}.values())
         self.val_examples = list({id(e): e for s in self.streams for e in s.val_examples}.values())
         self.model = self._build_model(resume)
@@ -114,6 +126,8 @@ class Trainer:
         max_text = self.model.max_seq_len - self.model.num_media_tokens
         for stream in self.streams:
             stream.build(self.model, max_text, d.skip_bad, d.pack)
+            if stream.stream_urls is not None:
+                continue  # streamed: unusable samples are counted as they come
             self._check_bad(f"task {stream.cfg.name}", stream.dataset.skipped, len(stream.dataset.examples))
             if len(stream.dataset) < stream.batch_size:
                 raise DataError(f"task {stream.cfg.name}: {len(stream.dataset)} training items is fewer than one "
@@ -285,7 +299,8 @@ class Trainer:
         gathered = gather is not None and stream.cfg.objective == "contrastive"
         g = torch.Generator().manual_seed(t.seed * 1_000_033 + self.step)  # masking / negatives
         dtype = DTYPES[t.precision]
-        stats = torch.zeros(5, dtype=torch.float64, device=dev)  # loss numerator, its denominator, tokens, samples, rows
+        # loss numerator, its denominator, tokens, samples, rows, unusable streamed samples dropped
+        stats = torch.zeros(6, dtype=torch.float64, device=dev)
         sync_fsdp = self.objective is not None and t.grad_accum > 1
         for i, (batch, u, n_tokens) in enumerate(zip(micro, units, tokens)):
             if sync_fsdp:  # reduce-scatter gradients once, after the last micro-batch
@@ -308,6 +323,7 @@ class Trainer:
             stats[2] += n_tokens
             stats[3] += sum(len(x) for x in batch["tasks"])
             stats[4] += batch["input_ids"].shape[0]
+            stats[5] += batch.get("bad", 0)
             self.scaler.scale(loss * scale * stream.cfg.weight).backward()
         stats = dd.all_reduce_sum(stats, dist_)
         mean_loss = float(stats[0] / stats[1])
@@ -328,8 +344,22 @@ class Trainer:
             self.skipped_steps += 1
             warnings.warn(f"non-finite loss at step {self.step} (task {stream.cfg.name}): step skipped", stacklevel=2)
         self.opt.zero_grad(set_to_none=True)
+        if stats[5]:
+            self._count_streamed_bad(stream.cfg.name, int(stats[5]), int(stats[3]))
         return {"loss": mean_loss, "grad_norm": grad_norm, "tokens": float(stats[2]), "samples": float(stats[3]),
                 "rows": float(stats[4])}
+
+    def _count_streamed_bad(self, name: str, bad: int, used: int) -> None:
+        """Streamed samples that could not be used; data.max_bad_fraction (or, without skip_bad, any)
+        fails the run once enough samples were seen to judge (or at once without skip_bad)."""
+        key = f"task {name} (streamed)"
+        self.skipped[key] = self.skipped.get(key, 0) + bad
+        self._stream_used[key] = self._stream_used.get(key, 0) + used
+        d, total = self.run.data, self.skipped[key] + self._stream_used[key]
+        limit = d.max_bad_fraction if d.skip_bad else 0.0
+        if self.skipped[key] / total > limit and (total >= 1000 or not d.skip_bad):
+            raise DataError(f"{key}: {self.skipped[key]} of {total} samples streamed so far were unusable "
+                            f"(> {limit:.1%}; data.skip_bad and data.max_bad_fraction set the tolerance)")
 
     def fit(self, resume: bool = False) -> MultimodalTransformerModel:
         self.dist = dd.init_distributed(self.run.train.device)
@@ -351,12 +381,15 @@ class Trainer:
                                                             f"{dist_.device.type})" if dist_.enabled else ""))
         for stream, p in zip(self.streams, self.probs):
             self._say(f"  task {stream.cfg.name} ({stream.cfg.objective}, weight {stream.cfg.weight:g}, "
-                      f"p={p:.2f}): {len(stream.examples)} examples in {len(stream.dataset)} items")
+                      f"p={p:.2f}): " + (f"streamed from {stream.stream_urls} ({len(stream.examples)} scanned)"
+                                         if stream.stream_urls else
+                                         f"{len(stream.examples)} examples in {len(stream.dataset)} items"))
         model.train()
         pieces = dist_.world * t.grad_accum  # micro-batch k of a step: accumulation a = k // world, rank k % world
         mine = [a * dist_.world + dist_.rank for a in range(t.grad_accum)]
         seeds = [t.seed + 7919 * k for k in range(len(self.streams))]
-        iters = [s.loader(seeds[k], pieces, mine, self.run.data.workers) for k, s in enumerate(self.streams)]
+        iters = [s.loader(seeds[k], pieces, mine, self.run.data.workers, dist_.rank, dist_.world)
+                 for k, s in enumerate(self.streams)]
         for g in self.opt.param_groups:
             g["lr"] = t.lr * lr_factor(self.step, t.warmup_steps, self.total_steps, t.min_lr_ratio)
         bar = tqdm(total=self.total_steps, initial=self.step, desc="train", disable=not (self.progress and dist_.main),

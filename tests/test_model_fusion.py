@@ -98,6 +98,19 @@ def test_heads_and_contrastive_space(tokenizer, fusion, tmp_path):
         model.classify("vqa", ids, mask, pv)
 
 
+def test_mlp_contrastive_projections_save_and_load(tokenizer, tmp_path):
+    model = _model(tokenizer, "early", contrastive_dim=16, contrastive_hidden=24)
+    ids, mask, pv = _batch(tokenizer, ["a red circle", "a blue square"])
+    image, text = model.encode_image(pv), model.encode_text(ids, mask)
+    assert image.shape == text.shape == (2, 16) and isinstance(model.image_proj, torch.nn.Sequential)
+    model.save_pretrained(tmp_path / "m")
+    loaded = MultimodalTransformerModel.from_pretrained(tmp_path / "m")
+    torch.testing.assert_close(loaded.encode_image(pv), image)
+    torch.testing.assert_close(loaded.encode_text(ids, mask), text)
+    with pytest.raises(ValueError, match="contrastive_hidden must be positive"):
+        HeadsConfig(contrastive_dim=16, contrastive_hidden=0)
+
+
 def test_late_fusion_cannot_generate(tokenizer):
     model = _model(tokenizer, "late", classes={"vqa": ["yes", "no"]})
     ids, mask, pv = _batch(tokenizer, ["is there a red circle?"])

@@ -31,12 +31,22 @@ from .decoder import DecoderConfig, GPTDecoder
 _TASK_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
 
+def _projection(dim: int, out: int, hidden: int | None) -> nn.Module:
+    """Into the contrastive space: linear, or a two-layer MLP (SimCLR's projection head)."""
+    if hidden is None:
+        return nn.Linear(dim, out, bias=False)
+    return nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, out, bias=False))
+
+
 @dataclass
 class HeadsConfig:
     """Heads on top of the decoder besides the LM head."""
 
     # image-text contrastive projections to a shared D-dim space (retrieval, CLIP's loss); None: none
     contrastive_dim: int | None = None
+    # hidden width of two-layer (MLP) contrastive projections; None: linear projections (CLIP's).
+    # An MLP helps when the towers are locked (LiT) and only the projections learn.
+    contrastive_hidden: int | None = None
     # image-text matching: a binary head on the fused [image; text] representation
     itm: bool = False
     # one classification head per task, with its labels (filled from the training data by the trainer)
@@ -45,6 +55,8 @@ class HeadsConfig:
     def __post_init__(self) -> None:
         if self.contrastive_dim is not None and self.contrastive_dim <= 0:
             raise ValueError(f"heads.contrastive_dim must be positive, got {self.contrastive_dim}")
+        if self.contrastive_hidden is not None and self.contrastive_hidden <= 0:
+            raise ValueError(f"heads.contrastive_hidden must be positive, got {self.contrastive_hidden}")
         for task, labels in self.classes.items():
             if not _TASK_NAME.match(task):
                 raise ValueError(f"heads.classes: task name {task!r} must be letters, digits, _ or -")
@@ -163,8 +175,8 @@ class MultimodalTransformerModel(nn.Module):
         if heads.contrastive_dim is not None:
             if image_dim is None:
                 raise ValueError("heads.contrastive_dim needs an image encoder")
-            self.image_proj = nn.Linear(image_dim, heads.contrastive_dim, bias=False)
-            self.text_proj = nn.Linear(dim, heads.contrastive_dim, bias=False)
+            self.image_proj = _projection(image_dim, heads.contrastive_dim, heads.contrastive_hidden)
+            self.text_proj = _projection(dim, heads.contrastive_dim, heads.contrastive_hidden)
             self.logit_scale = nn.Parameter(torch.tensor(logit_scale_init()))
         if heads.itm:
             self.itm_head = nn.Linear(dim, 2)

@@ -108,3 +108,10 @@ def test_unusable_streamed_samples_are_counted_or_fail(shapes_dir, shards, tmp_p
     train(run("data.skip_bad=true", "data.max_bad_fraction=0.5"), tmp_path / "lenient", progress=False)
     summary = json.loads((tmp_path / "lenient" / "train_summary.json").read_text())
     assert list(summary["skipped_examples"].values())[0] >= 1
+
+
+def test_idle_workers_and_absent_tasks_are_errors_not_hangs(shards):
+    with pytest.raises(DataError, match="4 shard\\(s\\) but has 5 DataLoader workers"):
+        next(iter(DataLoader(_stream(shards), batch_size=10, num_workers=5)))
+    with pytest.raises(DataError, match="gave no usable example of tasks \\['nope'\\]"):
+        next(iter(_stream(shards, tasks=["nope"])))

@@ -60,19 +60,19 @@ class ShardStream(IterableDataset):
         self.encode, self.tasks, self.rank, self.world, self.seed = encode, tasks, rank, world, seed
         self.skip, self.batch_size, self.buffer = skip, batch_size, buffer
 
-    def _samples(self, worker: int, workers: int) -> Iterator[tuple[dict[str, Any], str]]:
-        """(raw sample, shard url) in this worker's shuffled order, epoch after epoch."""
+    def _samples(self, worker: int, workers: int) -> Iterator[tuple[dict[str, Any], str, int]]:
+        """(raw sample, shard url, epoch) in this worker's shuffled order, epoch after epoch."""
         epoch = 0
         while True:
             order = list(self.shards)
             random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
             mine = order[self.rank::self.world][worker::workers]
             rng = random.Random(((self.seed * 1_009 + epoch) * 1_013 + self.rank) * 1_019 + worker)
-            pool: list[tuple[dict[str, Any], str]] = []
+            pool: list[tuple[dict[str, Any], str, int]] = []
             for url in mine:
                 errors: list[BaseException] = []
                 for sample in _samples(url, errors):
-                    pool.append((sample, url))
+                    pool.append((sample, url, epoch))
                     if len(pool) >= self.buffer:
                         yield pool.pop(rng.randrange(len(pool)))
                 if errors and url not in _warned:
@@ -81,20 +81,25 @@ class ShardStream(IterableDataset):
                                   stacklevel=2)
             rng.shuffle(pool)
             yield from pool
-            if not mine:
-                return  # more workers than this rank's shards: this worker has nothing to read
             epoch += 1
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        mine = len(range(self.rank, len(self.shards), self.world))
+        if workers > mine:  # an idle worker would break the round-robin that resuming relies on
+            raise DataError(f"rank {self.rank} reads {mine} shard(s) but has {workers} DataLoader workers: "
+                            "write smaller shards or lower data.workers")
         # The DataLoader hands batches out round-robin from worker 0, so after `skip` batches the
         # next one is that of reader (skip % workers): DataLoader worker i plays reader (i + skip) %
         # workers, which made every workers-th of the first `skip` batches.
         worker = (worker + self.skip) % workers
         skip = len(range(worker, self.skip, workers)) * self.batch_size
-        bad = 0
-        for sample, url in self._samples(worker, workers):
+        bad, productive = 0, 0  # the last epoch that gave an item
+        for sample, url, epoch in self._samples(worker, workers):
+            if epoch > productive + 1:
+                raise DataError(f"a whole pass over {mine} shard(s) gave no usable example"
+                                + (f" of tasks {self.tasks}" if self.tasks else ""))
             try:
                 ex = _sample_to_example(sample, url, {}, check=False)
                 if self.tasks is not None and ex.task not in self.tasks:
@@ -105,6 +110,7 @@ class ShardStream(IterableDataset):
             except (DataError, MediaError):
                 bad += 1
                 continue
+            productive = epoch
             if skip:  # drawn before the checkpoint: its bad samples were counted then
                 skip, bad = skip - 1, 0
                 continue

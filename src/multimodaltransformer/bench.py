@@ -7,7 +7,7 @@ Generative fusions train captions, VQA, classification and matching as text (one
 stream) plus retrieval (contrastive projections on the locked towers, as the demo does); late
 fusion answers VQA, classification and matching with heads; the joint space (a dual encoder)
 trains retrieval only, towers included. Two early-fusion rows vary the tasks: retrieval that
-trains the shared towers too, and single tasks (VQA only, captions only).
+trains the shared towers too, and single tasks (VQA, captions, matching).
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ METHODS: dict[str, tuple[str, list[TaskConfig]]] = {
     "early, retrieval trains the towers": ("early", [TaskConfig("generate", "lm", tasks=GENERATIVE), RETRIEVAL_FULL]),
     "early, vqa only": ("early", [TaskConfig("generate", "lm", tasks=["vqa"])]),
     "early, caption only": ("early", [TaskConfig("generate", "lm", tasks=["caption"])]),
+    "early, match only": ("early", [TaskConfig("generate", "lm", tasks=["match"])]),
 }
 COLUMNS = [("vqa_accuracy", "VQA acc"), ("caption_bleu4", "caption BLEU-4"), ("caption_cider", "caption CIDEr"),
            ("classify_accuracy", "classify acc"), ("match_accuracy", "match acc"), ("retrieval_r1", "retrieval R@1")]

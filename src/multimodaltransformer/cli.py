@@ -50,15 +50,21 @@ def _cmd_train(a: argparse.Namespace) -> None:
     train(run, a.out, resume=a.resume)
 
 
-def _load_model(path: str, device: str):
+def _load_model(path: str, device: str, speech: bool = False):
+    """A model that answers prompts about images (`speech`: or a Whisper model, which transcribes)."""
     import torch
 
     from .hub import load_pretrained
     from .models.multimodal import MultimodalTransformerModel
+    from .models.whisper import Whisper
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_pretrained(path, map_location=device)
+    if speech and isinstance(model, Whisper):
+        if model.tokenizer is None:
+            raise DataError(f"{path}: no tokenizer (tokenizer.json, or vocab.json + merges.txt) next to the model")
+        return model
     if not isinstance(model, MultimodalTransformerModel):
         raise ConfigError(f"{path}: a {type(model).__name__} does not answer prompts about images; "
                           "use a model trained or composed by this library")
@@ -252,8 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="REPORT.json (predictions go next to it, REPORT.predictions.jsonl)")
     e.set_defaults(func=_cmd_eval)
 
-    sv = sub.add_parser("serve", help="serve a model: OpenAI-compatible API (chat with images, streaming) + web chat page")
-    sv.add_argument("model", help="a saved model directory")
+    sv = sub.add_parser("serve", help="serve a model: OpenAI-compatible API (chat with images or, for Whisper, audio; streaming) + web chat page")
+    sv.add_argument("model", help="a saved model directory (ours, or a Whisper one: it transcribes input_audio)")
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1/ routes")

@@ -9,11 +9,12 @@ Legend: B batch, N samples, F = n_fft // 2 + 1 frequency bins, M mel bins, 2S fr
 from __future__ import annotations
 
 import importlib.util
+import io
 import math
 import wave
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
+from typing import BinaryIO, Union
 
 import numpy as np
 import torch
@@ -28,18 +29,20 @@ AudioInput = Union[str, Path, Tensor, np.ndarray]
 
 # ---------------------------------------------------------------------------------------------- loading
 
-def _read_wav(path: Path) -> tuple[np.ndarray, int]:
-    """PCM WAV (8/16/24/32-bit integer) through the stdlib -> (channels, N) float32 in [-1, 1], rate."""
+def _read_wav(path: Path | BinaryIO, name: str | None = None) -> tuple[np.ndarray, int]:
+    """PCM WAV (8/16/24/32-bit integer) through the stdlib -> (channels, N) float32 in [-1, 1], rate.
+    `path` may be an open binary file (then `name` names it in errors)."""
+    name = name or str(path)
     try:
-        with wave.open(str(path), "rb") as w:
+        with wave.open(path if hasattr(path, "read") else str(path), "rb") as w:
             channels, width, rate, frames = w.getnchannels(), w.getsampwidth(), w.getframerate(), w.getnframes()
             data = w.readframes(frames)
     except (wave.Error, EOFError) as e:
         why = str(e) if isinstance(e, wave.Error) else "the file ends inside its header"
-        raise MediaError(f"cannot read WAV file {path}: {why} (PCM integer WAV is read natively; "
+        raise MediaError(f"cannot read WAV {name}: {why} (PCM integer WAV is read natively; "
                          "install `soundfile` for float WAV, FLAC or OGG)") from e
     if not data:
-        raise MediaError(f"WAV file {path} has no audio samples")
+        raise MediaError(f"WAV {name} has no audio samples")
     usable = len(data) // (width * channels) * width * channels  # a truncated file may end mid-frame
     data = data[:usable]
     if width == 1:  # unsigned 8-bit
@@ -50,20 +53,21 @@ def _read_wav(path: Path) -> tuple[np.ndarray, int]:
     elif width in (2, 4):
         x = np.frombuffer(data, dtype=f"<i{width}").astype(np.float32) / 2.0 ** (8 * width - 1)
     else:
-        raise MediaError(f"WAV file {path}: unsupported sample width of {width} bytes")
+        raise MediaError(f"WAV {name}: unsupported sample width of {width} bytes")
     return x.reshape(-1, channels).T, rate
 
 
-def _read_soundfile(path: Path) -> tuple[np.ndarray, int]:
+def _read_soundfile(path: Path | BinaryIO, name: str | None = None) -> tuple[np.ndarray, int]:
+    name = name or str(path)
     try:
         import soundfile
     except ImportError as e:
-        raise MediaError(f"cannot read {path}: only PCM WAV is read without the optional `soundfile` "
+        raise MediaError(f"cannot read {name}: only PCM WAV is read without the optional `soundfile` "
                          "package (pip install soundfile)") from e
     try:
-        x, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+        x, rate = soundfile.read(path if hasattr(path, "read") else str(path), dtype="float32", always_2d=True)
     except Exception as e:  # soundfile raises its own LibsndfileError (a RuntimeError) and others
-        raise MediaError(f"cannot read audio file {path}: {e}") from e
+        raise MediaError(f"cannot read audio {name}: {e}") from e
     return x.T, rate
 
 
@@ -75,17 +79,37 @@ def load_audio(path: str | Path, sampling_rate: int = 16000) -> Tensor:
     path = Path(path)
     if not path.is_file():
         raise MediaError(f"audio file not found: {path}")
-    if path.suffix.lower() in (".wav", ".wave"):
+    with path.open("rb") as f:
+        return _decode(f, path.suffix.lower() in (".wav", ".wave"), str(path), sampling_rate)
+
+
+def decode_audio(data: bytes, fmt: str = "wav", sampling_rate: int = 16000,
+                 max_seconds: float | None = None) -> Tensor:
+    """Encoded audio bytes (`fmt` wav, flac, ogg, mp3 ...) -> mono (N,) float32 at `sampling_rate`.
+
+    Untrusted input: the declared rate must be plausible and the clip at most `max_seconds` long,
+    both checked before resampling (a tiny declared rate would otherwise blow up the resampled size).
+    """
+    return _decode(io.BytesIO(data), fmt.lower() in ("wav", "wave"), f"{fmt} data", sampling_rate, max_seconds)
+
+
+def _decode(f: BinaryIO, is_wav: bool, name: str, sampling_rate: int, max_seconds: float | None = None) -> Tensor:
+    if is_wav:
         try:
-            x, rate = _read_wav(path)
+            x, rate = _read_wav(f, name)
         except MediaError:
             if importlib.util.find_spec("soundfile") is None:
                 raise
-            x, rate = _read_soundfile(path)  # float WAV, WAVE_FORMAT_EXTENSIBLE ...
+            f.seek(0)
+            x, rate = _read_soundfile(f, name)  # float WAV, WAVE_FORMAT_EXTENSIBLE ...
     else:
-        x, rate = _read_soundfile(path)
+        x, rate = _read_soundfile(f, name)
     if x.size == 0:
-        raise MediaError(f"audio file {path} has no samples")
+        raise MediaError(f"{name} has no samples")
+    if not 1000 <= rate <= 384_000:
+        raise MediaError(f"{name}: a sampling rate of {rate} Hz is not supported (1 kHz to 384 kHz)")
+    if max_seconds is not None and x.shape[-1] / rate > max_seconds:
+        raise MediaError(f"{name}: {x.shape[-1] / rate:.1f} s of audio, more than the {max_seconds:g} s allowed")
     return resample(torch.from_numpy(np.ascontiguousarray(x.mean(axis=0))), rate, sampling_rate)
 
 

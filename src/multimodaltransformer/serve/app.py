@@ -1,7 +1,7 @@
 """The HTTP server: OpenAI-compatible routes over one `ModelWorker`, and the web chat page.
 
 Routes: POST /v1/chat/completions (plain or `stream: true` server-sent events ending in
-`data: [DONE]`), POST /v1/embeddings (models with a contrastive space), GET /v1/models,
+`data: [DONE]`; a speech model answers an `input_audio` clip with its transcript), POST /v1/embeddings (models with a contrastive space), GET /v1/models,
 GET /health, GET / (the chat page). Every error is a 4xx/5xx with OpenAI's error body; no model
 work runs on the event loop (images are decoded in a thread, decoding happens in the worker).
 """
@@ -32,6 +32,7 @@ from .media import MediaPolicy, MediaRejected, decode_image, image_bytes
 from .schemas import (AssistantMessage, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice,
                       ChunkChoice, Delta, Embedding, EmbeddingRequest, EmbeddingResponse, ModelCard, ModelList,
                       Usage, error)
+from .speech import SpeechJob, Transcriber, is_speech_model
 from .template import TemplateError, build_conversation
 from .worker import Job, ModelWorker
 
@@ -66,6 +67,7 @@ def create_app(model: Any, config: ServerConfig | None = None) -> FastAPI:
     if getattr(model, "tokenizer", None) is None:
         raise ValueError("the model has no tokenizer: serve a saved model directory with tokenizer.json")
     worker = ModelWorker(model, max_batch=cfg.max_batch, queue_size=cfg.queue_size)
+    transcriber = Transcriber(model) if is_speech_model(model) else None
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -126,7 +128,10 @@ def create_app(model: Any, config: ServerConfig | None = None) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat(req: ChatCompletionRequest, request: Request) -> Any:
         _check_model(req.model, cfg)
-        job, prompt_tokens = await _make_job(req, model, cfg)
+        if transcriber is not None:
+            job, prompt_tokens = await _make_speech_job(req, transcriber, cfg)
+        else:
+            job, prompt_tokens = await _make_job(req, model, cfg)
         events: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
         job.emit = lambda i, text, finish, err: loop.call_soon_threadsafe(events.put_nowait, (i, text, finish, err))
@@ -254,6 +259,34 @@ async def _make_job(req: ChatCompletionRequest, model: Any, cfg: ServerConfig) -
               num_beams=req.num_beams, length_penalty=req.length_penalty, stops=stops,
               deadline=time.monotonic() + cfg.request_timeout_s)
     return job, len(ids) + n_media
+
+
+async def _make_speech_job(req: ChatCompletionRequest, transcriber: Transcriber, cfg: ServerConfig) -> tuple[Job, int]:
+    try:
+        conv = build_conversation(req.messages, require_prompt=False)
+        stops = req.stops()
+    except (TemplateError, ValueError) as e:
+        raise APIError(400, str(e), param="messages") from None
+    if conv.audio is None:
+        raise APIError(400, "this speech model transcribes audio: send an input_audio content part",
+                       param="messages")
+    if conv.image_url:
+        raise APIError(400, "this speech model takes no images", param="messages")
+    if req.n > 1 or req.num_beams > 1:
+        raise APIError(400, "a speech model gives one greedy transcript: n and num_beams must be 1", param="n")
+    try:
+        wave = await asyncio.to_thread(transcriber.waveform, conv.audio.data, conv.audio.format, cfg.media)
+    except MediaRejected as e:
+        raise APIError(400, str(e), param="messages") from None
+    room = transcriber.model.config.decoder.max_seq_len - transcriber.prompt_len
+    max_tokens = req.max_completion_tokens or req.max_tokens
+    if max_tokens is not None and max_tokens > room:
+        raise APIError(400, f"max_tokens {max_tokens} is more than the {room} tokens this model can write",
+                       param="max_tokens", code="context_length_exceeded")
+    job = SpeechJob(torch.zeros(1, transcriber.prompt_len, dtype=torch.long), None, emit=lambda *a: None,
+                    max_new_tokens=max_tokens or room, stops=stops, deadline=time.monotonic() + cfg.request_timeout_s,
+                    waveform=wave, transcriber=transcriber)
+    return job, transcriber.prompt_len
 
 
 async def _next_event(events: asyncio.Queue, request: Request, job: Job) -> tuple:

@@ -1,5 +1,7 @@
 """Media from requests, decoded defensively: data URLs, size limits, decompression bombs, SSRF.
 
+Audio comes base64-encoded inside the request (`input_audio`), under the same size limit.
+
 A request's image is a `data:image/...;base64,` URL. Remote `http(s)://` URLs are refused
 unless their host is on the allow list (`--allow-remote-media`), and then fetched with a time
 and size limit and no redirects; `file:` and every other scheme are always refused, so a
@@ -35,13 +37,21 @@ class MediaPolicy:
     fetch_timeout_s: float = 10.0
 
 
-def _b64decode(data: str, max_bytes: int) -> bytes:
+def _b64decode(data: str, max_bytes: int, what: str = "image", where: str = "data URL") -> bytes:
     if len(data) > (max_bytes * 4) // 3 + 4:
-        raise MediaRejected(f"image larger than {max_bytes} bytes")
+        raise MediaRejected(f"{what} larger than {max_bytes} bytes")
     try:
         return base64.b64decode(re.sub(r"\s+", "", data), validate=True)
     except (binascii.Error, ValueError) as e:
-        raise MediaRejected(f"invalid base64 in data URL ({e})") from None
+        raise MediaRejected(f"invalid base64 in {where} ({e})") from None
+
+
+def audio_bytes(data: str, policy: MediaPolicy) -> bytes:
+    """The bytes of an `input_audio` part (base64 in the request itself: never fetched)."""
+    raw = _b64decode(data, policy.max_bytes, "audio", "input_audio.data")
+    if not raw:
+        raise MediaRejected("input_audio.data is empty")
+    return raw
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):

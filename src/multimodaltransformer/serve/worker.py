@@ -6,7 +6,8 @@ prefilled together into a scratch cache whose rows then join the batch's cache r
 current slot. Every row keeps its own slot mask and positions, so rows that started at different
 times decode side by side (continuous batching); each row has its own sampling settings, seed,
 stop strings and budget. A finished, cancelled or timed-out row leaves the batch at once (its
-cache row is dropped). Beam search runs a job on its own between steps, through `generate`.
+cache row is dropped). Beam search runs a job on its own between steps, through `generate`;
+so do callables (embeddings, and the transcriptions of speech models, which have no batch).
 The worker never touches asyncio: results go through each job's `emit` callback.
 Legend: N batch rows, L cache slots, S prefill length, H heads, D head dim, V vocabulary.
 """
@@ -103,13 +104,15 @@ class ModelWorker:
         self.queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
         self.waiting: deque[Job] = deque()
         self.tok = model.tokenizer
-        self.decode = decode_fn(self.tok)
-        eos = self.tok.eos_id
-        self.eos = torch.tensor([eos])
         self.device = next(model.parameters()).device
-        self.attn = [m for m in model.modules() if isinstance(m, MultiHeadAttention)]
         self.rows: list[_Row] = []
-        self.L = 2 * model.max_seq_len  # cache slots: any row needs at most max_seq_len of them
+        # a speech model (no decode_step) only runs exclusive work: transcriptions (serve/speech.py)
+        self.generative = hasattr(model, "decode_step")
+        if self.generative:
+            self.decode = decode_fn(self.tok)
+            self.eos = torch.tensor([self.tok.eos_id])
+            self.attn = [m for m in model.modules() if isinstance(m, MultiHeadAttention)]
+            self.L = 2 * model.max_seq_len  # cache slots: any row needs at most max_seq_len of them
         self.slot = 0
         self.steps = 0  # decode steps run (for stats)
         self._stop = threading.Event()
@@ -150,7 +153,7 @@ class ModelWorker:
 
     # ---- the loop -------------------------------------------------------------------------------
     def _loop(self) -> None:
-        fast = FewRowLinears(self.model) if self.device.type == "cpu" else None
+        fast = FewRowLinears(self.model) if self.generative and self.device.type == "cpu" else None
         try:
             while not self._stop.is_set():
                 self._take(block=not self.rows and not self.waiting)
@@ -231,6 +234,9 @@ class ModelWorker:
     @contextlib.contextmanager
     def _detached(self) -> Iterator[None]:
         """Other model work (beam search, embeddings) runs with the batch's caches set aside."""
+        if not self.generative:  # no batch, no caches to set aside
+            yield
+            return
         saved = self._caches()
         for m in self.attn:
             m.kv_cache = None

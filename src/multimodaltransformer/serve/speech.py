@@ -1,0 +1,109 @@
+"""Speech models behind the chat API: an `input_audio` clip in, its transcript out (Whisper).
+
+A request to a speech model carries one audio clip (base64 WAV; FLAC, OGG or MP3 with the
+optional `soundfile`); text in the messages is not used. The clip is decoded and checked in a
+thread, then transcribed on the model worker between other work: one encoder pass and a greedy
+decode with the KV cache (Whisper's default decoding), so `n`, beam search and sampling do not
+apply. The prompt is Whisper's: <|startoftranscript|>, the language (multilingual models detect
+it from the audio, as Whisper's `detect_language` does), <|transcribe|>, <|notimestamps|>.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..modalities.audio import AudioProcessor, decode_audio
+from ..modalities.image import MediaError
+from ..models.whisper import Whisper
+from .media import MediaPolicy, MediaRejected, audio_bytes
+from .worker import Job
+
+
+def is_speech_model(model: Any) -> bool:
+    return isinstance(model, Whisper)
+
+
+class Transcriber:
+    """Waveform (N,) at 16 kHz -> (text, completion tokens, finish reason) with `model`."""
+
+    def __init__(self, model: Whisper) -> None:
+        if model.tokenizer is None:
+            raise ValueError("the speech model has no tokenizer (vocab.json + merges.txt, or tokenizer.json)")
+        self.model, self.tok = model, model.tokenizer
+        self.processor = AudioProcessor(model.config.processor_config())
+        special = {t.content: i for i, t in self.tok.get_added_tokens_decoder().items()}
+        self.eos = model.config.eos_token_id
+        self.start = special.get("<|startoftranscript|>", model.config.decoder_start_token_id)
+        # Whisper's rule: English-only models (*.en) have one token less, and take no language or task
+        multilingual = model.config.vocab_size >= 51865
+        # language tokens are <|en|>, <|haw|> ...: two or three lower-case letters
+        self.languages = [i for t, i in special.items() if multilingual and t.startswith("<|") and t.endswith("|>")
+                          and t[2:-2].isalpha() and t[2:-2].islower() and len(t[2:-2]) in (2, 3)]
+        tail = ("<|transcribe|>", "<|notimestamps|>") if self.languages else ("<|notimestamps|>",)
+        self.tail = [special[t] for t in tail if t in special]
+        # every other special token (timestamps, tasks, languages, <|nospeech|> ...) is never produced
+        self.suppress = sorted(i for i in special.values() if i != self.eos)
+        self.max_seconds = self.processor.config.chunk_length
+
+    @property
+    def prompt_len(self) -> int:
+        return 1 + bool(self.languages) + len(self.tail)
+
+    def waveform(self, data: str, fmt: str, policy: MediaPolicy) -> Tensor:
+        """An `input_audio` part -> (N,) float32 at the model's rate, or MediaRejected (runs in a thread)."""
+        try:  # one window per request: longer clips are refused, not silently cut
+            return decode_audio(audio_bytes(data, policy), fmt, self.processor.config.sampling_rate,
+                                max_seconds=self.max_seconds + 0.01)
+        except MediaError as e:
+            raise MediaRejected(f"input_audio: {e}") from None
+
+    @torch.inference_mode()
+    def __call__(self, wave: Tensor, max_new_tokens: int) -> tuple[str, int, str]:
+        device = next(self.model.parameters()).device
+        features = self.processor(wave).to(device)
+        prompt = [self.start]
+        if self.languages:  # the most likely language after <|startoftranscript|>
+            memory = self.model.encode(features)
+            logits = self.model.decode(torch.tensor([[self.start]], device=device), memory)[0, -1]
+            langs = torch.tensor(self.languages, device=device)
+            prompt.append(int(langs[logits[langs].argmax()]))
+        prompt += self.tail
+        limit = self.model.config.decoder.max_seq_len - len(prompt)
+        ids = self.model.generate(features, torch.tensor([prompt], device=device),
+                                  max_new_tokens=min(max_new_tokens, limit), suppress_tokens=self.suppress)
+        new = ids[0, len(prompt):].tolist()
+        ended = self.eos is not None and self.eos in new
+        new = new[:new.index(self.eos)] if ended else new
+        return self.tok.decode(new, skip_special_tokens=True).strip(), len(new), "stop" if ended else "length"
+
+
+@dataclass
+class SpeechJob(Job):
+    """A transcription: the worker runs it as exclusive work (it is callable) and emits the text."""
+
+    waveform: Tensor = field(default_factory=lambda: torch.zeros(0))
+    transcriber: Transcriber | None = None
+
+    def __call__(self) -> None:
+        import time
+
+        if self.cancelled.is_set():
+            self.emit(0, None, None, "cancelled")
+            return
+        if time.monotonic() > self.deadline:
+            self.emit(0, None, None, "the request ran past its time limit")
+            return
+        try:
+            text, tokens, finish = self.transcriber(self.waveform, self.max_new_tokens)
+        except Exception as e:  # a bad clip must not take the worker down
+            self.emit(0, None, None, f"transcription failed: {e}")
+            return
+        for stop in self.stops:  # stop strings cut the transcript as they cut generated text
+            if stop in text:
+                text, finish = text[:text.index(stop)], "stop"
+        self.completion_tokens = [tokens]
+        self.emit(0, text, finish, None)

@@ -182,7 +182,8 @@ def test_openai_client_transcribes_through_chat(model):
     with live_server(create_app(model, ServerConfig(model_name="whisper"))) as port:
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none")
         data = base64.b64encode(wav_bytes(0.25, seed=3)).decode()
-        messages = [{"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": data, "format": "wav"}}]}]
+        messages = [{"role": "user", "content": [{"type": "input_audio",
+                                                   "input_audio": {"data": data, "format": "wav"}}]}]
         plain = client.chat.completions.create(model="whisper", messages=messages, max_tokens=22)
         streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
             model="whisper", messages=messages, max_tokens=22, stream=True) if c.choices)

@@ -258,7 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="REPORT.json (predictions go next to it, REPORT.predictions.jsonl)")
     e.set_defaults(func=_cmd_eval)
 
-    sv = sub.add_parser("serve", help="serve a model: OpenAI-compatible API (chat with images or, for Whisper, audio; streaming) + web chat page")
+    sv = sub.add_parser("serve", help="serve a model: OpenAI-compatible API (chat with images or, for Whisper, "
+                                      "audio; streaming) + web chat page")
     sv.add_argument("model", help="a saved model directory (ours, or a Whisper one: it transcribes input_audio)")
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8000)

@@ -1,8 +1,9 @@
 """The HTTP server: OpenAI-compatible routes over one `ModelWorker`, and the web chat page.
 
 Routes: POST /v1/chat/completions (plain or `stream: true` server-sent events ending in
-`data: [DONE]`; a speech model answers an `input_audio` clip with its transcript), POST /v1/embeddings (models with a contrastive space), GET /v1/models,
-GET /health, GET / (the chat page). Every error is a 4xx/5xx with OpenAI's error body; no model
+`data: [DONE]`; a speech model answers an `input_audio` clip with its transcript, serve/speech.py),
+POST /v1/embeddings (models with a contrastive space), GET /v1/models, GET /health, GET / (the
+chat page). Every error is a 4xx/5xx with OpenAI's error body; no model
 work runs on the event loop (images are decoded in a thread, decoding happens in the worker).
 """
 

@@ -10,6 +10,7 @@ it from the audio, as Whisper's `detect_language` does), <|transcribe|>, <|notim
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,8 +90,6 @@ class SpeechJob(Job):
     transcriber: Transcriber | None = None
 
     def __call__(self) -> None:
-        import time
-
         if self.cancelled.is_set():
             self.emit(0, None, None, "cancelled")
             return

@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 from safetensors.torch import load_file
@@ -47,6 +47,9 @@ class HeadsConfig:
     # hidden width of two-layer (MLP) contrastive projections; None: linear projections (CLIP's).
     # An MLP helps when the towers are locked (LiT) and only the projections learn.
     contrastive_hidden: int | None = None
+    # the text side of the contrastive space: the last real token (CLIP), or the mean over the
+    # text's tokens, which holds more of the text when the decoder is locked and trained to generate
+    text_pool: Literal["last", "mean"] = "last"
     # image-text matching: a binary head on the fused [image; text] representation
     itm: bool = False
     # one classification head per task, with its labels (filled from the training data by the trainer)
@@ -291,19 +294,30 @@ class MultimodalTransformerModel(nn.Module):
         if self.image_proj is None:
             raise ValueError("this model has no contrastive head (heads.contrastive_dim)")
         with torch.set_grad_enabled(torch.is_grad_enabled() and not lock_encoder):
-            pooled = self.image_encoder(pixel_values).mean(1)
+            pooled = self.image_features(pixel_values)
         return self.image_proj(pooled)
+
+    def image_features(self, pixel_values: Tensor) -> Tensor:
+        """What the image projection reads (B, C_image): the mean of the encoder tokens."""
+        return self.image_encoder(pixel_values).mean(1)
+
+    def text_features(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """What the text projection reads (B, C): the text-only decoder pass, pooled by `heads.text_pool`."""
+        mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        h = self.hidden_states(input_ids, mask)
+        if self.config.heads.text_pool == "mean":
+            return (h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+        return last_token(h, mask)
 
     def encode_text(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                     lock_decoder: bool = False) -> Tensor:
         """Contrastive text embeddings (B, D): the text-only decoder pass at the last real token
-        (CLIP's causal text tower reads its EOT token the same way), projected. `lock_decoder`
-        keeps gradients out of the decoder (only the projection learns)."""
+        (CLIP's causal text tower reads its EOT token the same way) or averaged (`heads.text_pool`),
+        projected. `lock_decoder` keeps gradients out of the decoder (only the projection learns)."""
         if self.text_proj is None:
             raise ValueError("this model has no contrastive head (heads.contrastive_dim)")
-        mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         with torch.set_grad_enabled(torch.is_grad_enabled() and not lock_decoder):
-            pooled = last_token(self.hidden_states(input_ids, mask), mask)
+            pooled = self.text_features(input_ids, attention_mask)
         return self.text_proj(pooled)
 
     # ---- incremental decoding (used by generation/) ----------------------------------------

@@ -46,8 +46,16 @@ class TaskConfig:
     # only the projections and the temperature learn: the retrieval head cannot disturb the
     # generative tasks, which on a small budget it otherwise does.
     lock: list[Literal["image", "text"]] = field(default_factory=list)
+    # contrastive with both towers locked: once training ends, refit the projections on the final
+    # towers' cached features for this many (cheap) steps (train/refit.py); 0: no refit
+    refit_steps: int = 0
 
     def __post_init__(self) -> None:
+        if self.refit_steps < 0:
+            raise ValueError(f"tasks.{self.name}: refit_steps must be non-negative")
+        if self.refit_steps and not (self.objective == "contrastive" and set(self.lock) == {"image", "text"}):
+            raise ValueError(f"tasks.{self.name}: refit_steps needs objective contrastive with lock [image, text] "
+                             "(only then are the towers the projections read fixed by the other streams)")
         if self.weight < 0:
             raise ValueError(f"tasks.{self.name}: weight must be non-negative, got {self.weight}")
         if self.batch_size is not None and self.batch_size <= 0:

@@ -32,7 +32,7 @@ from ..config import ConfigError, save_json, to_dict
 from ..data.manifest import DataError, Example
 from ..data.sources import is_shard_source, read_source
 from ..data.streaming import scan_shards
-from ..evaluate import evaluate
+from ..evaluate import evaluate, retrieval_scores
 from ..modalities.text import TextTokenizer
 from ..models.multimodal import MultimodalTransformerModel
 from ..nn.lora import count_parameters
@@ -40,6 +40,7 @@ from ..nn.transformer import TransformerStack
 from ..nn.blocks import TransformerBlock
 from . import distributed as dd
 from .checkpoint import atomic_dir_write, clean_partial, load_latest, save_checkpoint
+from .refit import refit_contrastive
 from .config import RunConfig
 from .tasks import (MultiTaskConfig, TaskConfig, TaskStream, class_labels, draw_stream, loss_units, sampling_weights,
                     select, stream_loss)
@@ -455,11 +456,13 @@ class Trainer:
                 if self.step % t.save_every == 0 or self.step == self.total_steps:
                     save_checkpoint(self.ckpt_dir, self.step, model, self.opt, self._state(), t.keep_last, dist_)
             bar.close()
+            train_seconds = time.perf_counter() - started  # the refit below is reported on its own
             final = self._plain_model()
             if dist_.main:
+                self._refit(final, tracker)
                 atomic_dir_write(self.out / "model", final.save_pretrained)
             report = self._throughput(totals)
-            summary = {"steps": self.step, "train_seconds": time.perf_counter() - started, "parameters": n_params,
+            summary = {"steps": self.step, "train_seconds": train_seconds, "parameters": n_params,
                        "processes": dist_.world, "skipped_steps": self.skipped_steps,
                        "skipped_examples": dict(self.skipped), **(report.as_dict() if report else {})}
             if dist_.main:
@@ -476,6 +479,26 @@ class Trainer:
         finally:
             tracker.close()
         return self.model
+
+    def _refit(self, model: MultimodalTransformerModel, tracker: Tracker) -> None:
+        """Streams with refit_steps: their projections fitted on the final towers (train/refit.py),
+        then scored on the stream's validation pairs. Rank 0 only: it writes the model."""
+        t = self.run.train
+        for s in self.streams:
+            if not s.cfg.refit_steps:
+                continue
+            start = time.perf_counter()
+            stats = refit_contrastive(model, s.examples, s.cfg.refit_steps, s.batch_size, lr=t.lr, seed=t.seed,
+                                      progress=self.progress)
+            record: dict[str, Any] = {**stats, "refit_seconds": time.perf_counter() - start}
+            val = [e for e in s.val_examples if e.image is not None][:4 * t.eval_examples]
+            if len(val) >= 2:
+                record.update(retrieval_scores(model, val))
+            tracker.log({"step": self.step, f"refit/{s.cfg.name}": record}, self.step)
+            tqdm.write(f"refit {s.cfg.name}: {s.cfg.refit_steps} steps on {stats['refit_pairs']} pairs in "
+                       f"{record['refit_seconds']:.0f}s" + (f", val retrieval R@1 {record['retrieval_r1']:.3f}"
+                                                             if "retrieval_r1" in record else ""))
+        model.train()
 
     def _throughput(self, totals: dict[str, float]) -> ThroughputReport | None:
         """tokens/s, samples/s and MFU over the timed steps (all processes), against this machine's

@@ -1,0 +1,83 @@
+"""Refit the contrastive projections on the final, frozen towers (LiT on cached features).
+
+A retrieval stream whose towers are locked trains only the two projections and the temperature,
+but during the run the towers keep changing under the other streams, so the projections chase
+moving features, and they get only the steps the stream is drawn. Once training ends the towers
+are fixed: their pooled features are computed once, and the projections are fitted on them for
+many cheap steps (a step is two small matmuls, not a pass through the towers). Zhai et al. 2022
+(LiT) fit the text side to a frozen image tower the same way.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from ..data.collate import ExampleDataset, collate_examples
+from ..data.manifest import Example
+from ..objectives import contrastive_loss
+from .tasks import text_hash
+
+
+@torch.no_grad()
+def pooled_features(model: Any, examples: Sequence[Example], batch_size: int = 256,
+                    progress: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(image features (N, Ci), text features (N, Ct), text hashes (N,)) of image-text pairs."""
+    was_training = model.training
+    model.eval()
+    data = ExampleDataset(examples, model.tokenizer, model.image_processor, model.max_seq_len, "pair", skip_bad=True)
+    device = next(model.parameters()).device
+    images, texts, hashes = [], [], []
+    for s in tqdm(range(0, len(data), batch_size), desc="refit features", unit="batch", disable=not progress):
+        batch = collate_examples([data[i] for i in range(s, min(s + batch_size, len(data)))],
+                                 model.tokenizer.pad_id, model.image_processor)
+        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+        images.append(model.image_features(batch["pixel_values"].to(device)).float())
+        texts.append(model.text_features(ids, mask).float())
+        hashes.append(text_hash(ids, mask))
+    model.train(was_training)
+    return torch.cat(images), torch.cat(texts), torch.cat(hashes)
+
+
+def refit_contrastive(model: Any, examples: Sequence[Example], steps: int, batch_size: int = 128, lr: float = 1e-3,
+                      seed: int = 0, max_pairs: int = 10000, progress: bool = False) -> dict[str, float]:
+    """Fit `model`'s image/text projections and temperature on its frozen towers' pooled features
+    of up to `max_pairs` pairs (a seeded choice) for `steps` AdamW steps (5% warmup, cosine).
+    Deterministic for a seed; returns the mean loss of the last tenth of the steps."""
+    if model.image_proj is None:
+        raise ValueError("this model has no contrastive head (heads.contrastive_dim)")
+    g = torch.Generator().manual_seed(seed)
+    chosen = torch.randperm(len(examples), generator=g)[:max_pairs].sort().values.tolist()
+    image, text, hashes = pooled_features(model, [examples[i] for i in chosen], progress=progress)
+    n = len(image)
+    if n < 2:
+        raise ValueError("refitting the contrastive projections needs at least 2 image-text pairs")
+    batch_size = min(batch_size, n)
+    params = [*model.image_proj.parameters(), *model.text_proj.parameters(), model.logit_scale]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    warmup = max(1, steps // 20)
+    order, pos, tail = torch.randperm(n, generator=g), 0, []
+    device = next(model.parameters()).device
+    for step in tqdm(range(steps), desc="refit projections", unit="step", disable=not progress):
+        progress_ = (step - warmup) / max(1, steps - warmup)
+        factor = (step + 1) / warmup if step < warmup else 0.5 * (1 + math.cos(math.pi * progress_))
+        for group in opt.param_groups:
+            group["lr"] = lr * max(factor, 0.05)
+        if pos + batch_size > n:  # a new epoch: a new seeded order
+            order, pos = torch.randperm(n, generator=g), 0
+        idx = order[pos:pos + batch_size]
+        pos += batch_size
+        loss = contrastive_loss(model.image_proj(image[idx].to(device)), model.text_proj(text[idx].to(device)),
+                                model.logit_scale, hashes[idx, None] == hashes[None, idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step >= steps - max(1, steps // 10):
+            tail.append(loss.item())
+    for p in params:  # the projections' gradients were ours only
+        p.grad = None
+    return {"refit_loss": sum(tail) / len(tail), "refit_pairs": n}

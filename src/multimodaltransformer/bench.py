@@ -50,6 +50,7 @@ METHODS: dict[str, tuple[str, list[TaskConfig]]] = {
     "early, caption only": ("early", [TaskConfig("generate", "lm", tasks=["caption"])]),
     "early, match only": ("early", [TaskConfig("generate", "lm", tasks=["match"])]),
 }
+SCALE = {"caption_bleu4": 100.0, "caption_cider": 10.0}  # onto the 0-1 scale of the others, in the plot
 COLUMNS = [("vqa_accuracy", "VQA acc"), ("caption_bleu4", "caption BLEU-4"), ("caption_cider", "caption CIDEr"),
            ("classify_accuracy", "classify acc"), ("match_accuracy", "match acc"), ("retrieval_r1", "retrieval R@1")]
 
@@ -109,22 +110,22 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
-    """Grouped bars: one group per metric (BLEU scaled to 0-1), one bar per method."""
+    """Grouped bars: one group per metric (BLEU / 100 and CIDEr / 10, so all share 0-1), one bar per method."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(11, 4.5))
+    fig, ax = plt.subplots(figsize=(13, 4.5))
     width = 0.8 / len(rows)
     for i, r in enumerate(rows):
-        values = [(r[k] or 0.0) / (100.0 if k == "caption_bleu4" else 1.0) for k, _ in COLUMNS]
+        values = [(r[k] or 0.0) / SCALE.get(k, 1.0) for k, _ in COLUMNS]
         ax.bar([j + i * width for j in range(len(COLUMNS))], values, width, label=r["method"])
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(COLUMNS))])
-    ax.set_xticklabels([name.replace("caption BLEU-4", "BLEU-4 / 100") for _, name in COLUMNS])
+    ax.set_xticklabels([f"{name} / {SCALE[k]:g}" if k in SCALE else name for k, name in COLUMNS])
     ax.set_ylabel("score (missing = not trained)")
     ax.set_title("ShapesWorld, same wall-time budget per method")
-    ax.legend(fontsize=8, ncol=2)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # outside: bars reach the top
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -9,9 +9,9 @@ import torch
 
 from multimodaltransformer.config import ConfigError
 from multimodaltransformer.data import read_manifest
-from multimodaltransformer.evaluate import retrieval_scores
+from multimodaltransformer.evaluate import pair_features, retrieval_scores
 from multimodaltransformer.models.multimodal import HeadsConfig, MultimodalTransformerModel, last_token
-from multimodaltransformer.train.refit import pooled_features, refit_contrastive
+from multimodaltransformer.train.refit import refit_contrastive
 from multimodaltransformer.train.trainer import train
 
 from test_multitask import _run
@@ -45,12 +45,12 @@ def test_refit_moves_only_the_projections_and_is_deterministic(tiny_model, token
     for _ in range(2):
         model = _model(tiny_model, tokenizer, text_pool="mean", contrastive_hidden=16)
         before = {k: v.clone() for k, v in model.state_dict().items()}
-        image, text, hashes = pooled_features(model, pairs)
+        image, text, used = pair_features(model, pairs)
         stats = refit_contrastive(model, pairs, steps=150, batch_size=8, lr=3e-3, seed=1)
         after = model.state_dict()
         changed = {k for k in after if not torch.equal(after[k], before[k])}
         assert changed and all(k.startswith(("image_proj.", "text_proj.", "logit_scale")) for k in changed), changed
-        assert stats["refit_pairs"] == len(pairs) and image.shape[0] == text.shape[0] == hashes.shape[0] == len(pairs)
+        assert stats["refit_pairs"] == len(pairs) and image.shape[0] == text.shape[0] == len(used) == len(pairs)
         runs.append(after)
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])  # same seed, same weights
 

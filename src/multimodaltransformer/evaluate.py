@@ -10,7 +10,7 @@ plus a per-label classification report.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -117,28 +117,63 @@ def _generate(model: Any, chunk: Sequence[Example], max_new_tokens: int, generat
     return [tok.decode(row[ids.shape[1]:].tolist()) for row in gen]
 
 
+def _pair_batches(model: Any, examples: Sequence[Example], batch_size: int, skip_bad: bool = False,
+                  progress: bool = False) -> tuple[list[Example], Iterator[tuple[torch.Tensor, ...]]]:
+    """The usable pairs, and their (pixel_values, input_ids, attention_mask) batches on the model's device."""
+    data = ExampleDataset(examples, model.tokenizer, model.image_processor, model.max_seq_len, "pair",
+                          skip_bad=skip_bad)
+    device = next(model.parameters()).device
+
+    def batches() -> Iterator[tuple[torch.Tensor, ...]]:
+        for s in tqdm(range(0, len(data), batch_size), desc="pairs", unit="batch", disable=not progress):
+            b = collate_examples([data[i] for i in range(s, min(s + batch_size, len(data)))],
+                                 model.tokenizer.pad_id, model.image_processor)
+            yield b["pixel_values"].to(device), b["input_ids"].to(device), b["attention_mask"].to(device)
+
+    return data.examples, batches()
+
+
+@torch.no_grad()
+def pair_features(model: Any, examples: Sequence[Example], batch_size: int = 128, skip_bad: bool = False,
+                  progress: bool = False) -> tuple[torch.Tensor, torch.Tensor, list[Example]]:
+    """The towers' pooled features of image-text pairs, before the contrastive projections:
+    image (N, Ci), text (N, Ct) and the N pairs they belong to (unreadable ones dropped with skip_bad)."""
+    was_training = model.training
+    model.eval()
+    pairs, batches = _pair_batches(model, examples, batch_size, skip_bad, progress)
+    images, texts = [], []
+    for pixels, ids, mask in batches:
+        images.append(model.image_features(pixels).float())
+        texts.append(model.text_features(ids, mask).float())
+    model.train(was_training)
+    return torch.cat(images), torch.cat(texts), pairs
+
+
+def caption_ids(examples: Sequence[Example]) -> torch.Tensor:
+    """(N,) ids equal exactly where the pairs' texts are equal once normalised (the same caption)."""
+    index: dict[str, int] = {}
+    return torch.tensor([index.setdefault(normalize_answer(pair_text(e)), len(index)) for e in examples])
+
+
 @torch.no_grad()
 def retrieval_scores(model: Any, examples: Sequence[Example], batch_size: int = 128) -> dict[str, float]:
-    """Recall@1/5/10 both ways over image-text pairs (the text is each example's target).
+    """Recall@1/5/10 both ways over image-text pairs (the text is each example's target), for any
+    model with `encode_image` and `encode_text`.
 
     Pairs with the same caption (normalised) count as correct for each other: two images that a
     caption describes equally well are both right answers.
     """
     was_training = model.training
     model.eval()
-    data = ExampleDataset(examples, model.tokenizer, model.image_processor, model.max_seq_len, "pair")
-    device = next(model.parameters()).device
+    pairs, batches = _pair_batches(model, examples, batch_size)
     images, texts = [], []
-    for s in range(0, len(data), batch_size):
-        batch = collate_examples([data[i] for i in range(s, min(s + batch_size, len(data)))],
-                                 model.tokenizer.pad_id, model.image_processor)
-        images.append(torch.nn.functional.normalize(model.encode_image(batch["pixel_values"].to(device)), dim=-1))
-        texts.append(torch.nn.functional.normalize(
-            model.encode_text(batch["input_ids"].to(device), batch["attention_mask"].to(device)), dim=-1))
+    for pixels, ids, mask in batches:
+        images.append(torch.nn.functional.normalize(model.encode_image(pixels), dim=-1))
+        texts.append(torch.nn.functional.normalize(model.encode_text(ids, mask), dim=-1))
     model.train(was_training)
     sim = torch.cat(texts) @ torch.cat(images).t()  # (texts, images)
-    caps = [normalize_answer(pair_text(e)) for e in data.examples]
-    same = torch.tensor([[a == b for b in caps] for a in caps])
+    ids = caption_ids(pairs)
+    same = ids[:, None] == ids[None, :]
     out = {}
     for k in (1, 5, 10):
         out[f"retrieval_t2i_r{k}"] = recall_at_k(sim, k, positives=same)

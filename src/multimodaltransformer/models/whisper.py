@@ -108,15 +108,18 @@ class Whisper(PretrainedModel):
         return WhisperOutput(loss, logits, encoder_outputs)
 
     @torch.no_grad()
-    def generate(self, input_features: Tensor, decoder_input_ids: Tensor | None = None, max_new_tokens: int = 64,
-                 eos_token_id: int | None = None, suppress_tokens: Sequence[int] = (),
-                 use_cache: bool = True) -> Tensor:
+    def generate(self, input_features: Tensor | None = None, decoder_input_ids: Tensor | None = None,
+                 max_new_tokens: int = 64, eos_token_id: int | None = None, suppress_tokens: Sequence[int] = (),
+                 use_cache: bool = True, encoder_outputs: Tensor | None = None) -> Tensor:
         """Greedy decoding -> (B, T + n) ids, the prompt first (default: decoder_start_token_id).
 
         Rows that finished keep emitting EOS. `suppress_tokens` are never chosen. With the cache,
         the audio is encoded once, the prompt is one prefill step and each new token one decoder step.
+        `encoder_outputs` (B, S, C) stand for input_features already encoded.
         """
-        memory = self.encode(input_features)
+        if encoder_outputs is None and input_features is None:
+            raise ValueError("pass input_features (or encoder_outputs)")
+        memory = self.encode(input_features) if encoder_outputs is None else encoder_outputs
         B, S = memory.shape[:2]
         ids = decoder_input_ids
         if ids is None:

@@ -65,16 +65,15 @@ class Transcriber:
     @torch.inference_mode()
     def __call__(self, wave: Tensor, max_new_tokens: int) -> tuple[str, int, str]:
         device = next(self.model.parameters()).device
-        features = self.processor(wave).to(device)
+        memory = self.model.encode(self.processor(wave).to(device))  # once: language detection and decoding
         prompt = [self.start]
         if self.languages:  # the most likely language after <|startoftranscript|>
-            memory = self.model.encode(features)
             logits = self.model.decode(torch.tensor([[self.start]], device=device), memory)[0, -1]
             langs = torch.tensor(self.languages, device=device)
             prompt.append(int(langs[logits[langs].argmax()]))
         prompt += self.tail
         limit = self.model.config.decoder.max_seq_len - len(prompt)
-        ids = self.model.generate(features, torch.tensor([prompt], device=device),
+        ids = self.model.generate(decoder_input_ids=torch.tensor([prompt], device=device), encoder_outputs=memory,
                                   max_new_tokens=min(max_new_tokens, limit), suppress_tokens=self.suppress)
         new = ids[0, len(prompt):].tolist()
         ended = self.eos is not None and self.eos in new

@@ -17,30 +17,9 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from ..data.collate import ExampleDataset, collate_examples
 from ..data.manifest import Example
+from ..evaluate import caption_ids, pair_features
 from ..objectives import contrastive_loss
-from .tasks import text_hash
-
-
-@torch.no_grad()
-def pooled_features(model: Any, examples: Sequence[Example], batch_size: int = 256,
-                    progress: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(image features (N, Ci), text features (N, Ct), text hashes (N,)) of image-text pairs."""
-    was_training = model.training
-    model.eval()
-    data = ExampleDataset(examples, model.tokenizer, model.image_processor, model.max_seq_len, "pair", skip_bad=True)
-    device = next(model.parameters()).device
-    images, texts, hashes = [], [], []
-    for s in tqdm(range(0, len(data), batch_size), desc="refit features", unit="batch", disable=not progress):
-        batch = collate_examples([data[i] for i in range(s, min(s + batch_size, len(data)))],
-                                 model.tokenizer.pad_id, model.image_processor)
-        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-        images.append(model.image_features(batch["pixel_values"].to(device)).float())
-        texts.append(model.text_features(ids, mask).float())
-        hashes.append(text_hash(ids, mask))
-    model.train(was_training)
-    return torch.cat(images), torch.cat(texts), torch.cat(hashes)
 
 
 def refit_contrastive(model: Any, examples: Sequence[Example], steps: int, batch_size: int = 128, lr: float = 1e-3,
@@ -52,7 +31,8 @@ def refit_contrastive(model: Any, examples: Sequence[Example], steps: int, batch
         raise ValueError("this model has no contrastive head (heads.contrastive_dim)")
     g = torch.Generator().manual_seed(seed)
     chosen = torch.randperm(len(examples), generator=g)[:max_pairs].sort().values.tolist()
-    image, text, hashes = pooled_features(model, [examples[i] for i in chosen], progress=progress)
+    image, text, pairs = pair_features(model, [examples[i] for i in chosen], 256, skip_bad=True, progress=progress)
+    same_caption = caption_ids(pairs)  # identical captions are not negatives of each other
     n = len(image)
     if n < 2:
         raise ValueError("refitting the contrastive projections needs at least 2 image-text pairs")
@@ -72,7 +52,7 @@ def refit_contrastive(model: Any, examples: Sequence[Example], steps: int, batch
         idx = order[pos:pos + batch_size]
         pos += batch_size
         loss = contrastive_loss(model.image_proj(image[idx].to(device)), model.text_proj(text[idx].to(device)),
-                                model.logit_scale, hashes[idx, None] == hashes[None, idx])
+                                model.logit_scale, same_caption[idx, None] == same_caption[None, idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -65,7 +65,8 @@ def test_refit_learns_retrieval_on_fixed_features(tiny_model, tokenizer, shapes_
 
 
 REFIT = ("multitask={sampling: round_robin, tasks: [{name: gen, objective: lm, tasks: [caption, vqa]},"
-         "{name: ret, objective: contrastive, tasks: [retrieval], batch_size: 8, lock: [image, text], refit_steps: 60}]}",
+         "{name: ret, objective: contrastive, tasks: [retrieval], batch_size: 8, lock: [image, text],"
+         " refit_steps: 60}]}",
          "model.heads={text_pool: mean}")
 
 

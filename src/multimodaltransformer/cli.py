@@ -61,15 +61,11 @@ def _load_model(path: str, device: str, speech: bool = False):
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_pretrained(path, map_location=device)
-    if speech and isinstance(model, Whisper):
-        if model.tokenizer is None:
-            raise DataError(f"{path}: no tokenizer (tokenizer.json, or vocab.json + merges.txt) next to the model")
-        return model
-    if not isinstance(model, MultimodalTransformerModel):
+    if not (isinstance(model, MultimodalTransformerModel) or speech and isinstance(model, Whisper)):
         raise ConfigError(f"{path}: a {type(model).__name__} does not answer prompts about images; "
                           "use a model trained or composed by this library")
     if model.tokenizer is None:
-        raise DataError(f"{path}: no tokenizer.json next to the model")
+        raise DataError(f"{path}: no tokenizer next to the model (tokenizer.json; Whisper: or vocab.json + merges.txt)")
     return model
 
 

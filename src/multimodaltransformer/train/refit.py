@@ -10,7 +10,6 @@ many cheap steps (a step is two small matmuls, not a pass through the towers). Z
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +19,7 @@ from tqdm import tqdm
 from ..data.manifest import Example
 from ..evaluate import caption_ids, pair_features
 from ..objectives import contrastive_loss
+from .schedule import lr_factor
 
 
 def refit_contrastive(model: Any, examples: Sequence[Example], steps: int, batch_size: int = 128, lr: float = 1e-3,
@@ -43,10 +43,8 @@ def refit_contrastive(model: Any, examples: Sequence[Example], steps: int, batch
     order, pos, tail = torch.randperm(n, generator=g), 0, []
     device = next(model.parameters()).device
     for step in tqdm(range(steps), desc="refit projections", unit="step", disable=not progress):
-        progress_ = (step - warmup) / max(1, steps - warmup)
-        factor = (step + 1) / warmup if step < warmup else 0.5 * (1 + math.cos(math.pi * progress_))
         for group in opt.param_groups:
-            group["lr"] = lr * max(factor, 0.05)
+            group["lr"] = lr * lr_factor(step, warmup, steps, 0.05)
         if pos + batch_size > n:  # a new epoch: a new seeded order
             order, pos = torch.randperm(n, generator=g), 0
         idx = order[pos:pos + batch_size]

@@ -25,7 +25,23 @@ def test_bench_fusion_writes_table_and_plot(tmp_path):
     assert by["joint"]["retrieval_r1"] is not None and by["joint"]["vqa_accuracy"] is None
     assert by["early, vqa only"]["caption_bleu4"] is None and by["early, vqa only"]["retrieval_r1"] is None
     assert all(r["steps"] >= 1 and r["parameters"] > 0 for r in rows)
+    # per-question-type VQA accuracy, where the model answered VQA
+    assert by["resampler"]["vqa_exist"] is not None and by["joint"]["vqa_exist"] is None
+    assert all({"vqa_exist", "vqa_position", "vqa_relation", "match_accuracy"} <= set(r) for r in rows)
     table = (tmp_path / "b" / "fusion.md").read_text()
     assert table.count("\n| ") == 5  # header + 4 methods
+    assert "| VQA exist | VQA position | VQA relation |" in table and "match acc" in table
     assert (tmp_path / "b" / "fusion.png").stat().st_size > 1000
     assert main(["bench", "fusion", "--out", str(tmp_path / "c"), "--methods", "nope"]) == 2
+
+
+def test_markdown_table_shows_vqa_by_type_and_dashes_for_the_missing():
+    from multimodaltransformer.bench import COLUMNS, markdown_table
+
+    row = {"method": "graph", "parameters": 2.5e6, "steps": 10, "steps_per_s": 4.0, "vqa_accuracy": 0.5,
+           "vqa_exist": 0.75, "vqa_position": None, "vqa_relation": 0.25, "match_accuracy": 0.9}
+    head, _, line = markdown_table([row]).splitlines()
+    cells = dict(zip(head.strip("| ").split(" | "), line.strip("| ").split(" | ")))
+    assert cells["VQA exist"] == "0.750" and cells["VQA position"] == "-" and cells["VQA relation"] == "0.250"
+    assert cells["match acc"] == "0.900" and cells["caption BLEU-4"] == "-" and cells["params (M)"] == "2.50"
+    assert len(cells) == len(COLUMNS) + 4

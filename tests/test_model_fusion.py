@@ -12,7 +12,7 @@ from multimodaltransformer.models.multimodal import HeadsConfig
 
 from conftest import tiny_config
 
-GENERATIVE = ["early", "cross", "gated", "resampler"]
+GENERATIVE = ["early", "cross", "gated", "resampler", "graph"]
 
 
 def _model(tokenizer, fusion: str, **heads) -> MultimodalTransformerModel:
@@ -23,6 +23,9 @@ def _model(tokenizer, fusion: str, **heads) -> MultimodalTransformerModel:
     if fusion == "gated":  # open the gates: at init they are closed and the image has no effect
         for block in model.decoder.transformer.blocks:
             block.cross_gate.data.fill_(0.7)
+    if fusion == "graph":  # open the zero-initialised updates: at init graph fusion is early fusion
+        for layer in model.fusion.layers:
+            layer.update[2].weight.data.normal_(0, 0.3)
     model.tokenizer = tokenizer
     return model
 
@@ -41,7 +44,7 @@ def test_generative_fusions_condition_on_the_image(tokenizer, fusion):
     b = model(input_ids=ids, attention_mask=mask, pixel_values=torch.randn_like(pv)).logits
     assert a.shape == (*ids.shape, tokenizer.vocab_size)
     assert not torch.allclose(a, b)
-    expected_prefix = {"early": 16, "resampler": 4, "cross": 0, "gated": 0}[fusion]
+    expected_prefix = {"early": 16, "resampler": 4, "graph": 16, "cross": 0, "gated": 0}[fusion]
     assert model.num_media_tokens == expected_prefix
 
 
@@ -136,3 +139,32 @@ def test_bidirectional_pass_sees_later_tokens(tiny_model, tokenizer):
     both = tiny_model.hidden_states(ids, bidirectional=True)[0, 1], tiny_model.hidden_states(changed, bidirectional=True)[0, 1]
     torch.testing.assert_close(*causal)  # position 1 cannot see the change at -2 causally
     assert not torch.allclose(*both)
+
+
+def test_graph_fusion_trains_and_round_trips(tokenizer, tmp_path):
+    torch.manual_seed(0)
+    cfg = replace(tiny_config(tokenizer.vocab_size), fusion=FusionConfig("graph", depth=2, graph_pool=2))
+    model = MultimodalTransformerModel(cfg).train()
+    assert model.num_media_tokens == 4  # 4 x 4 patches pooled 2 x 2
+    ids, mask, pv = _batch(tokenizer, ["describe the image.", "what shape is the red object?"])
+    labels = ids.masked_fill(~mask, -100)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(2):  # step 1 opens the zero-initialised updates; from step 2 the messages learn too
+        opt.zero_grad()
+        loss = model(input_ids=ids, attention_mask=mask, pixel_values=pv, labels=labels).loss
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(torch.isfinite(torch.tensor(losses))) and losses[1] < losses[0]
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.fusion.parameters())
+    model.eval().save_pretrained(tmp_path / "m")
+    loaded = MultimodalTransformerModel.from_pretrained(tmp_path / "m")
+    assert loaded.config.fusion == cfg.fusion
+    torch.testing.assert_close(loaded(input_ids=ids, attention_mask=mask, pixel_values=pv).logits,
+                               model(input_ids=ids, attention_mask=mask, pixel_values=pv).logits, atol=0, rtol=0)
+
+
+def test_graph_pool_must_divide_the_patch_grid(tokenizer):
+    with pytest.raises(ValueError, match="fusion.graph_pool 3 must divide"):
+        replace(tiny_config(tokenizer.vocab_size), fusion=FusionConfig("graph", graph_pool=3))

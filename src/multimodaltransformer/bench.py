@@ -8,7 +8,9 @@ stream) plus retrieval (contrastive projections on the locked towers, refitted o
 towers after training, as the demo does: the refit is not counted in the wall time); late
 fusion answers VQA, classification and matching with heads; the joint space (a dual encoder)
 trains retrieval only, towers included. Two early-fusion rows vary the tasks: retrieval that
-trains the shared towers too, and single tasks (VQA, captions, matching).
+trains the shared towers too, and single tasks (VQA, captions, matching). Besides the overall VQA
+accuracy the table splits out the binding and spatial question types (exist, position, relation),
+where the graph fusion's neighbourhood edges should tell.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ METHODS: dict[str, tuple[str, list[TaskConfig]]] = {
     "cross": ("cross", [TaskConfig("generate", "lm", tasks=GENERATIVE), RETRIEVAL]),
     "gated": ("gated", [TaskConfig("generate", "lm", tasks=GENERATIVE), RETRIEVAL]),
     "resampler": ("resampler", [TaskConfig("generate", "lm", tasks=GENERATIVE), RETRIEVAL]),
+    "graph": ("graph", [TaskConfig("generate", "lm", tasks=GENERATIVE), RETRIEVAL]),
     "late": ("late", [TaskConfig("heads", "classify", tasks=["vqa", "classify", "match"]), RETRIEVAL]),
     "joint": ("joint", [RETRIEVAL_FULL]),
     "early, retrieval trains the towers": ("early", [TaskConfig("generate", "lm", tasks=GENERATIVE), RETRIEVAL_FULL]),
@@ -51,7 +54,10 @@ METHODS: dict[str, tuple[str, list[TaskConfig]]] = {
     "early, match only": ("early", [TaskConfig("generate", "lm", tasks=["match"])]),
 }
 SCALE = {"caption_bleu4": 100.0, "caption_cider": 10.0}  # onto the 0-1 scale of the others, in the plot
-COLUMNS = [("vqa_accuracy", "VQA acc"), ("caption_bleu4", "caption BLEU-4"), ("caption_cider", "caption CIDEr"),
+# VQA accuracy per question type (evaluate's "vqa_accuracy_by_type"), as row keys "vqa_<type>"
+VQA_TYPES = ["exist", "position", "relation"]
+COLUMNS = [("vqa_accuracy", "VQA acc"), *[(f"vqa_{t}", f"VQA {t}") for t in VQA_TYPES],
+           ("caption_bleu4", "caption BLEU-4"), ("caption_cider", "caption CIDEr"),
            ("classify_accuracy", "classify acc"), ("match_accuracy", "match acc"), ("retrieval_r1", "retrieval R@1")]
 
 
@@ -79,6 +85,8 @@ def run_fusion_bench(out: str | Path = "runs/bench-fusion", minutes: float = 3.0
         summary = json.loads((run_dir / "train_summary.json").read_text())
         trained = {task for s in streams for task in s.tasks or []}
         report, _ = evaluate(model, [e for e in test if e.task in trained], progress=progress)  # "-" for the rest
+        by_type = report.get("vqa_accuracy_by_type") or {}
+        report = {**report, **{f"vqa_{t}": by_type.get(t) for t in VQA_TYPES}}
         row = {"method": method, "fusion": fusion, "tasks": [s.name for s in streams],
                "parameters": count_parameters(model)[1], "steps": summary["steps"],
                "steps_per_s": summary["steps"] / summary["train_seconds"],
@@ -99,10 +107,11 @@ def run_fusion_bench(out: str | Path = "runs/bench-fusion", minutes: float = 3.0
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """One row per method: the COLUMNS ("-" where not trained, or no such question), size and speed."""
     head = ["method", *[name for _, name in COLUMNS], "params (M)", "steps", "steps/s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["method"], *[("-" if r[k] is None else f"{r[k]:.3f}" if k != "caption_bleu4" else f"{r[k]:.1f}")
+        cells = [r["method"], *[("-" if r.get(k) is None else f"{r[k]:.3f}" if k != "caption_bleu4" else f"{r[k]:.1f}")
                                 for k, _ in COLUMNS],
                  f"{r['parameters'] / 1e6:.2f}", str(r["steps"]), f"{r['steps_per_s']:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -116,10 +125,10 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(13, 4.5))
+    fig, ax = plt.subplots(figsize=(16, 4.5))
     width = 0.8 / len(rows)
     for i, r in enumerate(rows):
-        values = [(r[k] or 0.0) / SCALE.get(k, 1.0) for k, _ in COLUMNS]
+        values = [(r.get(k) or 0.0) / SCALE.get(k, 1.0) for k, _ in COLUMNS]
         ax.bar([j + i * width for j in range(len(COLUMNS))], values, width, label=r["method"])
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(COLUMNS))])
     ax.set_xticklabels([f"{name} / {SCALE[k]:g}" if k in SCALE else name for k, name in COLUMNS])

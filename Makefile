@@ -8,7 +8,8 @@ DEMO_ARGS ?=
 
 .PHONY: demo test install test-data clean
 
-# The package, its runtime dependencies, the server's (fastapi, uvicorn) and TensorBoard: all the demo needs.
+# The package, its runtime dependencies, the server's (fastapi, uvicorn), TensorBoard and matplotlib (the
+# train extra; report.html's charts): all the demo needs.
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip

@@ -23,6 +23,7 @@ from multimodaltransformer.data import read_manifest  # noqa: E402
 from multimodaltransformer.evaluate import predict  # noqa: E402
 from multimodaltransformer.models.multimodal import HeadsConfig  # noqa: E402
 from multimodaltransformer.serve.app import ServerConfig, create_app  # noqa: E402
+from multimodaltransformer.serve.examples import save_examples  # noqa: E402
 from multimodaltransformer.serve.media import MediaPolicy  # noqa: E402
 from multimodaltransformer.serve.worker import Job  # noqa: E402
 
@@ -274,8 +275,9 @@ def test_remote_media_only_from_allowed_hosts(model, tmp_path, shapes_dir):
 
 
 @pytest.mark.slow
-def test_web_page_streams_an_answer_in_headless_chromium(model, shapes_dir):
-    """The chat page at / in Debian's chromium (driven by Playwright): pick an image, ask, see the answer."""
+def test_web_page_streams_an_answer_in_headless_chromium(model, shapes_dir, tmp_path):
+    """The chat page at / in Debian's chromium (driven by Playwright): pick an image, ask, see the answer;
+    then, in a new conversation, click an example's suggested question: its image goes with it."""
     import shutil
     import urllib.request
 
@@ -283,8 +285,10 @@ def test_web_page_streams_an_answer_in_headless_chromium(model, shapes_dir):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("no chromium: apt-get install -y chromium (make test installs it)")
-    app = create_app(model, ServerConfig(model_name="tiny"))
+    examples = json.loads(save_examples(tmp_path, read_manifest(shapes_dir)).read_text())
+    app = create_app(model, ServerConfig(model_name="tiny", model_dir=tmp_path))
     image = next((shapes_dir / "images").iterdir())
+    question = examples[0]["questions"][0]
     with live_server(app) as port:
         req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", headers={
             "Content-Type": "application/json"}, data=json.dumps(ask("describe the image.", image, max_tokens=32)).encode())
@@ -294,6 +298,9 @@ def test_web_page_streams_an_answer_in_headless_chromium(model, shapes_dir):
             page = browser.new_page()
             page.goto(f"http://127.0.0.1:{port}/")
             page.wait_for_selector("#model:has-text('model: tiny')")
+            page.wait_for_selector("#intro .example img")  # the empty conversation offers the examples
+            assert page.locator("#intro .example").count() == len(examples)
+            assert "image + text -> text" in page.inner_text("#intro")
             page.set_input_files("#file", str(image))
             page.wait_for_selector("#drop img")
             page.fill("#prompt", "describe the image.")
@@ -303,6 +310,15 @@ def test_web_page_streams_an_answer_in_headless_chromium(model, shapes_dir):
             answer = page.locator(".assistant span").text_content()
             assert page.inner_text(".user span") == "describe the image."
             assert page.locator(".user img").count() == 1
+            assert page.locator("#intro").is_hidden()  # the conversation started
+            page.click("#reset")
+            page.fill("#max_tokens", "2")  # only the request matters here, not the answer
+            page.click(f"#intro .example >> nth=0 >> text={question}")
+            page.wait_for_selector("[data-done='1']", state="attached", timeout=20_000)
+            assert page.locator(".error").count() == 0, page.inner_text("#log")
+            assert page.inner_text(".user span") == question
+            sent = (tmp_path / examples[0]["image"]).read_bytes()  # the example's image went with its question
+            assert page.get_attribute(".user img", "src") == "data:image/png;base64," + base64.b64encode(sent).decode()
             browser.close()
         assert answer == want["choices"][0]["message"]["content"]  # streamed into the page, same text
 
@@ -408,3 +424,61 @@ def test_sixteen_concurrent_streams_all_finish_with_the_engine_answers(client, m
 
     with ThreadPoolExecutor(16) as pool:
         assert list(pool.map(stream, examples)) == want
+
+
+def test_save_examples_copies_k_images_with_their_questions(shapes_dir, tmp_path):
+    manifest = read_manifest(shapes_dir)
+    path = save_examples(tmp_path / "model", manifest, k=3)
+    rows = json.loads(path.read_text())
+    images = list(dict.fromkeys(e.image for e in manifest))[:3]  # the first three distinct images
+    assert len(rows) == 3
+    for row, image in zip(rows, images):
+        assert (tmp_path / "model" / row["image"]).read_bytes() == image.read_bytes()
+        vqa = [e.prompt for e in manifest if e.image == image and e.task == "vqa"]
+        assert row["questions"] == [*vqa[:2], "describe the image."]
+    save_examples(tmp_path / "model", manifest, k=2)  # a rerun replaces them: no stale images stay
+    assert len(list((tmp_path / "model" / "examples").glob("*.png"))) == 2
+
+
+def test_examples_endpoint_serves_the_model_dirs_examples_and_nothing_else(model, shapes_dir, tmp_path):
+    from multimodaltransformer import load_pretrained
+
+    model.save_pretrained(tmp_path / "m")
+    save_examples(tmp_path / "m", read_manifest(shapes_dir))
+    rows = json.loads((tmp_path / "m" / "examples" / "examples.json").read_text())
+    (tmp_path / "m" / "secret.txt").write_text("not for the web")
+    loaded = load_pretrained(tmp_path / "m")  # the examples folder does not disturb loading
+    with TestClient(create_app(loaded, ServerConfig(model_name="tiny", model_dir=tmp_path / "m"))) as c:
+        body = c.get("/v1/examples").json()
+        assert body["model"] == "tiny"
+        assert body["kind"] == {"inputs": ["image", "text"], "task": "image + text -> text", "embeddings": True}
+        assert [e["questions"] for e in body["data"]] == [r["questions"] for r in rows] and len(rows) == 6
+        first = c.get(body["data"][0]["image"])
+        assert first.status_code == 200 and first.headers["content-type"] == "image/png"
+        assert first.content == (tmp_path / "m" / rows[0]["image"]).read_bytes()
+        for bad in ("/examples/examples.json", "/examples/..%2fsecret.txt", "/examples/%2e%2e/secret.txt",
+                    "/examples/..%2f..%2fetc%2fpasswd", "/examples/" + str(tmp_path / "m" / "secret.txt")):
+            r = c.get(bad)
+            assert r.status_code == 404 and "not for the web" not in r.text, bad
+    (tmp_path / "m" / "examples" / "examples.json").write_text(json.dumps(
+        [{"image": "secret.txt", "questions": ["q"]}, {"image": "examples/../config.json"}, {"questions": ["hi?"]}]))
+    with pytest.warns(UserWarning) as warned:  # bad entries are skipped, the server starts
+        app = create_app(model, ServerConfig(model_name="tiny", model_dir=tmp_path / "m"))
+    assert ["example 0 skipped" in str(w.message) for w in warned] == [True, False]
+    assert "example 1 skipped: image 'examples/../config.json' is not inside examples/" in str(warned[1].message)
+    with TestClient(app) as c:
+        assert c.get("/v1/examples").json()["data"] == [{"image": None, "questions": ["hi?"]}]
+        assert c.get("/examples/secret.txt").status_code == 404
+
+
+def test_examples_endpoint_without_examples_and_for_a_text_model(model, tokenizer, shapes_dir, tmp_path):
+    for model_dir in (None, tmp_path):  # no directory, or one without examples/
+        with TestClient(create_app(model, ServerConfig(model_name="tiny", model_dir=model_dir))) as c:
+            assert c.get("/v1/examples").json()["data"] == []
+    save_examples(tmp_path, read_manifest(shapes_dir))
+    text = MultimodalTransformerModel(tiny_config(tokenizer.vocab_size, image=False)).eval()
+    text.tokenizer = tokenizer
+    with TestClient(create_app(text, ServerConfig(model_name="tiny", model_dir=tmp_path))) as c:
+        body = c.get("/v1/examples").json()
+    assert body["kind"] == {"inputs": ["text"], "task": "text chat", "embeddings": False}
+    assert body["data"] == []  # example images are for models that take images

@@ -250,3 +250,9 @@ def test_serve_loads_whisper_directories_and_generate_refuses_them(tmp_path):
     assert isinstance(_load_model(str(tmp_path), "cpu", speech=True), Whisper)
     with pytest.raises(ConfigError, match="Whisper"):
         _load_model(str(tmp_path), "cpu")  # `mmt generate` answers prompts about images
+
+
+def test_examples_endpoint_says_it_is_a_speech_model(client):
+    body = client.get("/v1/examples").json()
+    assert body["kind"] == {"inputs": ["audio"], "task": "speech -> transcript", "embeddings": False}
+    assert body["data"] == []

@@ -128,6 +128,8 @@ def _cmd_eval(a: argparse.Namespace) -> None:
     from .evaluate import evaluate
     from .train.config import default_cache_dir
 
+    if a.report == "" and not a.out:
+        raise ConfigError("--report without a path writes REPORT.html next to --out REPORT.json: give one of them")
     model = _load_model(a.model, a.device)
     examples = read_manifest(resolve_source(a.data, default_cache_dir()), skip_bad=a.skip_bad)
     report, preds = evaluate(model, examples, batch_size=a.batch_size, max_new_tokens=a.max_new_tokens,
@@ -143,6 +145,14 @@ def _cmd_eval(a: argparse.Namespace) -> None:
                 if p is not None:
                     f.write(json.dumps({"id": ex.id, "task": ex.task, "prediction": p, "target": ex.target}) + "\n")
     print(text)
+    if a.report is not None:
+        from .report import SplitResult, write_report
+
+        log = Path(a.model).parent / "log.jsonl"  # a run's OUT/model -> OUT/log.jsonl, when it is there
+        path = write_report(a.report or Path(a.out).with_suffix(".html"),
+                            {a.data: SplitResult(examples, preds, report)},
+                            log_path=log if log.is_file() else None, title=f"mmt eval {a.model}")
+        print(f"report: {path}", file=sys.stderr)  # stderr: stdout stays the JSON report
 
 
 def _cmd_serve(a: argparse.Namespace) -> None:
@@ -252,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(e)
     e.add_argument("--data", required=True, help="manifest.jsonl (or a built-in spec like shapes:split=test,n=500)")
     e.add_argument("--out", help="REPORT.json (predictions go next to it, REPORT.predictions.jsonl)")
+    e.add_argument("--report", nargs="?", const="", metavar="PATH",
+                   help="also write a self-contained HTML page of metrics, charts and predicted images "
+                        "(default PATH: REPORT.html next to --out)")
     e.set_defaults(func=_cmd_eval)
 
     sv = sub.add_parser("serve", help="serve a model: OpenAI-compatible API (chat with images or, for Whisper, "

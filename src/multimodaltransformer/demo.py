@@ -15,6 +15,7 @@ from tqdm import tqdm
 from .data.manifest import read_manifest
 from .data.sources import resolve_source
 from .evaluate import evaluate
+from .report import SplitResult, write_run_report
 from .train.config import load_run_config
 from .train.trainer import train
 
@@ -33,15 +34,20 @@ def run_demo(out: str | Path = "runs/demo", budget_minutes: float = 9.0, config:
     splits = {s: resolve_source(f"shapes:split={s},n={eval_n},seed={eval_seed}", run.data.cache_dir)
               for s in ("test", "novel")}
     model = train(run, out)
+    from .serve.examples import save_examples  # held-out images + questions for the chat page to start from
+
+    save_examples(out / "model", read_manifest(splits["test"]))
     trained = ({t for s in run.multitask.tasks for t in s.tasks or []} if run.multitask
                else set(run.data.tasks or ()) or {"caption", "vqa", "classify"})
     summary = json.loads((out / "train_summary.json").read_text())
 
     metrics: dict = {}
+    results: dict[str, SplitResult] = {}
     first_image = read_manifest(splits["test"])[0].image
     for split, manifest in splits.items():
         examples = [e for e in read_manifest(manifest) if e.task in trained]  # the tasks it learned
         metrics[split], preds = evaluate(model, examples, progress=True)
+        results[split] = SplitResult(examples, preds, metrics[split])  # for report.html
         with (out / f"predictions-{split}.jsonl").open("w") as f:
             for ex, p in zip(examples, preds):
                 if p is not None:
@@ -53,11 +59,12 @@ def run_demo(out: str | Path = "runs/demo", budget_minutes: float = 9.0, config:
     metrics["train_steps"] = summary["steps"]
     metrics["parameters"] = summary["parameters"]
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    report = write_run_report(out, results, title="mmt demo: ShapesWorld held-out predictions")
 
     tqdm.write("\n" + _table(metrics))
     tqdm.write(f"\ntrained {summary['steps']} steps in {summary['train_seconds']:.0f}s, "
                f"{summary['parameters'] / 1e6:.2f}M parameters")
-    tqdm.write(f"model: {out / 'model'}   metrics: {out / 'metrics.json'}")
+    tqdm.write(f"model: {out / 'model'}   metrics: {out / 'metrics.json'}   report: {report}")
     tqdm.write(f"try:   mmt generate {out / 'model'} --image {first_image} --prompt \"describe the image.\"")
     if serve:
         from .serve import free_port, serve as serve_model

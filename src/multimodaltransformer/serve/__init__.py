@@ -26,6 +26,7 @@ def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, api_
 
         model = _load_model(str(model_dir), device, speech=True)
     cfg = ServerConfig(model_name=Path(model_dir).name if model_dir else "model", api_key=api_key,
+                       model_dir=Path(model_dir) if model_dir else None,
                        max_batch=max_batch, queue_size=queue_size, request_timeout_s=request_timeout_s,
                        media=MediaPolicy(allowed_hosts=frozenset(h.lower() for h in allow_remote_media or [])))
     app = create_app(model, cfg)

@@ -3,8 +3,10 @@
 Routes: POST /v1/chat/completions (plain or `stream: true` server-sent events ending in
 `data: [DONE]`; a speech model answers an `input_audio` clip with its transcript, serve/speech.py),
 POST /v1/embeddings (models with a contrastive space), GET /v1/models, GET /health, GET / (the
-chat page). Every error is a 4xx/5xx with OpenAI's error body; no model
-work runs on the event loop (images are decoded in a thread, decoding happens in the worker).
+chat page), GET /v1/examples (what the model takes and does, and the example images with suggested
+questions saved in MODEL_DIR/examples, serve/examples.py), GET /examples/NAME (only the images listed
+there). Every error is a 4xx/5xx with OpenAI's error body; no model work runs on the event loop
+(images are decoded in a thread, decoding happens in the worker).
 """
 
 from __future__ import annotations
@@ -19,20 +21,22 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..data.collate import encode_prompt
+from .examples import load_examples
 from .media import MediaPolicy, MediaRejected, decode_image, image_bytes
 from .schemas import (AssistantMessage, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice,
-                      ChunkChoice, Delta, Embedding, EmbeddingRequest, EmbeddingResponse, ModelCard, ModelList,
-                      Usage, error)
+                      ChunkChoice, Delta, Embedding, EmbeddingRequest, EmbeddingResponse, ExampleCard, ExampleList,
+                      ModelCard, ModelKind, ModelList, Usage, error)
 from .speech import SpeechJob, Transcriber, is_speech_model
 from .template import TemplateError, build_conversation
 from .worker import Job, ModelWorker
@@ -41,6 +45,7 @@ from .worker import Job, ModelWorker
 @dataclass
 class ServerConfig:
     model_name: str = "model"
+    model_dir: Path | None = None  # where the chat page's examples are read from (MODEL_DIR/examples)
     api_key: str | None = None
     max_batch: int = 16
     queue_size: int = 64
@@ -69,6 +74,10 @@ def create_app(model: Any, config: ServerConfig | None = None) -> FastAPI:
         raise ValueError("the model has no tokenizer: serve a saved model directory with tokenizer.json")
     worker = ModelWorker(model, max_batch=cfg.max_batch, queue_size=cfg.queue_size)
     transcriber = Transcriber(model) if is_speech_model(model) else None
+    kind = model_kind(model)
+    # the page's examples: those with an image only for a model that takes images
+    shown = [e for e in load_examples(cfg.model_dir) if e.image is None or "image" in kind.inputs]
+    example_files = {e.name: e.image for e in shown if e.image is not None}  # all /examples/ can serve
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -121,6 +130,18 @@ def create_app(model: Any, config: ServerConfig | None = None) -> FastAPI:
     @app.get("/v1/models")
     async def models() -> ModelList:
         return ModelList(data=[ModelCard(id=cfg.model_name, created=created)])
+
+    @app.get("/v1/examples")
+    async def examples() -> ExampleList:
+        return ExampleList(model=cfg.model_name, kind=kind, data=[
+            ExampleCard(image=None if e.name is None else f"/examples/{e.name}", questions=list(e.questions))
+            for e in shown])
+
+    @app.get("/examples/{name:path}")
+    async def example_image(name: str) -> FileResponse:
+        if name not in example_files:  # only listed files: no path of the request reaches the disk
+            raise APIError(404, f"no example image {name!r}")
+        return FileResponse(example_files[name])
 
     @app.get("/", response_class=HTMLResponse)
     async def page() -> str:
@@ -207,6 +228,18 @@ def create_app(model: Any, config: ServerConfig | None = None) -> FastAPI:
                                  model=cfg.model_name, usage={"prompt_tokens": tokens, "total_tokens": tokens})
 
     return app
+
+
+def model_kind(model: Any) -> ModelKind:
+    """What `model` takes and does, as the chat page shows it."""
+    if is_speech_model(model):
+        return ModelKind(inputs=["audio"], task="speech -> transcript")
+    embeddings = getattr(model, "image_proj", None) is not None
+    # late and joint fusion never feed the image to the decoder: their chat is text only
+    sees_images = not (getattr(model, "is_late_fusion", False) or getattr(model, "is_dual_encoder", False))
+    if getattr(model, "image_processor", None) is not None and sees_images:
+        return ModelKind(inputs=["image", "text"], task="image + text -> text", embeddings=embeddings)
+    return ModelKind(inputs=["text"], task="text chat", embeddings=embeddings)
 
 
 def px_device(model: Any) -> torch.device:

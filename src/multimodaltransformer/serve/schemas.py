@@ -160,6 +160,26 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
+class ModelKind(BaseModel):
+    """What the served model takes and does, e.g. inputs ["image", "text"], task "image + text -> text"."""
+    inputs: list[Literal["image", "audio", "text"]]
+    task: str
+    embeddings: bool = False  # POST /v1/embeddings works
+
+
+class ExampleCard(BaseModel):
+    image: str | None = None  # a URL on this server (/examples/NAME), None: suggested questions only
+    questions: list[str]
+
+
+class ExampleList(BaseModel):
+    """GET /v1/examples (not an OpenAI route): the chat page's starting points."""
+    object: Literal["list"] = "list"
+    model: str
+    kind: ModelKind
+    data: list[ExampleCard]
+
+
 class ErrorBody(BaseModel):
     message: str
     type: str

@@ -147,3 +147,20 @@ def _shapes_manifest(tokenizer):
 
     out = pathlib.Path(tempfile.mkdtemp())
     return shapes.generate(out, "train", n=1, seed=5, progress=False)
+
+
+def test_sincos_patch_positions_are_fixed_and_not_saved(tokenizer, tmp_path):
+    from dataclasses import replace
+
+    cfg = tiny_config(tokenizer.vocab_size)
+    cfg = replace(cfg, image=replace(cfg.image, patch_positions="sincos"))
+    torch.manual_seed(0)
+    model = MultimodalTransformerModel(cfg).eval()
+    model.tokenizer = tokenizer
+    assert not any("image_encoder.pos_embed" in k for k in model.state_dict())
+    assert "image_encoder.pos_embed" not in dict(model.named_parameters())
+    ids, mask, pv = _batch(tokenizer, ["describe the image."])
+    model.save_pretrained(tmp_path)
+    loaded = MultimodalTransformerModel.from_pretrained(tmp_path)
+    torch.testing.assert_close(loaded(input_ids=ids, pixel_values=pv).logits,
+                               model(input_ids=ids, pixel_values=pv).logits, atol=0, rtol=0)

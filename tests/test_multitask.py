@@ -104,3 +104,13 @@ def test_locked_towers_get_no_contrastive_gradient(tiny_model, tokenizer, shapes
     assert touched(model.image_proj) and touched(model.text_proj) and model.logit_scale.grad is not None
     assert touched(model.image_encoder) == ("image" not in lock)
     assert touched(model.decoder) == ("text" not in lock)
+
+
+def test_weight_zero_streams_are_never_drawn():
+    probs = sampling_weights([100, 300, 50], "proportional", weights=[1.0, 0.0, 2.0])
+    assert probs == pytest.approx([100 / 150, 0.0, 50 / 150])
+    assert {draw_stream(step, 0, probs, "proportional") for step in range(200)} == {0, 2}
+    rr = sampling_weights([1, 1, 1], "round_robin", weights=[0.0, 1.0, 1.0])
+    assert [draw_stream(step, 0, rr, "round_robin") for step in range(4)] == [1, 2, 1, 2]
+    with pytest.raises(ValueError, match="weight 0"):
+        sampling_weights([1, 1], "proportional", weights=[0.0, 0.0])

@@ -188,3 +188,19 @@ def test_hard_negatives_errors_and_fallback():
     assert not (neg_text == torch.arange(3)).any() and not (neg_image == torch.arange(3)).any()
     sim = torch.randn(3, 3, requires_grad=True)
     assert not hard_negatives(sim)[0].requires_grad
+
+
+def test_drop_inputs_masks_only_target_tokens_at_the_rate():
+    from multimodaltransformer.objectives import drop_inputs
+
+    ids = torch.randint(5, 50, (64, 40))
+    labels = torch.full_like(ids, IGNORE_INDEX)
+    labels[:, 20:] = ids[:, 20:]  # the target half
+    out = drop_inputs(ids, labels, mask_id=1, prob=0.3, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out[:, :20], ids[:, :20])  # prompts are never touched
+    dropped = (out[:, 20:] == 1).float().mean().item()
+    assert 0.25 < dropped < 0.35
+    assert torch.equal(out[out != 1], ids[out != 1])
+    assert torch.equal(drop_inputs(ids, labels, mask_id=1, prob=0.0), ids)
+    with pytest.raises(ValueError):
+        drop_inputs(ids, labels, mask_id=1, prob=1.0)

@@ -96,3 +96,16 @@ def test_every_encoding_has_the_same_interface(kind):
     x, pos = torch.randn(2, 5, 16), torch.arange(5)
     acts = [not torch.equal(pe.embed(x, pos), x), pe.rotary(pos) is not None, pe.bias(pos, pos) is not None]
     assert sum(acts) == (0 if kind == "none" else 1)  # each encoding acts in exactly one place
+
+
+def test_sincos_2d_table_halves_are_the_row_and_column_tables():
+    from multimodaltransformer.nn.position import sincos_2d_table, sinusoid_table
+
+    h, w, dim = 3, 4, 16
+    table = sincos_2d_table(h, w, dim).reshape(h, w, dim)
+    rows, cols = sinusoid_table(h, dim // 2), sinusoid_table(w, dim // 2)
+    for y in range(h):
+        for x in range(w):
+            assert torch.equal(table[y, x, :dim // 2], rows[y]) and torch.equal(table[y, x, dim // 2:], cols[x])
+    with pytest.raises(ValueError, match="divisible by 4"):
+        sincos_2d_table(2, 2, 6)

@@ -69,3 +69,17 @@ def test_matmul_peak_is_positive():
     peak = measure_matmul_peak("cpu", torch.float32, size=64, seconds=0.02)
     assert math.isfinite(peak) and peak > 0
     assert measure_matmul_peak(torch.device("cpu"), torch.float32, size=64) == peak  # cached
+
+
+def test_auto_precision_is_fp32_without_bf16_units(monkeypatch):
+    from multimodaltransformer.train import throughput
+
+    assert throughput.resolve_precision("bf16", torch.device("cpu")) == "bf16"  # asked for: kept
+    monkeypatch.setattr(throughput, "has_bf16_units", lambda device: False)
+    assert throughput.resolve_precision("auto", torch.device("cpu")) == "fp32"
+    monkeypatch.setattr(throughput, "has_bf16_units", lambda device: True)
+    peaks = {torch.float32: 100.0, torch.bfloat16: 300.0}
+    monkeypatch.setattr(throughput, "measure_matmul_peak", lambda device, dtype: peaks[dtype])
+    assert throughput.resolve_precision("auto", torch.device("cpu")) == "bf16"
+    peaks[torch.bfloat16] = 110.0  # units present but not faster: fp32
+    assert throughput.resolve_precision("auto", torch.device("cpu")) == "fp32"

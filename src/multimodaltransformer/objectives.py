@@ -58,6 +58,19 @@ def mask_tokens(input_ids: Tensor, *, mask_id: int, vocab_size: int, special: Te
     return masked, labels
 
 
+def drop_inputs(input_ids: Tensor, labels: Tensor, *, mask_id: int, prob: float,
+                generator: torch.Generator | None = None) -> Tensor:
+    """Word dropout (Bowman et al. 2016) on the target side of a causal-LM batch: each input token
+    that is also a target (labels != IGNORE_INDEX) becomes `mask_id` with `prob`; labels stay. The
+    next word must then come from the image and the position more than from the words before it,
+    which weakens a language prior such as "red is never followed by circle". Returns new ids."""
+    if not 0.0 <= prob < 1.0:
+        raise ValueError(f"input dropout must be in [0, 1), got {prob}")
+    chosen = (torch.rand(input_ids.shape, generator=generator, device=input_ids.device) < prob) & \
+        (labels != IGNORE_INDEX)
+    return input_ids.masked_fill(chosen, mask_id)
+
+
 def logit_scale_init(temperature: float = 0.07) -> float:
     """Initial value of CLIP's learned log scale: ln(1 / temperature)."""
     if temperature <= 0:

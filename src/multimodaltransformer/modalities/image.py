@@ -17,6 +17,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor, nn
 
 from ..nn import TransformerConfig, TransformerStack
+from ..nn.position import sincos_2d_table
 
 
 class MediaError(ValueError):
@@ -82,9 +83,16 @@ class ViTConfig(TransformerConfig):
     # convolutions down to the same patch grid (Xiao et al. 2021, "Early convolutions help
     # transformers see better"): much better small-shape recognition for little compute.
     stem: Literal["linear", "conv"] = "linear"
+    # patch positions: "learned" vectors (ViT), or the fixed 2-D sin/cos table of the patch's row
+    # and column (MAE), which tells every patch where it is from the first step on
+    patch_positions: Literal["learned", "sincos"] = "learned"
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.patch_positions not in ("learned", "sincos"):
+            raise ValueError(f"patch_positions must be 'learned' or 'sincos', got {self.patch_positions!r}")
+        if self.patch_positions == "sincos" and self.dim % 4:
+            raise ValueError(f"patch_positions sincos needs a dim divisible by 4, got {self.dim}")
         if self.stem == "conv" and (self.patch_size & (self.patch_size - 1) or self.patch_size < 2):
             raise ValueError(f"a conv stem needs a power-of-two patch_size, got {self.patch_size}")
         if self.image_size % self.patch_size:
@@ -118,7 +126,11 @@ class ViTEncoder(nn.Module):
             self.patch_embed = nn.Conv2d(cfg.channels, cfg.dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
         else:
             self.patch_embed = conv_stem(cfg.channels, cfg.dim, cfg.patch_size)
-        self.pos_embed = nn.Parameter(torch.randn(1, cfg.num_patches, cfg.dim) * 0.02)
+        if cfg.patch_positions == "learned":
+            self.pos_embed = nn.Parameter(torch.randn(1, cfg.num_patches, cfg.dim) * 0.02)
+        else:  # a function of the config: not saved with the weights
+            side = cfg.image_size // cfg.patch_size
+            self.register_buffer("pos_embed", sincos_2d_table(side, side, cfg.dim)[None], persistent=False)
         self.transformer = TransformerStack(cfg)
 
     def forward(self, pixel_values: Tensor) -> Tensor:

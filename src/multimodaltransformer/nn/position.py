@@ -43,6 +43,16 @@ def sinusoid_table(max_len: int, dim: int, base: float = 10000.0) -> Tensor:
     return table.float()
 
 
+def sincos_2d_table(height: int, width: int, dim: int, base: float = 10000.0) -> Tensor:
+    """A 2-D grid's fixed positions (MAE, He et al. 2022): the first half of the C channels is the
+    1-D sin/cos table of the row, the second half that of the column; (height * width, C), row-major."""
+    if dim % 4:
+        raise ValueError(f"a 2-D sin/cos table needs a dim divisible by 4, got {dim}")
+    rows = sinusoid_table(height, dim // 2, base)[:, None, :].expand(height, width, dim // 2)
+    cols = sinusoid_table(width, dim // 2, base)[None, :, :].expand(height, width, dim // 2)
+    return torch.cat([rows, cols], dim=-1).reshape(height * width, dim)
+
+
 class SinusoidalPosition(PositionalEncoding):
     """Fixed sin/cos table added to the token embeddings (not saved: it is a function of the config).
 

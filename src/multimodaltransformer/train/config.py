@@ -63,7 +63,9 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: this process's GPU if there is one
     # batch_size is the global batch: split over processes (torchrun) and grad_accum micro-batches
     grad_accum: int = 1
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype; fp16 adds a grad scaler
+    # autocast dtype; fp16 adds a grad scaler. auto: bf16 where the hardware has bf16 matmul units
+    # and they measure faster than fp32 (GPUs with bf16; CPUs with AVX512-BF16 or AMX), else fp32
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"
     activation_checkpointing: bool = False  # recompute each block's activations in backward
     compile: bool = False  # torch.compile the model's forward
     parallel: Literal["ddp", "fsdp"] = "ddp"  # with several processes: replicate, or shard (FSDP)

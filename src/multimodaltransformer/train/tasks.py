@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from ..data.collate import ExampleDataset, ManifestDataset, TrainCollator, collate_examples
 from ..data.manifest import DataError, Example
-from ..objectives import (IGNORE_INDEX, classification_loss, contrastive_loss, hard_negatives, itm_loss,
+from ..objectives import (IGNORE_INDEX, classification_loss, contrastive_loss, drop_inputs, hard_negatives, itm_loss,
                           mask_tokens, masked_lm_loss)
 
 Objective = Literal["lm", "mlm", "contrastive", "itm", "classify"]
@@ -39,7 +39,7 @@ class TaskConfig:
     data: str | None = None  # a manifest or a built-in spec; None: data.train
     val: str | None = None  # None: data.val
     tasks: list[str] | None = None  # the manifest tasks this stream reads; None: all of them
-    weight: float = 1.0  # multiplies the stream's loss
+    weight: float = 1.0  # multiplies the stream's loss; 0: never drawn (a stream that only refits)
     batch_size: int | None = None  # None: train.batch_size
     # contrastive: towers this loss does not train (they learn from the other streams only):
     # "image" (the image encoder, as LiT does), "text" (the decoder as text tower). With both,
@@ -49,8 +49,14 @@ class TaskConfig:
     # contrastive with both towers locked: once training ends, refit the projections on the final
     # towers' cached features for this many (cheap) steps (train/refit.py); 0: no refit
     refit_steps: int = 0
+    # lm: word dropout on the target's input tokens (objectives.drop_inputs), against language priors
+    input_dropout: float = 0.0
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.input_dropout < 1.0:
+            raise ValueError(f"tasks.{self.name}: input_dropout must be in [0, 1), got {self.input_dropout}")
+        if self.input_dropout and self.objective != "lm":
+            raise ValueError(f"tasks.{self.name}: input_dropout is for the lm objective")
         if self.refit_steps < 0:
             raise ValueError(f"tasks.{self.name}: refit_steps must be non-negative")
         if self.refit_steps and not (self.objective == "contrastive" and set(self.lock) == {"image", "text"}):
@@ -80,19 +86,27 @@ class MultiTaskConfig:
             raise ValueError(f"multitask.temperature must be positive, got {self.temperature}")
 
 
-def sampling_weights(sizes: list[int], sampling: Sampling, temperature: float = 2.0) -> list[float]:
-    """Probability of drawing each stream at a step, from the streams' sizes in examples."""
+def sampling_weights(sizes: list[int], sampling: Sampling, temperature: float = 2.0,
+                     weights: list[float] | None = None) -> list[float]:
+    """Probability of drawing each stream at a step, from the streams' sizes in examples.
+
+    A stream of loss weight 0 is never drawn: its step would train nothing (a locked contrastive
+    stream with `refit_steps` and weight 0 only refits its projections once training ends)."""
+    active = [w != 0 for w in weights] if weights is not None else [True] * len(sizes)
+    if not any(active):
+        raise ValueError("multitask: every stream has weight 0, so no step would train anything")
     if sampling == "round_robin":
-        return [1 / len(sizes)] * len(sizes)
+        return [a / sum(active) for a in active]
     power = 1.0 if sampling == "proportional" else 1.0 / temperature
-    w = [n ** power for n in sizes]
+    w = [n ** power * a for n, a in zip(sizes, active)]
     return [x / sum(w) for x in w]
 
 
 def draw_stream(step: int, seed: int, probs: list[float], sampling: Sampling) -> int:
     """The stream of `step`: a function of (seed, step) only, hence the same after a resume."""
     if sampling == "round_robin":
-        return step % len(probs)
+        drawn = [k for k, p in enumerate(probs) if p > 0]
+        return drawn[step % len(drawn)]
     g = torch.Generator().manual_seed(seed * 1_000_003 + step)
     return int(torch.multinomial(torch.tensor(probs, dtype=torch.float64), 1, generator=g))
 
@@ -233,6 +247,10 @@ def stream_loss(model: Any, cfg: TaskConfig, batch: dict[str, Any], generator: t
     concatenates every process's rows, so the contrastive loss sees the global batch."""
     objective = cfg.objective
     if objective == "lm":
+        if cfg.input_dropout and model.training:
+            ids = drop_inputs(batch["input_ids"], batch["labels"], mask_id=model.tokenizer.mask_id,
+                              prob=cfg.input_dropout, generator=generator)
+            batch = {**batch, "input_ids": ids}
         return model(batch).loss
     ids, mask = batch["input_ids"], batch["attention_mask"]
     pixels = batch.get("pixel_values")

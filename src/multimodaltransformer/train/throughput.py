@@ -29,6 +29,28 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def has_bf16_units(device: torch.device) -> bool:
+    """Whether `device` has bf16 matmul hardware: a GPU that supports bf16, or a CPU with
+    AVX512-BF16 or AMX. Elsewhere bf16 matmuls are emulated and far slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private, so looked up defensively
+        return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`auto` -> "bf16" where the device has bf16 units and its bf16 matmul measures at least 1.2x
+    its fp32 one, else "fp32"; any other precision is returned as it is."""
+    if precision != "auto":
+        return precision
+    if not has_bf16_units(device):
+        return "fp32"
+    faster = measure_matmul_peak(device, torch.bfloat16) >= 1.2 * measure_matmul_peak(device, torch.float32)
+    return "bf16" if faster else "fp32"
+
+
 def measure_matmul_peak(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                         size: int | None = None, seconds: float = 0.5, repeats: int = 3) -> float:
     """Measured dense matmul FLOP/s of `device` in `dtype`: (n, n) @ (n, n) counts 2 n^3 FLOPs.

@@ -45,7 +45,7 @@ from .config import RunConfig
 from .tasks import (MultiTaskConfig, TaskConfig, TaskStream, class_labels, draw_stream, loss_units, sampling_weights,
                     select, stream_loss)
 from .schedule import CALIBRATION_STEPS, REPLAN_EVERY, TimeBudget, lr_factor, param_groups
-from .throughput import ThroughputReport, measure_matmul_peak, model_flops_per_token
+from .throughput import ThroughputReport, measure_matmul_peak, model_flops_per_token, resolve_precision
 from .tracking import Tracker
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -136,7 +136,7 @@ class Trainer:
         # sharded sources give each rank its own examples: weights from the global counts, so every
         # rank draws the same stream at each step
         counts = [sum(c) for c in zip(*dd.all_objects([len(s.examples) for s in self.streams], self.dist))]
-        self.probs = sampling_weights(counts, mt.sampling, mt.temperature)
+        self.probs = sampling_weights(counts, mt.sampling, mt.temperature, [s.cfg.weight for s in self.streams])
         self.sampling = mt.sampling
         self.model.to(self.dist.device)
         if t.activation_checkpointing:
@@ -152,7 +152,11 @@ class Trainer:
         self.runner = torch.compile(self.model) if t.compile and self.objective is None else self.model
         self.opt = torch.optim.AdamW(param_groups(self.model, t.weight_decay), lr=t.lr,
                                      betas=(t.beta1, t.beta2), fused=False)
-        self.scaler = torch.amp.GradScaler(self.dist.device.type, enabled=t.precision == "fp16")
+        # rank 0's pick for every rank: measured speeds near the threshold could differ per process
+        self.precision = str(dd.all_objects(resolve_precision(t.precision, self.dist.device), self.dist)[0])
+        if t.precision == "auto":
+            self._say(f"precision auto: {self.precision} on {self.dist.device.type}")
+        self.scaler = torch.amp.GradScaler(self.dist.device.type, enabled=self.precision == "fp16")
         self.step, self.total_steps, self.skipped_steps = 0, t.max_steps, 0
         self.calibrated = False  # True once a resumed budgeted run restores its planned step count
         if resume:
@@ -299,7 +303,7 @@ class Trainer:
         gather = (lambda x: dd.gather_rows(x, dist_)) if dist_.enabled else None
         gathered = gather is not None and stream.cfg.objective == "contrastive"
         g = torch.Generator().manual_seed(t.seed * 1_000_033 + self.step)  # masking / negatives
-        dtype = DTYPES[t.precision]
+        dtype = DTYPES[self.precision]
         # loss numerator, its denominator, tokens, samples, rows, unusable streamed samples dropped
         stats = torch.zeros(6, dtype=torch.float64, device=dev)
         sync_fsdp = self.objective is not None and t.grad_accum > 1
@@ -505,13 +509,13 @@ class Trainer:
         measured matmul peak for the run's precision, times the process count."""
         if totals["seconds"] <= 0:
             return None
-        dtype = DTYPES[self.run.train.precision]
+        dtype = DTYPES[self.precision]
         peak = measure_matmul_peak(self.dist.device, dtype) * self.dist.world
         seq = max(1.0, totals["tokens"] / max(totals["rows"], 1.0))  # positions per sequence, image tokens included
         flops = model_flops_per_token(self.model, int(seq))
         return ThroughputReport(tokens=int(totals["tokens"]), samples=int(totals["samples"]),
                                 seconds=totals["seconds"], flops_per_token=flops, peak_flops=peak,
-                                peak_dtype=self.run.train.precision)
+                                peak_dtype=self.precision)
 
 
 def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:

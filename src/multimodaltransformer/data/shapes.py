@@ -10,7 +10,8 @@ Each 64x64 image holds 1-3 objects (5 shapes x 8 colours x 2 sizes), one per col
   miss one edit away ("no": one object's colour, shape or size changed, or two objects swapped).
   Near misses are valid scenes of the same split, so the text alone says nothing: the answer needs
   both modalities.
-The new tasks draw from their own per-image rng, so the other rows are those of earlier versions.
+The new tasks draw from their own per-image rng, so the other rows are those of earlier versions
+(version 3 balanced the "how many <shape>s" questions the same way: only those rows changed).
 The `novel` split only holds images with at least one colour-shape pair never used in
 train/val/test, which measures compositional generalisation.
 """
@@ -45,7 +46,7 @@ CAPTION_PROMPT = "describe the image."
 CLASSIFY_PROMPT = "what is the main shape in the image?"
 MATCH_PROMPT = "does the text describe the image?"
 TASKS = ("caption", "vqa", "classify", "retrieval", "match")
-VERSION = 2  # bumped when rows change; info.json records it so stale caches are regenerated
+VERSION = 3  # bumped when rows change; info.json records it so stale caches are regenerated
 IMAGE_SIZE = 64
 _SS = 4  # supersampling factor for anti-aliased edges
 
@@ -126,8 +127,13 @@ def class_label(objs: list[Obj]) -> str:
     return largest.shape
 
 
-def questions(objs: list[Obj], rng: random.Random, split: str, k: int = 3) -> list[tuple[str, str, str]]:
-    """Up to k (type, question, answer) of distinct types, each answerable from the image."""
+def questions(objs: list[Obj], rng: random.Random, split: str, k: int = 3,
+              side: random.Random | None = None) -> list[tuple[str, str, str]]:
+    """Up to k (type, question, answer) of distinct types, each answerable from the image.
+
+    `side` (an rng of the image's own) balances "how many <shape>s" questions: half of them ask
+    about a shape in the image, instead of a uniform shape whose answer is "zero" 60% of the time.
+    It draws nothing from `rng`, so every other row and image of the split stays as it was."""
     shapes = [o.shape for o in objs]
     colors = [o.color for o in objs]
     gens = {}
@@ -149,6 +155,8 @@ def questions(objs: list[Obj], rng: random.Random, split: str, k: int = 3) -> li
         gens["count"] = ("how many objects are there?", NUMBERS[len(objs)])
     else:
         s = rng.choice(SHAPES)
+        if side is not None and side.random() < 0.5:
+            s = side.choice(sorted(set(shapes)))
         gens["count"] = (f"how many {PLURALS[s]} are there?", NUMBERS[shapes.count(s)])
     # Existence, balanced; negatives are often near misses (right colour or right shape).
     if rng.random() < 0.5:
@@ -245,7 +253,8 @@ def generate(out: str | Path, split: Literal["train", "val", "test", "novel"] = 
             base = {"image": rel, "split": split, "objects": [o.__dict__ for o in objs]}
             uid = f"{split}-{seed}-{i:06d}"
             rows = [{"id": f"{uid}-cap", "task": "caption", "prompt": CAPTION_PROMPT, "target": caption(objs)}]
-            for j, (qtype, q, a) in enumerate(questions(objs, rng, split, questions_per_image)):
+            count_rng = random.Random(f"shapesworld/{split}/{seed}/{i}/count")
+            for j, (qtype, q, a) in enumerate(questions(objs, rng, split, questions_per_image, count_rng)):
                 rows.append({"id": f"{uid}-q{j}", "task": "vqa", "prompt": q, "target": a, "question_type": qtype})
             rows.append({"id": f"{uid}-cls", "task": "classify", "prompt": CLASSIFY_PROMPT,
                          "target": class_label(objs)})

@@ -46,7 +46,7 @@ def run_demo(out: str | Path = "runs/demo", budget_minutes: float = 9.0, config:
     first_image = read_manifest(splits["test"])[0].image
     for split, manifest in splits.items():
         examples = [e for e in read_manifest(manifest) if e.task in trained]  # the tasks it learned
-        metrics[split], preds = evaluate(model, examples, progress=True)
+        metrics[split], preds = evaluate(model, examples, batch_size=256, progress=True)
         results[split] = SplitResult(examples, preds, metrics[split])  # for report.html
         with (out / f"predictions-{split}.jsonl").open("w") as f:
             for ex, p in zip(examples, preds):

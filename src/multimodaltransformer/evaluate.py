@@ -45,13 +45,14 @@ def predict(model: Any, examples: Sequence[Example], batch_size: int = 64, max_n
     was_training = model.training
     model.eval()
     out: list[str | None] = [None] * len(examples)
-    # Runs of examples answered the same way: (by head or generation, with or without an image)
-    groups: dict[tuple[str, bool], list[int]] = defaultdict(list)
+    # Runs of examples answered the same way: (by head or generation, with or without an image),
+    # per task, so that one-word answers do not wait in a batch for long captions to finish
+    groups: dict[tuple[str, bool, str], list[int]] = defaultdict(list)
     for i, e in enumerate(examples):
-        groups[(e.task if e.task in heads else "", e.image is not None)].append(i)
+        groups[(e.task if e.task in heads else "", e.image is not None, e.task)].append(i)
     bar = tqdm(total=len(examples), desc="predict", disable=not progress, unit="ex")
     try:
-        for (head, _), idx in groups.items():
+        for (head, _, _), idx in groups.items():
             chunk_size = 1 if on_text is not None and not head else batch_size
             for s in range(0, len(idx), chunk_size):
                 rows = idx[s:s + chunk_size]

@@ -289,3 +289,14 @@ def test_data_shapes_command_tasks(tmp_path):
     assert main(["data", "shapes", "--n", "2", "--tasks", "match+caption", "--out", str(tmp_path)]) == 0
     assert {r["task"] for r in _rows(tmp_path / "manifest.jsonl")} == {"caption", "match"}
     assert main(["data", "shapes", "--n", "2", "--tasks", "nope", "--out", str(tmp_path)]) != 0
+
+
+def test_images_drawn_in_workers_equal_those_drawn_inline(tmp_path, monkeypatch):
+    """The draws are made before the drawing, so worker processes give the same pixels."""
+    parallel = shapes.generate(tmp_path / "workers", "val", n=300, seed=5, progress=False)
+    monkeypatch.setattr(shapes.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    inline = shapes.generate(tmp_path / "inline", "val", n=300, seed=5, progress=False)
+    assert parallel.read_text() == inline.read_text()
+    for i in (0, 149, 299):
+        name = f"images/val-5-{i:06d}.png"
+        assert np.array_equal(np.asarray(Image.open(parallel.parent / name)), np.asarray(Image.open(inline.parent / name)))

@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import itertools
 import json
+import multiprocessing
+import os
 import random
 from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -88,34 +91,62 @@ def sample_scene(rng: random.Random, split: str) -> list[Obj]:
     return objs
 
 
-def render(objs: list[Obj], rng: random.Random) -> Image.Image:
+@dataclass(frozen=True)
+class Drawing:
+    """Every random draw of one image, so that drawing it needs no rng (and can run in a worker)."""
+
+    background: tuple[int, ...]
+    objects: tuple[tuple[Obj, float, tuple[int, ...]], ...]  # (object, horizontal jitter, fill colour)
+    noise_seed: int
+
+
+def plan_drawing(objs: list[Obj], rng: random.Random) -> Drawing:
+    """The draws of `render`, in its order: background, then each object's jitter and fill, then the noise."""
+    bg = tuple(rng.randint(20, 45) for _ in range(3))
+    placed = []
+    for o in objs:
+        jitter = rng.uniform(-1, 1)
+        placed.append((o, jitter, tuple(max(0, min(255, v + rng.randint(-15, 15))) for v in COLORS[o.color])))
+    return Drawing(bg, tuple(placed), rng.getrandbits(64))
+
+
+def draw(d: Drawing) -> Image.Image:
     """Draw the scene supersampled, then downsample (anti-aliasing) and add mild noise."""
     S = IMAGE_SIZE * _SS
-    bg = tuple(rng.randint(20, 45) for _ in range(3))
-    im = Image.new("RGB", (S, S), bg)
-    d = ImageDraw.Draw(im)
+    im = Image.new("RGB", (S, S), d.background)
+    canvas = ImageDraw.Draw(im)
     col_w = IMAGE_SIZE / 3
-    for o in objs:
+    for o, jitter, fill in d.objects:
         r = SIZES[o.size] / 2
-        jitter = (col_w / 2 - r - 1) * rng.uniform(-1, 1) * 0.8
-        cx, cy, r = (o.column * col_w + col_w / 2 + jitter) * _SS, o.y * _SS, r * _SS
-        fill = tuple(max(0, min(255, v + rng.randint(-15, 15))) for v in COLORS[o.color])
+        dx = (col_w / 2 - r - 1) * jitter * 0.8
+        cx, cy, r = (o.column * col_w + col_w / 2 + dx) * _SS, o.y * _SS, r * _SS
         if o.shape == "circle":
-            d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+            canvas.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
         elif o.shape == "square":
             q = r * 0.85
-            d.rectangle([cx - q, cy - q, cx + q, cy + q], fill=fill)
+            canvas.rectangle([cx - q, cy - q, cx + q, cy + q], fill=fill)
         elif o.shape == "triangle":
-            d.polygon([(cx, cy - r), (cx + r, cy + r * 0.8), (cx - r, cy + r * 0.8)], fill=fill)
+            canvas.polygon([(cx, cy - r), (cx + r, cy + r * 0.8), (cx - r, cy + r * 0.8)], fill=fill)
         elif o.shape == "diamond":
-            d.polygon([(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)], fill=fill)
+            canvas.polygon([(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)], fill=fill)
         elif o.shape == "cross":
             t = r * 0.38
-            d.rectangle([cx - r, cy - t, cx + r, cy + t], fill=fill)
-            d.rectangle([cx - t, cy - r, cx + t, cy + r], fill=fill)
+            canvas.rectangle([cx - r, cy - t, cx + r, cy + t], fill=fill)
+            canvas.rectangle([cx - t, cy - r, cx + t, cy + r], fill=fill)
     im = np.asarray(im.resize((IMAGE_SIZE, IMAGE_SIZE), Image.LANCZOS), dtype=np.float32)
-    noise = np.random.default_rng(rng.getrandbits(64)).normal(0.0, 3.0, im.shape)  # seeded, unlike PIL's
+    noise = np.random.default_rng(d.noise_seed).normal(0.0, 3.0, im.shape)  # seeded, unlike PIL's
     return Image.fromarray(np.clip(im + noise, 0, 255).round().astype(np.uint8))
+
+
+def render(objs: list[Obj], rng: random.Random) -> Image.Image:
+    """One image of the scene, drawing its randomness from `rng`."""
+    return draw(plan_drawing(objs, rng))
+
+
+def _draw_and_save(jobs: list[tuple[Drawing, str]]) -> int:
+    for d, path in jobs:
+        draw(d).save(path)
+    return len(jobs)
 
 
 def caption(objs: list[Obj]) -> str:
@@ -230,6 +261,24 @@ def check_tasks(tasks: Iterable[str] | None) -> tuple[str, ...]:
     return tuple(t for t in TASKS if t in wanted)
 
 
+def _draw_all(drawings: list[tuple[Drawing, str]], desc: str, progress: bool, chunk: int = 100) -> None:
+    """Draw and save every image: inline for a few, else over the machine's cores (drawing is ~all
+    of the time; the draws were made beforehand, so the images do not depend on the worker count)."""
+    from tqdm import tqdm
+
+    workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8)
+    chunks = [drawings[k:k + chunk] for k in range(0, len(drawings), chunk)]
+    with tqdm(total=len(drawings), desc=desc, disable=not progress, unit="img") as bar:
+        if workers < 2 or len(chunks) < 2:
+            for c in chunks:
+                bar.update(_draw_and_save(c))
+            return
+        ctx = multiprocessing.get_context("spawn")  # no fork of a process that may hold torch threads
+        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+            for done in pool.map(_draw_and_save, chunks):
+                bar.update(done)
+
+
 def generate(out: str | Path, split: Literal["train", "val", "test", "novel"] = "train",
              n: int = 1000, seed: int = 0, questions_per_image: int = 3, progress: bool = True,
              tasks: Iterable[str] | None = None) -> Path:
@@ -243,13 +292,13 @@ def generate(out: str | Path, split: Literal["train", "val", "test", "novel"] = 
     (out / "images").mkdir(parents=True, exist_ok=True)
     rng = random.Random(f"shapesworld/{split}/{seed}")  # str seeds are hashed stably (sha512)
     tmp = out / "manifest.jsonl.tmp"
-    from tqdm import tqdm
 
+    drawings: list[tuple[Drawing, str]] = []  # drawn after the rows: in worker processes when many
     with tmp.open("w") as f:
-        for i in tqdm(range(n), desc=f"shapes {split}", disable=not progress, unit="img"):
+        for i in range(n):
             objs = sample_scene(rng, split)
             rel = f"images/{split}-{seed}-{i:06d}.png"
-            render(objs, rng).save(out / rel)
+            drawings.append((plan_drawing(objs, rng), str(out / rel)))
             base = {"image": rel, "split": split, "objects": [o.__dict__ for o in objs]}
             uid = f"{split}-{seed}-{i:06d}"
             rows = [{"id": f"{uid}-cap", "task": "caption", "prompt": CAPTION_PROMPT, "target": caption(objs)}]
@@ -266,6 +315,7 @@ def generate(out: str | Path, split: Literal["train", "val", "test", "novel"] = 
             for row in rows:
                 if row["task"] in tasks:
                     f.write(json.dumps({**row, **base}) + "\n")
+    _draw_all(drawings, f"shapes {split}", progress)
     tmp.replace(out / "manifest.jsonl")
     (out / "info.json").write_text(json.dumps({"dataset": "shapesworld", "version": VERSION, "split": split, "n": n,
                                                 "seed": seed, "questions_per_image": questions_per_image,

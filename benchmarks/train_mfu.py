@@ -10,6 +10,11 @@ a CPU smoke run in seconds.
 
   python benchmarks/train_mfu.py [--device cuda] [--batch-size 8] [--seq-len 1024] [--compile]
   python benchmarks/train_mfu.py --small   # CPU, seconds
+  python benchmarks/train_mfu.py --config demo [--set model.image.patch_size=16]   # fp32 and bf16
+
+--config trains a run config's own model (the demo's, by default with its multi-task LM stream)
+on that config's real packed ShapesWorld batches, fp32 and bf16 side by side in one process, and
+prints steps/s and MFU against the measured matmul peak of each dtype and of fp32.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import torch
 from multimodaltransformer import MultimodalTransformer, MultimodalTransformerModel
 from multimodaltransformer.models import DecoderConfig
 from multimodaltransformer.nn.lora import count_parameters
-from multimodaltransformer.train.throughput import (ThroughputReport, dtype_name, measure_matmul_peak,
+from multimodaltransformer.train.throughput import (ThroughputReport, dtype_name, has_bf16_units, measure_matmul_peak,
                                                     model_flops_per_token)
 
 GPT2_SMALL = DecoderConfig(dim=768, depth=12, heads=12, vocab_size=50257, max_seq_len=1024, activation="gelu_tanh")
@@ -40,11 +45,70 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--dtype", choices=["bf16", "fp32"], default=None,
                    help="default bf16 on CUDA, fp32 on CPU (few CPUs have bf16 matmul units)")
     p.add_argument("--small", action="store_true", help="a tiny decoder: a CPU smoke run in seconds")
+    p.add_argument("--config", help="time a run config's model on its own data instead (e.g. demo)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="with --config: overrides")
     return p.parse_args()
+
+
+def run_config(args: argparse.Namespace) -> None:
+    """The config's first task stream, real batches, fp32 then bf16 (bf16 only where autocast runs)."""
+    from multimodaltransformer.train import distributed as dd
+    from multimodaltransformer.train.tasks import stream_loss
+    from multimodaltransformer.train.trainer import Trainer
+    from multimodaltransformer.train.config import load_run_config
+    import tempfile
+
+    device = torch.device(args.device)
+    run = load_run_config(args.config, ["train.max_steps=1", f"train.device={device.type}", *args.set])
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(run, tmp, progress=False)
+        trainer.dist = dd.init_distributed(run.train.device)
+        trainer._setup(False)
+    stream, model = trainer.streams[0], trainer.model
+    batches = [next(it) for it in [stream.loader(0, 1, [0])] for _ in range(args.warmup + args.steps)]
+    batches = [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in b.items()} for b in batches]
+    positions = [float(b["attention_mask"].sum()) + model.num_media_tokens * b["input_ids"].shape[0] for b in batches]
+    seq = sum(positions) / sum(b["input_ids"].shape[0] for b in batches)
+    fpt = model_flops_per_token(model, int(seq))
+    peak32 = measure_matmul_peak(device, torch.float32)
+    print(f"
+{args.config} {' '.join(args.set)}: {count_parameters(model)[1] / 1e6:.2f}M parameters, stream "
+          f"{stream.cfg.name}, batch {stream.batch_size} items, {seq:.0f} positions per row "
+          f"({model.num_media_tokens} image tokens), {fpt / 1e6:.3g} MFLOPs per position\n")
+    print("| dtype | step ms | steps/s | tokens/s | model GFLOP/s | peak (dtype) GFLOP/s | MFU (dtype) | MFU (fp32 peak) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        g = torch.Generator().manual_seed(0)
+
+        def step(b: dict) -> None:
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+                loss = stream_loss(model, stream.cfg, b, g)
+            loss.float().backward()
+            trainer.opt.step()
+            trainer.opt.zero_grad(set_to_none=True)
+
+        # emulated bf16 (no bf16 units) runs tens of times slower: a few steps tell
+        warmup, steps = (args.warmup, args.steps) if name == "fp32" or has_bf16_units(device) else (1, 3)
+        for b in batches[:warmup]:
+            step(b)
+        start = time.perf_counter()
+        for b in batches[warmup:warmup + steps]:
+            step(b)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+        tokens = sum(positions[warmup:warmup + steps])
+        achieved = tokens * fpt / seconds
+        peak = measure_matmul_peak(device, dtype)
+        label = name if name == "fp32" or has_bf16_units(device) else f"{name} (emulated: no bf16 units)"
+        print(f"| {label} | {1000 * seconds / steps:.0f} | {steps / seconds:.2f} | {tokens / seconds:,.0f} | "
+              f"{achieved / 1e9:.1f} | {peak / 1e9:.1f} | {100 * achieved / peak:.1f}% | {100 * achieved / peak32:.1f}% |")
 
 
 def main() -> None:
     args = parse_args()
+    if args.config:
+        return run_config(args)
     device = torch.device(args.device)
     decoder = TINY if args.small else GPT2_SMALL
     B = args.batch_size

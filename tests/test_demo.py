@@ -27,5 +27,7 @@ def test_demo_writes_metrics_for_every_task(tmp_path):
     preds = (tmp_path / "run" / "predictions-test.jsonl").read_text().splitlines()
     assert {json.loads(p)["task"] for p in preds} == {"caption", "vqa", "classify", "match"}
     assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
+    report = (tmp_path / "run" / "report.html").read_text()
+    assert report.count("<img") >= 12 and "data:image/png;base64," in report
     examples = json.loads((tmp_path / "run" / "model" / "examples" / "examples.json").read_text())
     assert len(examples) == 6 and all((tmp_path / "run" / "model" / e["image"]).is_file() for e in examples)

@@ -15,12 +15,9 @@ from tqdm import tqdm
 from .data.manifest import read_manifest
 from .data.sources import resolve_source
 from .evaluate import evaluate
-from .report import SplitResult, write_run_report
+from .report import HEADLINE, SplitResult, write_run_report
 from .train.config import load_run_config
 from .train.trainer import train
-
-HEADLINE = ("vqa_accuracy", "caption_exact_match", "caption_bleu4", "caption_cider", "classify_accuracy",
-            "match_accuracy", "retrieval_r1")
 
 
 def run_demo(out: str | Path = "runs/demo", budget_minutes: float = 9.0, config: str = "demo",

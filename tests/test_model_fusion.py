@@ -12,13 +12,15 @@ from multimodaltransformer.models.multimodal import HeadsConfig
 
 from conftest import tiny_config
 
-GENERATIVE = ["early", "cross", "gated", "resampler", "graph"]
+GENERATIVE = ["early", "cross", "gated", "resampler", "graph", "cross-null"]  # cross-null: 2 null tokens
 
 
 def _model(tokenizer, fusion: str, **heads) -> MultimodalTransformerModel:
     torch.manual_seed(0)
-    cfg = replace(tiny_config(tokenizer.vocab_size), fusion=FusionConfig(fusion, num_queries=4, depth=1, heads=2),
-                  heads=HeadsConfig(**heads))
+    null = 2 if fusion == "cross-null" else 0
+    fusion = "cross" if null else fusion
+    cfg = replace(tiny_config(tokenizer.vocab_size),
+                  fusion=FusionConfig(fusion, num_queries=4, depth=1, heads=2, null_tokens=null), heads=HeadsConfig(**heads))
     model = MultimodalTransformerModel(cfg).eval()
     if fusion == "gated":  # open the gates: at init they are closed and the image has no effect
         for block in model.decoder.transformer.blocks:
@@ -44,7 +46,7 @@ def test_generative_fusions_condition_on_the_image(tokenizer, fusion):
     b = model(input_ids=ids, attention_mask=mask, pixel_values=torch.randn_like(pv)).logits
     assert a.shape == (*ids.shape, tokenizer.vocab_size)
     assert not torch.allclose(a, b)
-    expected_prefix = {"early": 16, "resampler": 4, "graph": 16, "cross": 0, "gated": 0}[fusion]
+    expected_prefix = {"early": 16, "resampler": 4, "graph": 16, "cross": 0, "gated": 0, "cross-null": 0}[fusion]
     assert model.num_media_tokens == expected_prefix
 
 
@@ -163,6 +165,21 @@ def test_graph_fusion_trains_and_round_trips(tokenizer, tmp_path):
     assert loaded.config.fusion == cfg.fusion
     torch.testing.assert_close(loaded(input_ids=ids, attention_mask=mask, pixel_values=pv).logits,
                                model(input_ids=ids, attention_mask=mask, pixel_values=pv).logits, atol=0, rtol=0)
+
+
+def test_null_tokens_follow_the_media_in_the_memory(tokenizer, tmp_path):
+    model = _model(tokenizer, "cross-null")
+    _, _, pv = _batch(tokenizer, ["describe the image."])
+    media = model.image_encoder(pv)
+    memory = model.fusion(media).memory
+    assert memory.shape[1] == media.shape[1] + 2
+    torch.testing.assert_close(memory[:, -2:], model.fusion.null.expand(1, -1, -1))
+    model.save_pretrained(tmp_path)
+    assert MultimodalTransformerModel.from_pretrained(tmp_path).fusion.null.shape == (1, 2, 32)
+    with pytest.raises(ValueError, match="null_tokens"):
+        FusionConfig("early", null_tokens=1)
+    with pytest.raises(ValueError, match="null_tokens"):
+        FusionConfig("cross", null_tokens=-1)
 
 
 def test_graph_pool_must_divide_the_patch_grid(tokenizer):

@@ -22,8 +22,8 @@ from .resampler import Resampler, ResamplerLayer
 # type -> builder(cfg, media_dim, dim)
 _BUILDERS: dict[str, Callable[[FusionConfig, int, int], nn.Module]] = {
     "early": lambda cfg, media_dim, dim: EarlyFusion(media_dim, dim, cfg.projector),
-    "cross": lambda cfg, media_dim, dim: CrossAttentionFusion(media_dim, dim, cfg.projector),
-    "gated": lambda cfg, media_dim, dim: GatedCrossAttentionFusion(media_dim, dim, cfg.projector),
+    "cross": lambda cfg, media_dim, dim: CrossAttentionFusion(media_dim, dim, cfg.projector, cfg.null_tokens),
+    "gated": lambda cfg, media_dim, dim: GatedCrossAttentionFusion(media_dim, dim, cfg.projector, cfg.null_tokens),
     "resampler": lambda cfg, media_dim, dim: Resampler(media_dim, dim, cfg.num_queries, cfg.depth, cfg.heads,
                                                        cfg.projector),
     "graph": lambda cfg, media_dim, dim: GraphFusion(media_dim, dim, cfg.depth, cfg.graph_radius, cfg.graph_pool,

@@ -44,6 +44,10 @@ class FusionConfig:
     # graph: average-pool graph_pool x graph_pool patches into one node (1 = a node per patch, the
     # prefix of early fusion; 2 = a 4x shorter prefix, coarser positions)
     graph_pool: int = 1
+    # cross / gated: learned tokens appended to the memory. A softmax must put its weight somewhere;
+    # with them a query that matches no patch ("is there a red circle?" when there is none) can
+    # attend to "nothing" instead of to the nearest miss (null attention, attention sinks)
+    null_tokens: int = 0
 
     def __post_init__(self) -> None:
         if self.type not in FUSION_TYPES:
@@ -54,6 +58,10 @@ class FusionConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"fusion.{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.null_tokens, int) or isinstance(self.null_tokens, bool) or self.null_tokens < 0:
+            raise ValueError(f"fusion.null_tokens must be a non-negative integer, got {self.null_tokens!r}")
+        if self.null_tokens and self.type not in ("cross", "gated"):
+            raise ValueError(f"fusion.null_tokens is for cross-attention fusion (cross, gated), not {self.type!r}")
         if self.hidden_dim is not None and (not isinstance(self.hidden_dim, int) or self.hidden_dim <= 0):
             raise ValueError(f"fusion.hidden_dim must be a positive integer or None, got {self.hidden_dim!r}")
 

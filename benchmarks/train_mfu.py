@@ -71,11 +71,11 @@ def run_config(args: argparse.Namespace) -> None:
     seq = sum(positions) / sum(b["input_ids"].shape[0] for b in batches)
     fpt = model_flops_per_token(model, int(seq))
     peak32 = measure_matmul_peak(device, torch.float32)
-    print(f"
-{args.config} {' '.join(args.set)}: {count_parameters(model)[1] / 1e6:.2f}M parameters, stream "
+    print(f"\n{args.config} {' '.join(args.set)}: {count_parameters(model)[1] / 1e6:.2f}M parameters, stream "
           f"{stream.cfg.name}, batch {stream.batch_size} items, {seq:.0f} positions per row "
           f"({model.num_media_tokens} image tokens), {fpt / 1e6:.3g} MFLOPs per position\n")
-    print("| dtype | step ms | steps/s | tokens/s | model GFLOP/s | peak (dtype) GFLOP/s | MFU (dtype) | MFU (fp32 peak) |")
+    print("| dtype | step ms | steps/s | tokens/s | model GFLOP/s | peak (dtype) GFLOP/s | MFU (dtype) "
+          "| MFU (fp32 peak) |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         g = torch.Generator().manual_seed(0)

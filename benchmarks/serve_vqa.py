@@ -15,10 +15,6 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import subprocess
-import sys
-import time
-import urllib.request
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,21 +24,7 @@ from multimodaltransformer.data.sources import resolve_source
 from multimodaltransformer.metrics import normalize_answer
 from multimodaltransformer.serve import free_port
 from multimodaltransformer.train.config import default_cache_dir
-
-
-def start_server(model: str, port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "multimodaltransformer", "serve", model, "--host", "127.0.0.1",
-                             "--port", str(port), "--device", "cpu"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    for _ in range(600):
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).read()
-            return proc
-        except OSError:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited: {proc.stderr.read().decode()[-2000:]}")
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("server did not start")
+from serve_load import start_server  # this folder's load test starts the server the same way
 
 
 def main() -> None:
@@ -58,7 +40,7 @@ def main() -> None:
     manifest = resolve_source(f"shapes:split=test,n={a.n},seed={a.seed}", default_cache_dir())
     questions = [e for e in read_manifest(manifest) if e.task == "vqa"]
     port = free_port(0)
-    server = start_server(a.model, port)
+    server = start_server(a.model, 16, port)  # the server's default batch
     client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused")
 
     def ask(e) -> str:

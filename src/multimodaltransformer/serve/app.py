@@ -74,10 +74,6 @@ def create_app(model: Any, config: ServerConfig | None = None) -> FastAPI:
         raise ValueError("the model has no tokenizer: serve a saved model directory with tokenizer.json")
     worker = ModelWorker(model, max_batch=cfg.max_batch, queue_size=cfg.queue_size)
     transcriber = Transcriber(model) if is_speech_model(model) else None
-    kind = model_kind(model)
-    # the page's examples: those with an image only for a model that takes images
-    shown = [e for e in load_examples(cfg.model_dir) if e.image is None or "image" in kind.inputs]
-    example_files = {e.name: e.image for e in shown if e.image is not None}  # all /examples/ can serve
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -131,17 +127,7 @@ def create_app(model: Any, config: ServerConfig | None = None) -> FastAPI:
     async def models() -> ModelList:
         return ModelList(data=[ModelCard(id=cfg.model_name, created=created)])
 
-    @app.get("/v1/examples")
-    async def examples() -> ExampleList:
-        return ExampleList(model=cfg.model_name, kind=kind, data=[
-            ExampleCard(image=None if e.name is None else f"/examples/{e.name}", questions=list(e.questions))
-            for e in shown])
-
-    @app.get("/examples/{name:path}")
-    async def example_image(name: str) -> FileResponse:
-        if name not in example_files:  # only listed files: no path of the request reaches the disk
-            raise APIError(404, f"no example image {name!r}")
-        return FileResponse(example_files[name])
+    _add_example_routes(app, cfg, model_kind(model))
 
     @app.get("/", response_class=HTMLResponse)
     async def page() -> str:
@@ -228,6 +214,25 @@ def create_app(model: Any, config: ServerConfig | None = None) -> FastAPI:
                                  model=cfg.model_name, usage={"prompt_tokens": tokens, "total_tokens": tokens})
 
     return app
+
+
+def _add_example_routes(app: FastAPI, cfg: ServerConfig, kind: ModelKind) -> None:
+    """GET /v1/examples and /examples/NAME: the chat page's starting points (serve/examples.py);
+    those with an image only for a model that takes images."""
+    shown = [e for e in load_examples(cfg.model_dir) if e.image is None or "image" in kind.inputs]
+    files = {e.name: e.image for e in shown if e.image is not None}  # all /examples/ can serve
+
+    @app.get("/v1/examples")
+    async def examples() -> ExampleList:
+        return ExampleList(model=cfg.model_name, kind=kind, data=[
+            ExampleCard(image=None if e.name is None else f"/examples/{e.name}", questions=list(e.questions))
+            for e in shown])
+
+    @app.get("/examples/{name:path}")
+    async def example_image(name: str) -> FileResponse:
+        if name not in files:  # only listed files: no path of the request reaches the disk
+            raise APIError(404, f"no example image {name!r}")
+        return FileResponse(files[name])
 
 
 def model_kind(model: Any) -> ModelKind:

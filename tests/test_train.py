@@ -24,6 +24,13 @@ def test_lr_schedule_warms_up_then_decays():
     assert all(a >= b for a, b in zip(f[10:], f[11:])) and f[99] == pytest.approx(0.1, abs=1e-3)
 
 
+def test_wsd_schedule_holds_the_peak_then_decays_linearly_to_the_end():
+    f = [lr_factor(s, 10, 110, 0.1, "wsd", 0.25) for s in range(111)]
+    assert f[9] == pytest.approx(1.0) and all(x == 1.0 for x in f[10:86])  # decay: the last 25 steps
+    assert all(a > b for a, b in zip(f[85:110], f[86:111])) and f[110] == pytest.approx(0.1)
+    assert f[98] == pytest.approx(1 - 0.9 * 13 / 25)
+
+
 def test_training_writes_model_checkpoints_and_logs(shapes_dir, tmp_path):
     train(_run(shapes_dir), tmp_path, progress=False)
     assert {p.name for p in (tmp_path / "model").iterdir()} == {"config.json", "model.safetensors", "tokenizer.json"}

@@ -46,7 +46,9 @@ class TrainConfig:
     batch_size: int = 32
     max_steps: int = 500
     lr: float = 1e-3
-    min_lr_ratio: float = 0.05  # cosine decays to lr * min_lr_ratio
+    min_lr_ratio: float = 0.05  # the schedule decays to lr * min_lr_ratio
+    schedule: Literal["cosine", "wsd"] = "cosine"  # wsd: warmup, hold the peak, decay at the end
+    decay_fraction: float = 0.25  # wsd: the share of the post-warmup steps spent decaying
     warmup_steps: int = 50
     weight_decay: float = 0.05
     beta1: float = 0.9
@@ -77,6 +79,8 @@ class TrainConfig:
                 raise ValueError(f"train.{name} must be positive, got {getattr(self, name)}")
         if self.lr <= 0 or self.warmup_steps < 0:
             raise ValueError("train.lr must be positive and train.warmup_steps non-negative")
+        if not 0 < self.decay_fraction <= 1:
+            raise ValueError(f"train.decay_fraction must be in (0, 1], got {self.decay_fraction}")
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The optimisation schedule: warmup + cosine learning rate, weight-decay groups, and the
+"""The optimisation schedule: warmup + cosine (or warmup-stable-decay) learning rate, weight-decay groups, and the
 time budget that fits a run's step count to a wall time."""
 
 from __future__ import annotations
@@ -30,10 +30,17 @@ class TimeBudget:
         return max(step + 1, min(self.max_steps, step + n))
 
 
-def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
-    """Linear warmup to 1, then cosine decay to `min_ratio` at `total`."""
+def lr_factor(step: int, warmup: int, total: int, min_ratio: float, shape: str = "cosine",
+              decay_fraction: float = 0.25) -> float:
+    """Linear warmup to 1, then down to `min_ratio` at `total`: a cosine over the whole run, or
+    warmup-stable-decay ("wsd": the peak held, then a linear decay over the last `decay_fraction`),
+    which spends more of a short run at the peak rate and still ends annealed."""
     if step < warmup:
         return (step + 1) / warmup
+    if shape == "wsd":
+        decay = max(1, round((total - warmup) * decay_fraction))
+        progress = min(1.0, max(0.0, (step - (total - decay)) / decay))
+        return 1 - (1 - min_ratio) * progress
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 

@@ -279,6 +279,10 @@ class Trainer:
         dd.barrier(self.dist)
         return metrics
 
+    def _lr_factor(self) -> float:
+        t = self.run.train
+        return lr_factor(self.step, t.warmup_steps, self.total_steps, t.min_lr_ratio, t.schedule, t.decay_fraction)
+
     def _replan(self, budget: TimeBudget, bar: tqdm) -> None:
         total = budget.plan(self.step)
         total = int(dd.broadcast_object(total, self.dist))  # every rank stops at rank 0's count
@@ -396,7 +400,7 @@ class Trainer:
         iters = [s.loader(seeds[k], pieces, mine, self.run.data.workers, dist_.rank, dist_.world)
                  for k, s in enumerate(self.streams)]
         for g in self.opt.param_groups:
-            g["lr"] = t.lr * lr_factor(self.step, t.warmup_steps, self.total_steps, t.min_lr_ratio)
+            g["lr"] = t.lr * self._lr_factor()
         bar = tqdm(total=self.total_steps, initial=self.step, desc="train", disable=not (self.progress and dist_.main),
                    unit="step", dynamic_ncols=True, mininterval=1 if sys.stderr.isatty() else 15)
         started = time.perf_counter()
@@ -425,7 +429,7 @@ class Trainer:
                     totals["seconds"] += step_seconds
                 window_n += out["samples"]
                 for g in self.opt.param_groups:
-                    g["lr"] = t.lr * lr_factor(self.step, t.warmup_steps, self.total_steps, t.min_lr_ratio)
+                    g["lr"] = t.lr * self._lr_factor()
                 if budget is not None and self.step - calib_from > 3:
                     budget.step_time += step_seconds
                     budget.steps += 1

@@ -6,10 +6,11 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from .config import ConfigError
 from .data.manifest import DataError
-from .modalities.image import MediaError
+from .modalities.base import MediaError
 
 
 def _cmd_data_shapes(a: argparse.Namespace) -> None:
@@ -89,14 +90,20 @@ def _cmd_generate(a: argparse.Namespace) -> None:
         tmp.replace(out)
         print(f"wrote {len(preds)} predictions to {out}")
         return
-    if a.prompt is None:
-        raise ConfigError("give --prompt TEXT (with --image PATH), or --data MANIFEST --out PRED.jsonl")
-    if model.image_processor is not None and not a.image:
-        raise ConfigError("this model needs an image: pass --image PATH")
-    image = Path(a.image) if a.image else None
-    if image is not None and not image.is_file():
-        raise MediaError(f"image file not found: {image}")
-    ex = Example(id="cli", task="generate", prompt=a.prompt, target=None, image=image, text=a.text, source="--image")
+    reads = sorted(getattr(model, "processors", None) or ({"image": 1} if model.image_processor else {}))
+    media = {name: Path(p) for name, p in (("image", a.image), ("audio", a.audio)) if p}
+    if a.prompt is None and "audio" not in media:
+        raise ConfigError("give --prompt TEXT (with --image PATH), --audio PATH, or --data MANIFEST --out PRED.jsonl")
+    if reads and not media:
+        raise ConfigError(f"this model reads {' and '.join(reads)}: pass " +
+                          " and/or ".join(f"--{name} PATH" for name in reads))
+    for name, path in media.items():
+        if name not in reads:
+            raise ConfigError(f"this model has no {name} encoder (it reads {', '.join(reads) or 'text only'})")
+        if not path.is_file():
+            raise MediaError(f"{name} file not found: {path}")
+    ex = Example(id="cli", task="generate", prompt=a.prompt or "", target=None, text=a.text,
+                 source=" ".join(f"--{n} {p}" for n, p in media.items()) or "--prompt", **media)
     if a.stream:
         if a.num_beams > 1:
             raise ConfigError("--stream prints tokens as they come: use greedy search or --do-sample, not --num-beams")
@@ -176,8 +183,8 @@ def _cmd_bench_fusion(a: argparse.Namespace) -> None:
 def _cmd_demo(a: argparse.Namespace) -> None:
     from .demo import run_demo
 
-    run_demo(a.out, budget_minutes=a.budget_minutes, config=a.config, overrides=a.set, serve=not a.no_serve,
-             eval_n=a.eval_n, eval_seed=a.eval_seed, port=a.port)
+    run_demo(a.out or ("runs/demo" if a.recipe == "image" else "runs/demo-speech"), budget_minutes=a.budget_minutes, config=a.config, overrides=a.set, serve=not a.no_serve,
+             eval_n=a.eval_n, eval_seed=a.eval_seed, port=a.port, recipe=a.recipe)
 
 
 def _cmd_convert(a: argparse.Namespace) -> None:
@@ -197,11 +204,16 @@ def _cmd_chat(a: argparse.Namespace) -> None:
     run_terminal_chat(load_pretrained(a.model, map_location=device), system=a.system, options=options)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mmt", description="multimodaltransformer: train, evaluate and run "
-                                "multimodal Transformers")
-    sub = p.add_subparsers(dest="command", required=True)
+def _cmd_data_spoken(a: argparse.Namespace) -> None:
+    from .data import spoken
 
+    if a.n <= 0:
+        raise ConfigError(f"--n must be positive, got {a.n}")
+    path = spoken.generate(a.out, split=a.split, n=a.n, seed=a.seed, questions_per_image=a.questions)
+    print(f"wrote {path}")
+
+
+def _add_data_commands(sub: Any) -> None:
     data = sub.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
     s = data.add_parser("shapes", help="write a ShapesWorld split (images + manifest.jsonl)")
     s.add_argument("--split", choices=["train", "val", "test", "novel"], default="train")
@@ -223,6 +235,21 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--out", required=True, help="output directory (replaced if it holds older shards)")
     sh.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
     sh.set_defaults(func=_cmd_data_shard)
+    sp = data.add_parser("spoken", help="write a SpokenShapes split: ShapesWorld images, their captions and "
+                         "questions spoken by eSpeak NG (16 kHz WAV), ASR and spoken-VQA manifest records")
+    sp.add_argument("--split", choices=["train", "val", "test", "novel"], default="train")
+    sp.add_argument("--n", type=int, default=1000, help="number of images")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--questions", type=int, default=2, help="spoken questions per image")
+    sp.add_argument("--out", required=True)
+    sp.set_defaults(func=_cmd_data_spoken)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mmt", description="multimodaltransformer: train, evaluate and run "
+                                "multimodal Transformers")
+    sub = p.add_subparsers(dest="command", required=True)
+    _add_data_commands(sub)
 
     t = sub.add_parser("train", help="train a model from a YAML config")
     t.add_argument("config", help="YAML file, or the name of a packaged config (shapes-tiny, demo)")
@@ -241,7 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="answer one prompt, or every line of a manifest")
     model_args(g)
     g.add_argument("--image")
-    g.add_argument("--prompt")
+    g.add_argument("--audio", help="a speech clip (WAV; FLAC, OGG ... with soundfile) for models with an audio encoder")
+    g.add_argument("--prompt", help="the text prompt (with --audio it may be left out: a transcript or a spoken question)")
     g.add_argument("--text", help="optional input text placed before the prompt")
     g.add_argument("--data", help="manifest.jsonl to predict")
     g.add_argument("--out", help="predictions JSONL (with --data)")
@@ -292,10 +320,12 @@ def build_parser() -> argparse.ArgumentParser:
     bf.add_argument("--eval-seed", type=int, default=1)
     bf.set_defaults(func=_cmd_bench_fusion)
 
-    d = sub.add_parser("demo", help="generate ShapesWorld, train, evaluate, show predictions")
-    d.add_argument("--out", default="runs/demo")
+    d = sub.add_parser("demo", help="generate ShapesWorld (or SpokenShapes), train, evaluate, show predictions")
+    d.add_argument("recipe", nargs="?", choices=["image", "speech"], default="image",
+                   help="image: captions, VQA ... on ShapesWorld (default); speech: ASR and spoken VQA on SpokenShapes")
+    d.add_argument("--out", help="where the run goes (default runs/demo, or runs/demo-speech)")
     d.add_argument("--budget-minutes", type=float, default=9.0, help="training wall-time budget")
-    d.add_argument("--config", default="demo", help="YAML file or packaged config name")
+    d.add_argument("--config", help="YAML file or packaged config name (default: the recipe's, demo or speech)")
     d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     d.add_argument("--eval-n", type=int, default=500, help="test / novel images to evaluate")
     d.add_argument("--eval-seed", type=int, default=1)

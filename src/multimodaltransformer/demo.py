@@ -1,7 +1,9 @@
-"""`mmt demo`: ShapesWorld end to end on a CPU, with no downloads.
+"""`mmt demo [image|speech]`: ShapesWorld (or SpokenShapes) end to end on a CPU, with no downloads.
 
 Generate data (cached) -> train within a time budget -> evaluate on held-out `test` and on
 `novel` (unseen colour-shape pairs) -> print a table and example predictions -> metrics.json.
+The image recipe trains configs/demo.yaml on ShapesWorld; the speech recipe configs/speech.yaml
+on SpokenShapes (ASR and spoken VQA, scored on held-out voices' clips) and ShapesWorld.
 """
 
 from __future__ import annotations
@@ -16,19 +18,28 @@ from .data.manifest import read_manifest
 from .data.sources import resolve_source
 from .evaluate import evaluate
 from .report import HEADLINE, SplitResult, write_run_report
+
+# recipe -> (its packaged config, the built-in source of its held-out splits, its report's title)
+RECIPES = {"image": ("demo", "shapes", "ShapesWorld"), "speech": ("speech", "spoken", "SpokenShapes")}
 from .train.config import load_run_config
 from .train.trainer import train
 
 
-def run_demo(out: str | Path = "runs/demo", budget_minutes: float = 9.0, config: str = "demo",
+def run_demo(out: str | Path = "runs/demo", budget_minutes: float = 9.0, config: str | None = None,
              overrides: list[str] | None = None, serve: bool = False, eval_n: int = 500,
-             eval_seed: int = 1, port: int = 8000) -> dict:
+             eval_seed: int = 1, port: int = 8000, recipe: str = "image") -> dict:
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown demo {recipe!r}; choose from {', '.join(RECIPES)}")
+    default_config, source, dataset = RECIPES[recipe]
     out = Path(out)
-    run = load_run_config(config, [f"train.time_budget_minutes={budget_minutes}", *(overrides or [])])
+    run = load_run_config(config or default_config, [f"train.time_budget_minutes={budget_minutes}",
+                                                      *(overrides or [])])
     for stale in ("checkpoints", "log.jsonl", "tensorboard"):  # a demo always starts fresh
         p = out / stale
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-    splits = {s: resolve_source(f"shapes:split={s},n={eval_n},seed={eval_seed}", run.data.cache_dir)
+    if recipe == "speech":
+        eval_n = max(1, eval_n // 3)  # three clips an image
+    splits = {s: resolve_source(f"{source}:split={s},n={eval_n},seed={eval_seed}", run.data.cache_dir)
               for s in ("test", "novel")}
     model = train(run, out)
     from .serve.examples import save_examples  # held-out images + questions for the chat page to start from
@@ -56,13 +67,17 @@ def run_demo(out: str | Path = "runs/demo", budget_minutes: float = 9.0, config:
     metrics["train_steps"] = summary["steps"]
     metrics["parameters"] = summary["parameters"]
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    report = write_run_report(out, results, title="mmt demo: ShapesWorld held-out predictions")
+    report = write_run_report(out, results, title=f"mmt demo: {dataset} held-out predictions")
 
     tqdm.write("\n" + _table(metrics))
     tqdm.write(f"\ntrained {summary['steps']} steps in {summary['train_seconds']:.0f}s, "
                f"{summary['parameters'] / 1e6:.2f}M parameters")
     tqdm.write(f"model: {out / 'model'}   metrics: {out / 'metrics.json'}   report: {report}")
-    tqdm.write(f"try:   mmt generate {out / 'model'} --image {first_image} --prompt \"describe the image.\"")
+    if recipe == "speech":
+        clip = next(e.audio for e in read_manifest(splits["test"]) if e.audio is not None)
+        tqdm.write(f"try:   mmt generate {out / 'model'} --audio {clip}")
+    else:
+        tqdm.write(f"try:   mmt generate {out / 'model'} --image {first_image} --prompt \"describe the image.\"")
     if serve:
         from .serve import free_port, serve as serve_model
 

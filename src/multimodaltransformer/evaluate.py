@@ -16,10 +16,9 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from .data.collate import ExampleDataset, collate_examples, pair_text, prompt_batch
+from .data.collate import ExampleDataset, MediaCache, collate_examples, collate_media, media_of, pair_text, prompt_batch
 from .data.manifest import DataError, Example
 from .metrics import bleu, cider, classification_report, exact_match, normalize_answer, recall_at_k, rouge_l, vqa_accuracy, wer
-from .modalities.image import MediaError
 
 RETRIEVAL_TASKS = ("retrieval",)
 TRANSCRIPTION_TASKS = ("asr", "transcribe", "transcription")
@@ -45,11 +44,11 @@ def predict(model: Any, examples: Sequence[Example], batch_size: int = 64, max_n
     was_training = model.training
     model.eval()
     out: list[str | None] = [None] * len(examples)
-    # Runs of examples answered the same way: (by head or generation, with or without an image),
+    # Runs of examples answered the same way: (by head or generation, with the same modalities),
     # per task, so that one-word answers do not wait in a batch for long captions to finish
-    groups: dict[tuple[str, bool, str], list[int]] = defaultdict(list)
+    groups: dict[tuple[str, tuple[str, ...], str], list[int]] = defaultdict(list)
     for i, e in enumerate(examples):
-        groups[(e.task if e.task in heads else "", e.image is not None, e.task)].append(i)
+        groups[(e.task if e.task in heads else "", tuple(media_of(e)), e.task)].append(i)
     bar = tqdm(total=len(examples), desc="predict", disable=not progress, unit="ex")
     try:
         for (head, _, _), idx in groups.items():
@@ -68,30 +67,24 @@ def predict(model: Any, examples: Sequence[Example], batch_size: int = 64, max_n
     return [o or "" for o in out]
 
 
-def _pixels(model: Any, chunk: Sequence[Example]) -> torch.Tensor | None:
-    if chunk[0].image is None:
-        return None
-    if model.image_processor is None:
-        raise DataError(f"{chunk[0].source}: has an image but the model has no image encoder")
-    images = []
-    for e in chunk:
-        try:
-            images.append(model.image_processor.to_uint8(e.image))
-        except MediaError as err:
-            raise DataError(f"{e.source}: {err}") from err
-    return model.image_processor.normalize(torch.stack(images)).to(next(model.parameters()).device)
+def _media(model: Any, chunk: Sequence[Example]) -> dict[str, torch.Tensor]:
+    """The chunk's media (every example has the same modalities) as model inputs on its device."""
+    cache = MediaCache(getattr(model, "processors", None) or getattr(model, "image_processor", None))
+    batch = collate_media([cache(e) for e in chunk], cache.processors)
+    device = next(model.parameters()).device
+    return {k: v.to(device) for k, v in batch.items()}
 
 
 def _room(model: Any, chunk: Sequence[Example]) -> int:
-    """Text positions the decoder has left once the image's prefix tokens (if any) are in."""
-    return model.max_seq_len - (model.num_media_tokens if chunk[0].image is not None else 0)
+    """Text positions the decoder has left once the media's prefix tokens (if any) are in."""
+    return model.max_seq_len - (model.num_media_tokens if media_of(chunk[0]) else 0)
 
 
 def _head_answers(model: Any, task: str, chunk: Sequence[Example]) -> list[str]:
     ids, mask = prompt_batch(model.tokenizer, [e.prompt for e in chunk], [e.text for e in chunk],
                              max_len=_room(model, chunk))
     device = next(model.parameters()).device
-    logits = model.classify(task, ids.to(device), mask.to(device), _pixels(model, chunk))
+    logits = model.classify(task, ids.to(device), mask.to(device), **_media(model, chunk))
     return [model.head_labels[task][k] for k in logits.argmax(-1).tolist()]
 
 
@@ -104,17 +97,17 @@ def _generate(model: Any, chunk: Sequence[Example], max_new_tokens: int, generat
     ids, mask = prompt_batch(tok, [e.prompt for e in chunk], [e.text for e in chunk],
                              max_len=_room(model, chunk) - 1)  # room for at least one new token
     device = next(model.parameters()).device
-    pixel_values = _pixels(model, chunk)
+    media = _media(model, chunk)
     if on_text is not None:
         from .generation import stream
 
         text = ""
-        for delta in stream(model, ids.to(device), mask.to(device), pixel_values=pixel_values, **gen_kwargs):
+        for delta in stream(model, ids.to(device), mask.to(device), **media, **gen_kwargs):
             delta = delta if text else delta.lstrip()
             text += delta
             on_text(delta)
         return [text.strip()]
-    gen = model.generate(ids.to(device), attention_mask=mask.to(device), pixel_values=pixel_values, **gen_kwargs)
+    gen = model.generate(ids.to(device), attention_mask=mask.to(device), **media, **gen_kwargs)
     return [tok.decode(row[ids.shape[1]:].tolist()) for row in gen]
 
 

@@ -25,7 +25,7 @@ from .data.manifest import Example
 from .metrics import normalize_answer
 from .train.tracking import LOG_FILE, TENSORBOARD_DIR
 
-HEADLINE = ("vqa_accuracy", "caption_exact_match", "caption_bleu4", "caption_cider", "classify_accuracy",
+HEADLINE = ("vqa_accuracy", "asr_wer", "caption_exact_match", "caption_bleu4", "caption_cider", "classify_accuracy",
             "match_accuracy", "retrieval_r1")
 KNOWN_SPLITS = {"test": "held-out images", "novel": "unseen colour-shape pairs"}  # ShapesWorld's eval splits
 MAX_SIDE = 256  # larger images are shrunk before inlining, so a report of photos stays a few MB

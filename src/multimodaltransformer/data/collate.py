@@ -1,8 +1,11 @@
 """From manifest examples to model batches: the prompt format, a cached dataset, collators.
 
-Text layout (after any image tokens): <bos> prompt <sep> target <eos>. Loss is taken on
+Text layout (after any media tokens): <bos> prompt <sep> target <eos>. Loss is taken on
 `target <eos>` only. Training batches are right-padded; generation prompts left-padded, so
-every row's next token is at the last column.
+every row's next token is at the last column. Media (image, audio ...) go through the model's
+processors by modality name: prepared once per file and cached, collated per batch under the
+model's keyword (pixel_values, input_features ...), with `media_mask` {modality: (B,)} where only
+some rows of a batch have that modality.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ..modalities.image import ImageProcessor, MediaError
+from ..modalities.base import MODALITIES, MediaError, Processor
+from ..modalities.image import ImageProcessor
 from ..modalities.text import TextTokenizer
 from ..objectives import IGNORE_INDEX
 from .manifest import DataError, Example
@@ -37,25 +41,56 @@ def encode_example(tok: TextTokenizer, ex: Example, max_len: int) -> tuple[list[
     return ids[:max_len], labels[:max_len], truncated
 
 
-class ImageCache:
-    """Images decoded once and kept as uint8 (several examples share one image)."""
+Processors = Mapping[str, Processor]
 
-    def __init__(self, processor: ImageProcessor | None) -> None:
-        self.processor = processor
-        self.images: dict[str, Tensor] = {}
 
-    def __call__(self, ex: Example) -> Tensor | None:
-        if ex.image is None:
-            return None
-        if self.processor is None:
-            raise DataError(f"{ex.source}: has an image but the model has no image encoder")
-        key = str(ex.image)
-        if key not in self.images:
-            try:
-                self.images[key] = self.processor.to_uint8(ex.image)
-            except MediaError as e:
-                raise DataError(f"{ex.source}: {e}") from e
-        return self.images[key]
+def as_processors(processors: Processors | ImageProcessor | None) -> dict[str, Processor]:
+    """{modality: processor}; a lone ImageProcessor (or None) is the image-only case."""
+    if processors is None:
+        return {}
+    return {"image": processors} if isinstance(processors, ImageProcessor) else dict(processors)
+
+
+def media_of(ex: Example) -> dict[str, Any]:
+    """The example's media by modality name (the manifest fields image, audio ...)."""
+    return {name: getattr(ex, name) for name in MODALITIES if getattr(ex, name, None) is not None}
+
+
+class MediaCache:
+    """Media prepared once by their modality's processor and kept in its compact form (uint8 images,
+    float16 waveforms): several examples share one image."""
+
+    def __init__(self, processors: Processors | ImageProcessor | None) -> None:
+        self.processors = as_processors(processors)
+        self.items: dict[tuple[str, str], Tensor] = {}
+
+    def __call__(self, ex: Example) -> dict[str, Tensor]:
+        out = {}
+        for name, source in media_of(ex).items():
+            if name not in self.processors:
+                raise DataError(f"{ex.source}: has {'an' if name[0] in 'aeiou' else 'a'} {name} but the model has "
+                                f"no {name} encoder")
+            key = (name, str(source))
+            if key not in self.items:
+                try:
+                    self.items[key] = self.processors[name].prepare(source, str(source))
+                except MediaError as e:
+                    raise DataError(f"{ex.source}: {e}") from e
+            out[name] = self.items[key]
+        return out
+
+
+def collate_media(items: list[dict[str, Tensor]], processors: Mapping[str, Processor]) -> dict[str, Any]:
+    """Per-row prepared media -> {keyword: batch}, and `media_mask` for modalities only some rows have
+    (their other rows hold zeros, which the model masks out)."""
+    batch: dict[str, Any] = {}
+    for name in sorted({n for it in items for n in it}, key=list(MODALITIES).index):
+        present = [name in it for it in items]
+        blank = torch.zeros_like(next(it[name] for it in items if name in it))
+        batch[MODALITIES[name].input_key] = processors[name].collate([it.get(name, blank) for it in items])
+        if not all(present):
+            batch.setdefault("media_mask", {})[name] = torch.tensor(present)
+    return batch
 
 
 def pair_text(ex: Example) -> str:
@@ -71,16 +106,18 @@ class ExampleDataset(Dataset):
     "pair": image + <bos> text <sep> (contrastive / matching); "classify": image (or none) + the
     prompt, and the label index; "text": <bos> text <eos>, the whole text of the example (masked LM)."""
 
-    def __init__(self, examples: Sequence[Example], tokenizer: TextTokenizer, image_processor: ImageProcessor | None,
-                 max_text_len: int, kind: str, labels: Mapping[str, Sequence[str]] | None = None,
-                 skip_bad: bool = False) -> None:
+    def __init__(self, examples: Sequence[Example], tokenizer: TextTokenizer,
+                 image_processor: Processors | ImageProcessor | None, max_text_len: int, kind: str,
+                 labels: Mapping[str, Sequence[str]] | None = None, skip_bad: bool = False) -> None:
         self.tokenizer, self.kind, self.max_text_len = tokenizer, kind, max_text_len
         self.labels = {task: {label: i for i, label in enumerate(ls)} for task, ls in (labels or {}).items()}
-        self.image = ImageCache(image_processor)
+        self.media = MediaCache(image_processor)
         self.examples, self.skipped = [], []
         for ex in examples:
             try:
-                self.image(ex)
+                if set(media_of(ex)) - {"image"}:
+                    raise DataError(f"{ex.source}: the {kind} objective reads images and text only")
+                self.media(ex)
                 if kind == "pair":
                     if ex.image is None:
                         raise DataError(f"{ex.source}: an image-text pair needs an image")
@@ -112,13 +149,14 @@ class ExampleDataset(Dataset):
             body = " ".join(s for s in (ex.text, ex.prompt, ex.target) if s)
             ids = [tok.bos_id, *tok.encode(body), tok.eos_id]
         ids = ids[:self.max_text_len - 1] + ids[-1:] if len(ids) > self.max_text_len else ids  # keep the last token
-        item = {"input_ids": ids, "image": self.image(ex), "tasks": [ex.task]}
+        item = {"input_ids": ids, "image": self.media(ex).get("image"), "tasks": [ex.task]}
         if self.kind == "classify":
             item["label"] = self.labels[ex.task][ex.target]
         return item
 
 
-def collate_examples(items: list[dict[str, Any]], pad_id: int, processor: ImageProcessor | None) -> dict[str, Any]:
+def collate_examples(items: list[dict[str, Any]], pad_id: int, processor: Processors | ImageProcessor | None
+                     ) -> dict[str, Any]:
     """Right-padded input_ids / attention_mask, pixel_values when every item has an image, labels."""
     T = max(len(it["input_ids"]) for it in items)
     ids = torch.full((len(items), T), pad_id, dtype=torch.long)
@@ -129,7 +167,7 @@ def collate_examples(items: list[dict[str, Any]], pad_id: int, processor: ImageP
     batch: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "tasks": [it["tasks"] for it in items]}
     images = [it["image"] for it in items]
     if all(im is not None for im in images):
-        batch["pixel_values"] = processor.normalize(torch.stack(images))
+        batch["pixel_values"] = as_processors(processor)["image"].collate(images)
     elif any(im is not None for im in images):
         raise DataError("a batch mixes examples with and without images; keep them in separate task streams")
     if "label" in items[0]:
@@ -138,23 +176,24 @@ def collate_examples(items: list[dict[str, Any]], pad_id: int, processor: ImageP
 
 
 class ManifestDataset(Dataset):
-    """Examples with their images decoded once and cached as uint8 (several examples share one).
+    """Examples with their media prepared once and cached (several examples share one image).
 
-    With `pack`, an item is one image with all its examples as segments of one sequence
-    (see `segment_mask`): the image is encoded once per step instead of once per example.
+    With `pack`, an item is one set of media (an image; an image and a clip ...) with all its
+    examples as segments of one sequence (see `segment_mask`): the media are encoded once per step
+    instead of once per example. `processors`: {modality: processor}, or an ImageProcessor.
     """
 
     def __init__(self, examples: Sequence[Example], tokenizer: TextTokenizer,
-                 image_processor: ImageProcessor | None, max_text_len: int,
+                 processors: Processors | ImageProcessor | None, max_text_len: int,
                  skip_bad: bool = False, pack: bool = False) -> None:
-        self.tokenizer, self.processor, self.max_text_len = tokenizer, image_processor, max_text_len
-        self._image = ImageCache(image_processor)
+        self.tokenizer, self.max_text_len = tokenizer, max_text_len
+        self._media = MediaCache(processors)
         self.examples: list[Example] = []
         self.skipped: list[str] = []
         truncated = 0
         for ex in examples:
             try:
-                self._image(ex)
+                self._media(ex)
             except DataError as e:
                 if not skip_bad:
                     raise
@@ -172,7 +211,8 @@ class ManifestDataset(Dataset):
             raise DataError("no usable examples left")
         groups: dict[str, list[int]] = {}
         for i, ex in enumerate(self.examples):
-            key = str(ex.image) if (pack and ex.image is not None) else f"#{i}"
+            media = media_of(ex)
+            key = repr(sorted((n, str(m)) for n, m in media.items())) if (pack and media) else f"#{i}"
             groups.setdefault(key, []).append(i)
         self.groups = list(groups.values())
 
@@ -187,15 +227,15 @@ class ManifestDataset(Dataset):
             labels += e_labels
             segments += [k] * len(e_ids)
         first = self.examples[self.groups[i][0]]
-        return {"input_ids": ids, "labels": labels, "segment_ids": segments, "image": self._image(first),
+        return {"input_ids": ids, "labels": labels, "segment_ids": segments, "media": self._media(first),
                 "tasks": [self.examples[j].task for j in self.groups[i]]}
 
 
 class TrainCollator:
-    """Right-pads text (segment id 0 marks padding); stacks and normalises images."""
+    """Right-pads text (segment id 0 marks padding); collates each modality by its processor."""
 
-    def __init__(self, pad_id: int, image_processor: ImageProcessor | None) -> None:
-        self.pad_id, self.processor = pad_id, image_processor
+    def __init__(self, pad_id: int, processors: Processors | ImageProcessor | None) -> None:
+        self.pad_id, self.processors = pad_id, as_processors(processors)
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         T = max(len(it["input_ids"]) for it in items)
@@ -210,12 +250,7 @@ class TrainCollator:
         batch = {"input_ids": ids, "attention_mask": segments > 0, "labels": labels, "tasks": [it["tasks"] for it in items]}
         if int(segments.max()) > 1:  # packed rows: the model restarts positions per segment
             batch["segment_ids"] = segments
-        images = [it["image"] for it in items]
-        if any(im is not None for im in images):
-            if any(im is None for im in images):
-                raise DataError("a batch mixes examples with and without images; keep them in separate task streams")
-            batch["pixel_values"] = self.processor.normalize(torch.stack(images))
-        return batch
+        return batch | collate_media([it["media"] for it in items], self.processors)
 
 
 def prompt_batch(tok: TextTokenizer, prompts: Sequence[str], texts: Sequence[str | None] | None = None,

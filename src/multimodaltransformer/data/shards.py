@@ -22,31 +22,19 @@ import shutil
 import tarfile
 from collections.abc import Iterator
 from contextlib import closing
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-from ..modalities.image import MediaError, load_image
+from ..modalities.base import MediaBytes, MediaError
+from ..modalities.image import load_image
 from .manifest import DataError, Example, example_from_row, read_manifest
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp", "bmp", "gif", "tif", "tiff", "ppm")
 AUDIO_EXTS = ("wav", "flac", "mp3", "ogg", "opus", "m4a")
 INFO = "shards.json"
 VERSION = 1
-
-
-@dataclass(frozen=True, eq=False)
-class MediaBytes:
-    """An encoded image or audio file held in memory. `name` ("DIR/shard-000001.tar/KEY.png") names it in
-    errors and is its str(), so caches keyed by str(ex.image) stay unique and short."""
-
-    data: bytes = field(repr=False)
-    name: str
-
-    def __str__(self) -> str:
-        return self.name
 
 
 def decode_image(media: MediaBytes) -> Image.Image:

@@ -5,6 +5,7 @@ A source is one of
   a built-in spec `NAME:key=value,...`, generated into a manifest:   resolve_source + read_manifest
     shapes:split=train,n=2000,seed=0[,questions=3][,tasks=caption+vqa+retrieval]
     reviews:split=train,n=2000,seed=0
+    spoken:split=train,n=1000,seed=0[,questions=2]  (SpokenShapes: ShapesWorld spoken by eSpeak NG)
   WebDataset shards: `wds:URLS`, a path or pattern ending in .tar    shards.read_shards
     (`dir/shard-{000000..000009}.tar`), or a folder with shards.json
   a Hugging Face `save_to_disk` folder: `hf:DIR` (a DatasetDict's    hf.read_hf_dataset
@@ -87,10 +88,22 @@ def _reviews(spec: str, a: Spec, root: Path, progress: bool) -> Path:
     return out / "manifest.jsonl"
 
 
+def _spoken(spec: str, a: Spec, root: Path, progress: bool) -> Path:
+    from . import shapes, spoken
+
+    _check_split(spec, a["split"], shapes.SPLITS)
+    out = root / "spokenshapes" / f"{a['split']}-n{a['n']}-seed{a['seed']}-q{a['questions']}"
+    if not _is_current(out, spoken.VERSION):
+        spoken.generate(out, split=a["split"], n=int(a["n"]), seed=int(a["seed"]),  # type: ignore[arg-type]
+                        questions_per_image=int(a["questions"]), progress=progress)
+    return out / "manifest.jsonl"
+
+
 # Each built-in: its keys with their defaults (a default's type is the value's type), and its builder.
 BUILTINS: dict[str, tuple[Spec, Callable[[str, Spec, Path, bool], Path]]] = {
     "shapes": ({"split": "train", "n": 1000, "seed": 0, "questions": 3, "tasks": "all"}, _shapes),
     "reviews": ({"split": "train", "n": 2000, "seed": 0}, _reviews),
+    "spoken": ({"split": "train", "n": 1000, "seed": 0, "questions": 2}, _spoken),
 }
 
 

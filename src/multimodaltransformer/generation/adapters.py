@@ -71,7 +71,7 @@ class LMAdapter(nn.Module):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, **media: Any) -> Any:
         """Full-sequence logits with positions counted from the first real token (left padding)."""
-        x, mask, _ = self.embed(input_ids, attention_mask, **media)
+        x, mask = self.embed(input_ids, attention_mask, **media)[:2]
         positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
         h = self.lm.transformer(x, causal_padding_mask(mask, x.shape[1], device=x.device), positions=positions)
         return _Logits(self.lm.lm_head(h))

@@ -36,7 +36,7 @@ class CachedSession:
                  max_new_tokens: int, expand: int = 1, compile: bool = False) -> None:
         self.model = model
         B = input_ids.shape[0]
-        x, key_mask, context = model.embed(input_ids, mask, **media)  # (B, S, C), (B, S), (B, M, C) | None
+        x, key_mask, context = model.embed(input_ids, mask, **media)[:3]  # (B, S, C), (B, S), (B, M, C) | None
         S = x.shape[1]
         L = S + max_new_tokens
         model.setup_caches(B, L, None if context is None else context.shape[1])

@@ -12,7 +12,7 @@ import importlib.util
 import io
 import math
 import wave
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import BinaryIO, Union
 
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..nn import TransformerConfig, TransformerStack
-from .image import MediaError
+from .base import MediaBytes, MediaError, Modality, register
 
 AudioInput = Union[str, Path, Tensor, np.ndarray]
 
@@ -183,6 +183,9 @@ class AudioProcessorConfig:
     n_fft: int = 400
     hop_length: int = 160
     chunk_length: float = 30.0  # seconds: shorter audio is padded with silence, longer is trimmed
+    # None: every clip padded to chunk_length (Whisper). N: a batch is padded to its longest clip,
+    # rounded up to N frames (a model with a variable-length encoder reads less silence)
+    pad_to_multiple: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("sampling_rate", "n_mels", "n_fft", "hop_length", "chunk_length"):
@@ -220,10 +223,35 @@ class AudioProcessor:
         rate = self.config.sampling_rate
         if isinstance(audio, (str, Path)):
             return load_audio(audio, rate)
+        if isinstance(audio, MediaBytes):  # read from shards / HF datasets
+            return decode_audio(audio.data, Path(audio.name).suffix.lstrip(".") or "wav", rate)
         x = torch.as_tensor(audio, dtype=torch.float32)
         if x.dim() != 1:
             raise ValueError(f"expected a mono waveform (N,), got shape {tuple(x.shape)}")
         return resample(x, sampling_rate or rate, rate)
+
+    # the two steps of the data pipeline (data/collate.py): a stored form per clip, and a batch
+    def prepare(self, audio: AudioInput, name: str | None = None) -> Tensor:
+        """A clip -> its mono waveform (N,) at the processor's rate, stored as float16; a clip longer
+        than the window is refused (MediaError), since trimming it would cut words off."""
+        x = self.waveform(audio)
+        seconds, window = x.shape[-1] / self.config.sampling_rate, self.config.chunk_length
+        if seconds > window + 1e-6:
+            raise MediaError(f"audio {name or audio}: {seconds:.2f} s is longer than the model's {window:g} s window")
+        if x.numel() == 0:
+            raise MediaError(f"audio {name or audio} has no samples")
+        return x.half()
+
+    def collate(self, waves: list[Tensor]) -> Tensor:
+        """Prepared waveforms -> `input_features` (B, M, frames): n_frames, or the longest clip's
+        frames rounded up to `pad_to_multiple`."""
+        c = self.config
+        n = c.n_samples
+        if c.pad_to_multiple:
+            step = c.pad_to_multiple * c.hop_length
+            n = min(n, -(-max(w.shape[-1] for w in waves) // step) * step)
+        return self.log_mel(torch.stack([F.pad(w.float(), (0, n - w.shape[-1])) if w.shape[-1] < n else w[:n].float()
+                                         for w in waves]))
 
     def pad_or_trim(self, x: Tensor) -> Tensor:
         n = self.config.n_samples
@@ -263,15 +291,62 @@ def _whisper_encoder_stack() -> TransformerConfig:  # whisper-tiny
 
 @dataclass
 class AudioEncoderConfig:
-    """The conv stem's input mels and the stack; transformer.max_seq_len = S positions (1500 for 30 s)."""
+    """The conv stem's input mels and the stack; transformer.max_seq_len = S positions (1500 for 30 s).
+    `strides`: of the stem's two convolutions (Whisper's 1, 2: two mel frames per position)."""
 
     transformer: TransformerConfig = field(default_factory=_whisper_encoder_stack)
     n_mels: int = 80
+    strides: list[int] = field(default_factory=lambda: [1, 2])
+    # False: exactly the window (Whisper); True: any whole number of positions up to it (batches
+    # padded to their longest clip, not to the window)
+    variable_length: bool = False
 
     def __post_init__(self) -> None:
         if self.transformer.position != "learned":
             raise ValueError(f"the audio encoder stores its positions as a table: transformer.position must "
                              f"be 'learned', got {self.transformer.position!r}")
+        if len(self.strides) != 2 or any(s not in (1, 2) for s in self.strides):
+            raise ValueError(f"strides: two conv strides of 1 or 2, got {self.strides}")
+
+
+@dataclass
+class AudioConfig(TransformerConfig):
+    """The audio modality of the library's own model: Whisper's front end and encoder layout, small.
+
+    A clip becomes `seconds` of log-mel frames (100 a second; shorter clips are padded with
+    silence, longer ones refused), then `stride` frames per encoder token (conv stem).
+    """
+
+    n_mels: int = 80
+    seconds: float = 8.0
+    stride: int = 4  # 2 as Whisper, or 4: half the tokens (spoken sentences need no finer grain)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.stride not in (2, 4):
+            raise ValueError(f"audio stride must be 2 or 4, got {self.stride}")
+        if self.seconds <= 0 or self.num_frames % self.stride:
+            raise ValueError(f"audio seconds must be positive and give a whole number of tokens at stride "
+                             f"{self.stride} (100 frames a second), got {self.seconds}")
+        if self.dim % 2:
+            raise ValueError(f"audio dim must be even (sinusoidal positions), got {self.dim}")
+
+    @property
+    def num_frames(self) -> int:
+        return round(self.seconds * 100)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_frames // self.stride
+
+    def processor_config(self) -> AudioProcessorConfig:
+        return AudioProcessorConfig(n_mels=self.n_mels, chunk_length=self.num_frames / 100, pad_to_multiple=100)
+
+    def encoder_config(self) -> AudioEncoderConfig:
+        stack = {f.name: getattr(self, f.name) for f in fields(TransformerConfig)}
+        stack.update(position="learned", max_seq_len=self.num_tokens)
+        return AudioEncoderConfig(TransformerConfig(**stack), self.n_mels, [2, 2] if self.stride == 4 else [1, 2],
+                                  variable_length=True)
 
 
 class AudioEncoder(nn.Module):
@@ -284,8 +359,8 @@ class AudioEncoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         C = cfg.transformer.dim
-        self.conv1 = nn.Conv1d(cfg.n_mels, C, kernel_size=3, padding=1)
-        self.conv2 = nn.Conv1d(C, C, kernel_size=3, stride=2, padding=1)
+        self.conv1 = nn.Conv1d(cfg.n_mels, C, kernel_size=3, stride=cfg.strides[0], padding=1)
+        self.conv2 = nn.Conv1d(C, C, kernel_size=3, stride=cfg.strides[1], padding=1)
         self.transformer = TransformerStack(cfg.transformer)
         table = self.transformer.position.weight
         with torch.no_grad():
@@ -294,13 +369,22 @@ class AudioEncoder(nn.Module):
 
     @property
     def num_frames(self) -> int:
-        return 2 * self.cfg.transformer.max_seq_len
+        return self.cfg.strides[0] * self.cfg.strides[1] * self.cfg.transformer.max_seq_len
 
     def forward(self, input_features: Tensor) -> Tensor:
-        M, frames = self.cfg.n_mels, self.num_frames
-        if input_features.dim() != 3 or input_features.shape[1:] != (M, frames):
-            raise ValueError(f"input_features must be (batch, {M} mels, {frames} frames), "
-                             f"got {tuple(input_features.shape)}")
+        M, frames, stride = self.cfg.n_mels, self.num_frames, self.cfg.strides[0] * self.cfg.strides[1]
+        x = input_features
+        if self.cfg.variable_length:
+            if x.dim() != 3 or x.shape[1] != M or not 0 < x.shape[2] <= frames or x.shape[2] % stride:
+                raise ValueError(f"input_features must be (batch, {M} mels, a multiple of {stride} frames up to "
+                                 f"{frames}), got {tuple(x.shape)}")
+        elif x.dim() != 3 or x.shape[1:] != (M, frames):
+            raise ValueError(f"input_features must be (batch, {M} mels, {frames} frames), got {tuple(x.shape)}")
         x = F.gelu(self.conv1(input_features))
         x = F.gelu(self.conv2(x)).transpose(1, 2)  # (B, S, C)
         return self.transformer(x)
+
+
+AUDIO = register(Modality("audio", "input_features", AudioConfig, lambda cfg: AudioProcessor(cfg.processor_config()),
+                          lambda cfg: AudioEncoder(cfg.encoder_config()), lambda cfg: cfg.dim,
+                          lambda cfg: cfg.num_tokens))

@@ -1,4 +1,5 @@
-"""Images: the processor (file or PIL image -> normalised tensor) and the ViT encoder.
+"""Images: the processor (file or PIL image -> normalised tensor), the ViT encoder, and their
+registration as the "image" modality (`pixel_values`).
 
 Legend: B batch, N patches, C model dim, P patch size.
 """
@@ -6,7 +7,6 @@ Legend: B batch, N patches, C model dim, P patch size.
 from __future__ import annotations
 
 import io
-
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -18,10 +18,7 @@ from torch import Tensor, nn
 
 from ..nn import TransformerConfig, TransformerStack
 from ..nn.position import sincos_2d_table
-
-
-class MediaError(ValueError):
-    """A media file is missing, unreadable or corrupt; the message names it."""
+from .base import MediaBytes, MediaError, Modality, register
 
 
 def load_image(source: str | Path | bytes, name: str | None = None) -> Image.Image:
@@ -56,14 +53,23 @@ class ImageProcessor:
 
     def to_uint8(self, image: Image.Image | str | Path) -> Tensor:
         """Decode and resize: (3, H, W) uint8, a quarter of the memory of floats (for caching)."""
-        if not isinstance(image, Image.Image):
-            from ..data.shards import MediaBytes, decode_image  # images read from shards / HF datasets
-
-            image = decode_image(image) if isinstance(image, MediaBytes) else load_image(image)
+        if isinstance(image, MediaBytes):  # read from shards / HF datasets
+            image = load_image(image.data, image.name)
+        elif not isinstance(image, Image.Image):
+            image = load_image(image)
         image = image.convert("RGB")
         if image.size != (self.image_size, self.image_size):
             image = image.resize((self.image_size, self.image_size), Image.BICUBIC)
         return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+    # the two steps of the data pipeline (data/collate.py): a stored form per image, and a batch
+    def prepare(self, image: Image.Image | str | Path, name: str | None = None) -> Tensor:
+        """An image -> (3, H, W) uint8, the compact form datasets cache."""
+        return self.to_uint8(image)
+
+    def collate(self, images: list[Tensor]) -> Tensor:
+        """Prepared images -> `pixel_values` (B, 3, H, W)."""
+        return self.normalize(torch.stack(images))
 
     def normalize(self, x: Tensor) -> Tensor:
         """uint8 (..., 3, H, W) -> (x / 255 - mean) / std per channel."""
@@ -136,3 +142,7 @@ class ViTEncoder(nn.Module):
     def forward(self, pixel_values: Tensor) -> Tensor:
         x = self.patch_embed(pixel_values).flatten(2).transpose(1, 2)  # (B, N, C)
         return self.transformer(x + self.pos_embed)
+
+
+IMAGE = register(Modality("image", "pixel_values", ViTConfig, lambda cfg: ImageProcessor(cfg.image_size), ViTEncoder,
+                          lambda cfg: cfg.dim, lambda cfg: cfg.num_patches))

@@ -1,9 +1,11 @@
-"""The multimodal model: image encoder -> fusion -> GPT decoder -> LM head and task heads.
+"""The multimodal model: media encoders -> fusion -> GPT decoder -> LM head and task heads.
 
 `MultimodalTransformer` is the config (the seeds' name), `MultimodalTransformerModel` the module.
 How the image reaches the text is the fusion's business (fusion/): prefix tokens in front of the
 text (early, resampler), memory the decoder cross-attends to (cross, gated), or a pooled vector
-that only the task heads see (late). The same decoder, run on text alone, is the text tower of
+that only the task heads see (late). Each modality (modalities/: image, audio ...) has its encoder
+and its own entry into the fusion (a projection and a type embedding); their prefixes or memories
+are concatenated, image first, then `media` in config order. The same decoder, run on text alone, is the text tower of
 the contrastive (CLIP-style) head, and run without its causal mask, a masked-LM encoder (UniLM).
 Legend: B batch, N image tokens, P prefix tokens, M memory tokens, T text tokens, S = P + T,
 C decoder dim, V vocabulary, D contrastive dim, K classes.
@@ -22,6 +24,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from ..fusion import FusionConfig, build_fusion, decoder_overrides, num_prefix_tokens
+from ..modalities.base import MODALITIES, input_keys
 from ..modalities.image import ImageProcessor, ViTConfig, ViTEncoder
 from ..modalities.text import TOKENIZER_FILE, TextTokenizer
 from ..objectives import causal_lm_loss, logit_scale_init
@@ -72,6 +75,9 @@ class MultimodalTransformer:
     """Config of the whole model; serialised as `config.json` next to the weights."""
 
     image: ViTConfig | None = field(default_factory=ViTConfig)
+    # further modalities by name, each its modality's config: {"audio": {"dim": 128, "seconds": 8, ...}}
+    # (the image stays at the top level, where every checkpoint since the first keeps it)
+    media: dict[str, Any] = field(default_factory=dict)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
     heads: HeadsConfig = field(default_factory=HeadsConfig)
@@ -79,16 +85,30 @@ class MultimodalTransformer:
     model_type: str = "multimodaltransformer"
 
     def __post_init__(self) -> None:
+        from ..config import from_dict
+
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        for name, cfg in list(self.media.items()):
+            if name == "image" or name not in MODALITIES:
+                raise ValueError(f"model.media.{name}: not a modality of model.media (choose from "
+                                 f"{sorted(set(MODALITIES) - {'image'})}; the image is model.image)")
+            spec = MODALITIES[name]
+            self.media[name] = cfg if isinstance(cfg, spec.config) else from_dict(spec.config, cfg, f"media.{name}")
         if self.num_media_tokens >= self.decoder.max_seq_len:
             raise ValueError(f"decoder.max_seq_len {self.decoder.max_seq_len} leaves no room for text after "
                              f"{self.num_media_tokens} image tokens")
 
     @property
+    def modalities(self) -> dict[str, Any]:
+        """Every media modality of the model by name, image first, with its config."""
+        return ({"image": self.image} if self.image is not None else {}) | self.media
+
+    @property
     def num_media_tokens(self) -> int:
-        """Prefix tokens the image adds in front of the text (0 for cross-attention and late fusion)."""
-        return num_prefix_tokens(self.fusion, self.image.num_patches) if self.image else 0
+        """Prefix tokens the media add in front of the text (0 for cross-attention and late fusion)."""
+        return sum(num_prefix_tokens(self.fusion, MODALITIES[name].num_tokens(cfg))
+                   for name, cfg in self.modalities.items())
 
 
 class ModelOutput(NamedTuple):
@@ -98,11 +118,13 @@ class ModelOutput(NamedTuple):
 
 class Embedded(NamedTuple):
     """What the decoder reads: embeddings with any prefix tokens in front, their key mask, and
-    the memory the cross-attention layers read (None without cross-attention fusion)."""
+    the memory the cross-attention layers read (None without cross-attention fusion), with its
+    key mask where some rows lack a modality (None: every memory token is real)."""
 
     x: Tensor  # (B, S, C)
     mask: Tensor  # (B, S) bool
     context: Tensor | None = None  # (B, M, C)
+    context_mask: Tensor | None = None  # (B, M) bool
 
 
 def causal_mask(mask: Tensor, q_start: int, q_len: int, k_len: int) -> Tensor:
@@ -167,11 +189,43 @@ class MultimodalTransformerModel(nn.Module):
             self.fusion = fusion or build_fusion(config.fusion, config.image.dim, C)
         else:
             self.image_encoder = self.fusion = None
+        for name, cfg in config.media.items():  # "{name}_encoder" and "{name}_fusion", as the image's
+            if config.fusion.type in ("late", "joint", "graph"):
+                raise ValueError(f"model.media.{name}: {config.fusion.type} fusion reads images only; "
+                                 "use early, cross, gated or resampler fusion")
+            spec = MODALITIES[name]
+            self.add_module(f"{name}_encoder", spec.build_encoder(cfg))
+            self.add_module(f"{name}_fusion", build_fusion(config.fusion, spec.media_dim(cfg), C))
         if config.fusion.type == "joint" and config.heads.contrastive_dim is None:
             raise ValueError("fusion.type joint (a dual encoder) needs heads.contrastive_dim")
         self._build_heads(config.heads, config.image.dim if config.image else None, C)
         self.tokenizer: TextTokenizer | None = None
         self.image_processor = ImageProcessor(config.image.image_size) if config.image else None
+        self.media_processors = {name: MODALITIES[name].build_processor(cfg) for name, cfg in config.media.items()}
+
+    @property
+    def processors(self) -> dict[str, Any]:
+        """Processors by modality name: the data pipeline and the server read media through them."""
+        image = getattr(self, "image_processor", None)
+        return ({"image": image} if image is not None else {}) | getattr(self, "media_processors", {})
+
+    def media_parts(self, name: str) -> tuple[nn.Module, nn.Module]:
+        """The encoder and the fusion entry of modality `name`."""
+        return (self.image_encoder, self.fusion) if name == "image" else (
+            getattr(self, f"{name}_encoder"), getattr(self, f"{name}_fusion"))
+
+    def _media_inputs(self, pixel_values: Tensor | None, media: Mapping[str, Any]) -> dict[str, Tensor]:
+        """Keyword inputs -> {modality: batch}; unknown keywords and modalities the model lacks are errors."""
+        keys = input_keys()
+        if unknown := sorted(set(media) - set(keys)):
+            raise TypeError(f"unknown model input(s) {unknown}; media inputs are {sorted(keys)}")
+        inputs = {"image": pixel_values} | {keys[k]: v for k, v in media.items()}
+        inputs = {name: x for name, x in inputs.items() if x is not None}
+        for name in inputs:
+            if (self.image_encoder is None) if name == "image" else name not in self.media_processors:
+                what = "image encoder" if name == "image" else f"{name} encoder (model.media.{name})"
+                raise ValueError(f"this model has no {what} but {MODALITIES[name].input_key} were given")
+        return inputs
 
     def _build_heads(self, heads: HeadsConfig, image_dim: int | None, dim: int) -> None:
         self.image_proj = self.text_proj = self.logit_scale = self.itm_head = None
@@ -196,27 +250,51 @@ class MultimodalTransformerModel(nn.Module):
         return self.image_encoder is not None and self.fusion_config.type == "joint"
 
     # ---- forward -------------------------------------------------------------------------
-    def embed(self, input_ids: Tensor, attention_mask: Tensor | None = None,
-              pixel_values: Tensor | None = None) -> Embedded:
-        """Decoder inputs: prefix tokens (if any) then the text; no image means a text-only pass."""
+    def embed(self, input_ids: Tensor, attention_mask: Tensor | None = None, pixel_values: Tensor | None = None,
+              media_mask: Mapping[str, Tensor] | None = None, **media: Tensor) -> Embedded:
+        """Decoder inputs: prefix tokens (if any) then the text; no media means a text-only pass.
+
+        `media` are the other modalities' batches by their keyword (input_features ...);
+        `media_mask` {modality: (B,) bool} marks the rows that have it, where some do not (their
+        batch rows are padding): memory of a row's missing modality is masked out of its attention.
+        """
         text = self.decoder.embed(input_ids)
         mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-        if pixel_values is None:
+        inputs = self._media_inputs(pixel_values, media)
+        if not inputs:
             return Embedded(text, mask)
-        if self.image_encoder is None:
-            raise ValueError("this model has no image encoder but pixel_values were given")
         if self.is_late_fusion or self.is_dual_encoder:
             raise ValueError(f"{self.fusion_config.type} fusion does not feed the image to the decoder: it cannot "
                              "generate from it (late: use the task heads; joint: the contrastive space)")
-        out = self.fusion(self.image_encoder(pixel_values))
-        if out.prefix is None:
-            return Embedded(text, mask, out.memory)
-        prefix_mask = torch.ones(out.prefix.shape[:2], dtype=torch.bool, device=mask.device)
-        return Embedded(torch.cat([out.prefix, text], 1), torch.cat([prefix_mask, mask], 1), out.memory)
+        prefixes, memories, memory_masks = [], [], []
+        for name, x in inputs.items():
+            encoder, fusion = self.media_parts(name)
+            out = fusion(encoder(x))
+            rows = (media_mask or {}).get(name)
+            if out.prefix is not None:
+                if rows is not None and not bool(rows.all()):
+                    raise ValueError(f"rows without {name} in a batch need cross or gated fusion (a prefix "
+                                     "cannot be masked out of packed rows); batch them apart")
+                prefixes.append(out.prefix)
+            if out.memory is not None:
+                memories.append(out.memory)
+                memory_masks.append((rows if rows is not None else mask.new_ones(x.shape[0]))[:, None]
+                                    .to(mask.device).expand(-1, out.memory.shape[1]))
+        context = torch.cat(memories, 1) if memories else None
+        context_mask = None
+        if memories and media_mask:
+            context_mask = torch.cat(memory_masks, 1)
+            context_mask = context_mask | ~context_mask.any(1, keepdim=True)  # a row with no media: nothing real
+        if prefixes:
+            prefix = torch.cat(prefixes, 1)
+            text = torch.cat([prefix, text], 1)
+            mask = torch.cat([torch.ones(prefix.shape[:2], dtype=torch.bool, device=mask.device), mask], 1)
+        return Embedded(text, mask, context, context_mask)
 
     def hidden_states(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                       pixel_values: Tensor | None = None, segment_ids: Tensor | None = None,
-                      bidirectional: bool = False) -> Tensor:
+                      bidirectional: bool = False, media_mask: Mapping[str, Tensor] | None = None,
+                      **media: Tensor) -> Tensor:
         """Final hidden states (B, T, C) at the text positions.
 
         `segment_ids` (B, T), from the packing collator, mark several examples that share one
@@ -225,7 +303,7 @@ class MultimodalTransformerModel(nn.Module):
         """
         if segment_ids is not None:
             attention_mask = segment_ids > 0
-        x, mask, context = self.embed(input_ids, attention_mask, pixel_values)
+        x, mask, context, context_mask = self.embed(input_ids, attention_mask, pixel_values, media_mask, **media)
         S, n = x.shape[1], x.shape[1] - input_ids.shape[1]
         if segment_ids is not None:
             positions, attn = segment_positions(segment_ids, n), segment_mask(
@@ -238,27 +316,32 @@ class MultimodalTransformerModel(nn.Module):
                 attn = causal_mask(mask, 0, S, S)
         if int(positions.max()) >= self.max_seq_len:
             raise ValueError(f"sequence of {int(positions.max()) + 1} positions exceeds max_seq_len {self.max_seq_len}")
-        return self.decoder.hidden(x, positions, attn, context=context)[:, n:]
+        extra = {} if context_mask is None else {"context_mask": context_mask[:, None, None, :]}
+        return self.decoder.hidden(x, positions, attn, context=context, **extra)[:, n:]
 
     def forward(self, batch: Mapping[str, Any] | None = None, *, input_ids: Tensor | None = None,
                 attention_mask: Tensor | None = None, pixel_values: Tensor | None = None,
-                labels: Tensor | None = None, segment_ids: Tensor | None = None, **_: Any) -> ModelOutput:
+                labels: Tensor | None = None, segment_ids: Tensor | None = None,
+                media_mask: Mapping[str, Tensor] | None = None, **rest: Any) -> ModelOutput:
         """Call as `model(batch)` with a dict from the collator, or with keyword tensors.
 
         `labels` (B, T) are aligned with `input_ids` (IGNORE_INDEX where no loss); the shift
-        happens in the loss, as in Hugging Face models.
+        happens in the loss, as in Hugging Face models. Other media come by their keyword
+        (input_features ...); other keys of a batch (class labels ...) are ignored.
         """
         if batch is not None:
-            return self.forward(**{k: v for k, v in batch.items() if isinstance(v, Tensor)})
+            return self.forward(**{k: v for k, v in batch.items() if isinstance(v, Tensor) or k == "media_mask"})
         if input_ids is None:
             raise ValueError("input_ids are required")
-        logits = self.decoder.head(self.hidden_states(input_ids, attention_mask, pixel_values, segment_ids))
+        media = {k: v for k, v in rest.items() if k in input_keys()}
+        logits = self.decoder.head(self.hidden_states(input_ids, attention_mask, pixel_values, segment_ids,
+                                                      media_mask=media_mask, **media))
         loss = causal_lm_loss(logits, labels, self.label_smoothing) if labels is not None else None
         return ModelOutput(loss, logits)
 
     # ---- heads -------------------------------------------------------------------------------
     def features(self, input_ids: Tensor, attention_mask: Tensor | None = None,
-                 pixel_values: Tensor | None = None) -> Tensor:
+                 pixel_values: Tensor | None = None, **media: Tensor) -> Tensor:
         """The pooled joint representation (B, C) the task and matching heads read: the decoder's
         last real token over [image; text], or, with late fusion, an MLP over pooled image and text."""
         mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
@@ -270,14 +353,14 @@ class MultimodalTransformerModel(nn.Module):
             if pixel_values is None:
                 raise ValueError("late fusion heads need pixel_values")
             return self.fusion(self.image_encoder(pixel_values), text)
-        return last_token(self.hidden_states(input_ids, mask, pixel_values), mask)
+        return last_token(self.hidden_states(input_ids, mask, pixel_values, **media), mask)
 
     def classify(self, task: str, input_ids: Tensor, attention_mask: Tensor | None = None,
-                 pixel_values: Tensor | None = None) -> Tensor:
+                 pixel_values: Tensor | None = None, **media: Tensor) -> Tensor:
         """Logits (B, K) of the classification head of `task` (labels in `head_labels[task]`)."""
         if task not in self.heads:
             raise KeyError(f"no classification head for task {task!r}; heads: {sorted(self.heads)}")
-        return self.heads[task](self.features(input_ids, attention_mask, pixel_values))
+        return self.heads[task](self.features(input_ids, attention_mask, pixel_values, **media))
 
     def itm_logits(self, input_ids: Tensor, attention_mask: Tensor | None, pixel_values: Tensor) -> Tensor:
         """Image-text matching logits (B, 2), class 1 = the text describes the image."""

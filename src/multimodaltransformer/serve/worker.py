@@ -261,7 +261,7 @@ class ModelWorker:
         if jobs[0].has_media:
             media["pixel_values"] = torch.cat([j.pixel_values for j in jobs]).to(dev)
         old = self._caches()
-        x, key_mask, context = model.embed(ids, mask, **media)
+        x, key_mask, context = model.embed(ids, mask, **media)[:3]
         S = x.shape[1]
         model.setup_caches(len(jobs), S, None if context is None else context.shape[1])
         try:

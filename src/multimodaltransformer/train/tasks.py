@@ -140,7 +140,7 @@ class TaskStream:
         self.stream_urls = stream_urls
 
     def build(self, model: Any, max_text_len: int, skip_bad: bool, pack: bool) -> None:
-        tok, proc = model.tokenizer, model.image_processor
+        tok, proc = model.tokenizer, model.processors
         if self.cfg.objective == "lm":
             self.collate: Any = TrainCollator(tok.pad_id, proc)
             make = lambda exs, skip, pack: ManifestDataset(exs, tok, proc, max_text_len, skip, pack=pack)  # noqa: E731

@@ -33,6 +33,7 @@ from ..data.manifest import DataError, Example
 from ..data.sources import is_shard_source, read_source
 from ..data.streaming import scan_shards
 from ..evaluate import evaluate, retrieval_scores
+from ..modalities.base import input_keys
 from ..modalities.text import TextTokenizer
 from ..models.multimodal import MultimodalTransformerModel
 from ..nn.lora import count_parameters
@@ -299,7 +300,7 @@ class Trainer:
         t, dist_, dev = self.run.train, self.dist, self.dist.device
         units = [loss_units(stream.cfg, b) for b in micro]  # counted on the host: no device syncs
         tokens = [float(b["attention_mask"].sum()) + self.model.num_media_tokens * b["input_ids"].shape[0]
-                  * ("pixel_values" in b) for b in micro]  # sequence positions, image tokens included
+                  * any(k in b for k in input_keys()) for b in micro]  # sequence positions, prefix tokens included
         micro = [_to(b, dev) for b in micro]
         n_units = None
         if units[0] is not None:
@@ -525,7 +526,12 @@ class Trainer:
 def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     if device.type == "cpu":
         return batch
-    return {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+    def move(v: Any) -> Any:
+        if isinstance(v, torch.Tensor):
+            return v.to(device, non_blocking=True)
+        return {k: move(x) for k, x in v.items()} if isinstance(v, dict) else v
+
+    return move(batch)
 
 
 def _np_list(state: tuple) -> list:

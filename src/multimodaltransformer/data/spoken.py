@@ -7,8 +7,10 @@ trained on them meets voices and speeds at test time that it did not train on. C
 mono 16-bit WAV. The manifest holds
   ASR          {"id", "audio": caption or question clip, "task": "asr", "target": transcript}
   spoken VQA   {"id", "image", "audio": question clip, "task": "vqa", "prompt": "", "target": answer}
-(the spoken question exists only as audio), with the voice of each clip. Every draw is seeded per
-clip, so the clips do not depend on how many processes speak them.
+(the spoken question exists only as audio), with the voice of each clip. Every draw (text, voice,
+rate, pitch, noise, gain) is seeded per clip, so the records do not depend on how many processes
+speak them; the samples themselves vary slightly from run to run, since eSpeak NG carries some
+waveform state (its pitch flutter) from one utterance to the next.
 """
 
 from __future__ import annotations

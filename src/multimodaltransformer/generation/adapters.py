@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..models.multimodal import Embedded, causal_mask
+from ..nn.sequence import Embedded, causal_mask
 from ..nn.attention import causal_padding_mask
 
 

@@ -6,17 +6,20 @@ memory bandwidth (measured here: a 50257 x 512 head takes ~10 ms for one row, ~4
 W @ x^T with two columns), and decode time is the time to read the weights. Same math, different
 kernel: results agree with F.linear to float32 rounding.
 
-`FewRowLinears(model)` routes the model's plain nn.Linear layers through `linear_few_rows` while a
-decode session lives, and `restore()` puts them back; calls with more rows (prefill) are unchanged.
+The decode engine runs each decode step inside `few_row_matmuls(enabled)` (a TorchFunctionMode),
+an explicit option of the session and the server's worker, on by default on CPU.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
+from torch.overrides import TorchFunctionMode
 
 MAX_ROWS = 16  # above this MKL's matrix-matrix path is as fast either way
 
@@ -32,38 +35,23 @@ def linear_few_rows(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Te
     return out.t()[:N].contiguous().view(*x.shape[:-1], weight.shape[0])  # (V, N) -> (..., V)
 
 
-def _fast_forward(module: nn.Linear) -> Callable[[Tensor], Tensor]:
-    """A forward for `module` with the one-row case (every decode step at batch 1) kept short."""
-    weight, bias = module.weight, module.bias
-    bias_col = None if bias is None else bias[:, None]
+class FewRowMatmuls(TorchFunctionMode):
+    """While active (a context manager, in this thread): every `F.linear` over at most MAX_ROWS rows
+    of a CPU weight at least as wide out as in runs as `linear_few_rows`. Nothing is patched: the
+    call is rerouted where torch dispatches it. Narrow outputs (an MLP's down projection) keep
+    F.linear, whose kernel is as fast there; larger inputs (a prefill) are unchanged."""
 
-    def forward(x: Tensor) -> Tensor:
-        C = x.shape[-1]
-        if x.numel() != C:
-            return linear_few_rows(x, weight, bias)
-        row = x.reshape(1, C)
-        cols = torch.cat((row, row)).t()
-        out = torch.mm(weight, cols) if bias_col is None else torch.addmm(bias_col, weight, cols)
-        return out.t()[:1].contiguous().view(*x.shape[:-1], weight.shape[0])
+    def __torch_function__(self, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if func is F.linear:
+            x, weight = args[0], args[1]
+            bias = args[2] if len(args) > 2 else kwargs.get("bias")
+            if (weight.device.type == "cpu" and weight.dim() == 2 and weight.shape[0] >= weight.shape[1]
+                    and x.dim() >= 1 and 0 < x.numel() <= MAX_ROWS * x.shape[-1]):
+                return linear_few_rows(x, weight, bias)
+        return func(*args, **kwargs)
 
-    return forward
 
-
-class FewRowLinears:
-    """Use `linear_few_rows` in the plain nn.Linear layers of `model` (on CPU) until `restore()`.
-
-    Only layers at least as wide out as in: for a narrow output (an MLP's down projection) MKL's
-    F.linear kernel is as fast, and the rewrite would only add Python work.
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        self.modules = [m for m in model.modules()
-                        if type(m) is nn.Linear and m.weight.device.type == "cpu" and "forward" not in vars(m)
-                        and m.out_features >= m.in_features]
-        for m in self.modules:
-            m.forward = _fast_forward(m)  # an instance attribute: nn.Module.__call__ finds it first
-
-    def restore(self) -> None:
-        for m in self.modules:
-            vars(m).pop("forward", None)
-        self.modules = []
+def few_row_matmuls(enabled: bool) -> contextlib.AbstractContextManager:
+    """The fast path for a decode step when `enabled` (CPU decoding), else nothing."""
+    return FewRowMatmuls() if enabled else contextlib.nullcontext()

@@ -9,8 +9,8 @@ A session yields next-token logits for N = B x expand rows (expand = beams or sa
 prompt (S positions, media tokens included) is computed once for the B prompts and its cache
 copied to their `expand` rows; each step then runs a single position, with a slot mask updated
 in place, and a beam reorder copies the moved rows' filled slots in place, so memory stays that
-of the cache. While a session lives on CPU, the model's Linear layers take the few-row kernel of
-fastpath.py. `UncachedSession` recomputes every row from scratch each step (the reference path).
+of the cache. On CPU each step runs the few-row matmul kernel of fastpath.py (`few_row_matmuls`,
+an option of the session; the prefill, with its many rows, is unchanged). `UncachedSession` recomputes every row from scratch each step (the reference path).
 Legend: B prompts, N decoded rows, S prefill length, L cache slots, V vocabulary.
 """
 
@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from ..nn.attention import KVCache
-from .fastpath import FewRowLinears
+from .fastpath import few_row_matmuls
 
 
 def _kv_caches(model: Any) -> list[KVCache]:
@@ -33,14 +33,14 @@ class CachedSession:
     """Prefill once into a preallocated KV cache, then decode one position per step."""
 
     def __init__(self, model: Any, input_ids: Tensor, mask: Tensor, media: dict[str, Tensor],
-                 max_new_tokens: int, expand: int = 1, compile: bool = False) -> None:
+                 max_new_tokens: int, expand: int = 1, compile: bool = False,
+                 fast_matmuls: bool | None = None) -> None:
         self.model = model
         B = input_ids.shape[0]
         x, key_mask, context = model.embed(input_ids, mask, **media)[:3]  # (B, S, C), (B, S), (B, M, C) | None
         S = x.shape[1]
         L = S + max_new_tokens
         model.setup_caches(B, L, None if context is None else context.shape[1])
-        self.linears = FewRowLinears(model)  # CPU: the decode steps' matmuls on W @ x^T (fastpath.py)
         try:
             slots = torch.zeros(B, L, dtype=torch.bool, device=x.device)
             slots[:, :S] = key_mask
@@ -63,11 +63,14 @@ class CachedSession:
         # torch.compile fuses the step's small kernels (worth it on a GPU). No CUDA graphs: the slot
         # index is a Python int in the model interface, and a graph would be recorded per value.
         self._step = torch.compile(model.decode_step) if compile else model.decode_step
+        # None: on for CPU decoding (not under torch.compile, which traces the step itself)
+        self.fast_matmuls = x.device.type == "cpu" and not compile if fast_matmuls is None else fast_matmuls
 
     def step(self, tokens: Tensor) -> Tensor:
         self.slots[:, self.slot] = True
         x = self.model.decoder.embed(tokens[:, None])  # (N, 1, C)
-        logits = self._step(x, self.next_pos, self.slots, self.slot)[:, -1]
+        with few_row_matmuls(self.fast_matmuls):
+            logits = self._step(x, self.next_pos, self.slots, self.slot)[:, -1]
         self.next_pos += 1
         self.slot += 1
         return logits
@@ -89,7 +92,6 @@ class CachedSession:
 
     def close(self) -> None:
         self.caches = []
-        self.linears.restore()
         self.model.clear_caches()
 
 

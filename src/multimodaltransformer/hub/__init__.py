@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from ..models.base import TOKENIZER_FILE, load_state_strict
 from ..models.bert import BERT
 from ..models.clip import CLIP
-from ..models.composed import ComposedModel
+from ..models.composed import ComposedConfig, ComposedModel
 from ..models.gpt2 import GPT2
 from ..models.llama import Llama
 from ..models.lm import DecoderLM, read_chat_template
@@ -32,9 +32,10 @@ from ..models.multimodal import MultimodalTransformerModel
 from ..models.vit import VisionTransformer
 from ..models.whisper import Whisper
 from . import bert, clip, gpt2, llama, vit, whisper
+from .ctranslate2 import is_ctranslate2, whisper_to_hf
 from .mapping import CheckpointError, map_weights
 
-__all__ = ["CheckpointError", "FAMILIES", "OWN_MODELS", "convert", "load_pretrained"]
+__all__ = ["CheckpointError", "FAMILIES", "OWN_MODELS", "compose", "convert", "load_model", "load_pretrained"]
 
 # Hugging Face `model_type` -> mapping module.
 FAMILIES: dict[str, ModuleType] = {"gpt2": gpt2, "bert": bert, "vit": vit, "clip": clip, "whisper": whisper,
@@ -100,6 +101,9 @@ def load_pretrained(path: str | Path, map_location: str | torch.device = "cpu") 
         return load_gguf(directory).to(map_location)
     if not directory.is_dir():
         raise FileNotFoundError(f"{directory}: not a model directory")
+    if is_ctranslate2(directory):  # faster-whisper's format: renamed to Hugging Face's, then mapped
+        raw, state = whisper_to_hf(directory)
+        return _from_family(directory, raw, state, whisper, map_location)
     raw = read_config(directory)
     model_type = raw.get("model_type")
     if model_type in OWN_MODELS:
@@ -108,7 +112,12 @@ def load_pretrained(path: str | Path, map_location: str | torch.device = "cpu") 
     if family is None:
         raise CheckpointError(f"{directory / 'config.json'}: unknown model_type {model_type!r}; supported: "
                               f"{sorted(FAMILIES)} (Hugging Face) and {sorted(OWN_MODELS)} (ours)")
-    state = read_weights(directory)
+    return _from_family(directory, raw, read_weights(directory), family, map_location)
+
+
+def _from_family(directory: Path, raw: dict[str, Any], state: dict[str, Tensor], family: ModuleType,
+                 map_location: str | torch.device) -> nn.Module:
+    """Our model of a Hugging Face family from its config dict and HF-named tensors."""
     try:
         cfg = family.config_from_hf(raw, set(state))
     except (TypeError, ValueError) as e:  # a config our dataclasses reject (e.g. dim not divisible by heads)
@@ -122,6 +131,35 @@ def load_pretrained(path: str | Path, map_location: str | torch.device = "cpu") 
     if isinstance(model, DecoderLM):
         model.chat_template = read_chat_template(directory)
     return model.to(map_location).eval()
+
+
+def load_model(path: str | Path, device: str = "auto", speech: bool = False) -> nn.Module:
+    """A model that answers prompts (ours: trained or composed by this library; with `speech`, a
+    Whisper model too, which transcribes) on `device` ("auto": cuda if available), tokenizer checked."""
+    from ..config import ConfigError
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = load_pretrained(path, map_location=device)
+    if not (isinstance(model, MultimodalTransformerModel) or speech and isinstance(model, Whisper)):
+        raise ConfigError(f"{path}: a {type(model).__name__} does not answer prompts about images; "
+                          "use a model trained or composed by this library")
+    if model.tokenizer is None:
+        from ..data.manifest import DataError
+
+        raise DataError(f"{path}: no tokenizer next to the model (tokenizer.json; Whisper: or vocab.json + merges.txt)")
+    return model
+
+
+def compose(config: ComposedConfig) -> ComposedModel:
+    """A model of pretrained parts: the image encoder of `vision_source` (optional), a projector and
+    the decoder LM of `language_source`, each read by `load_pretrained`."""
+    from ..config import ConfigError
+
+    if not config.language_source:
+        raise ConfigError("compose: give language_source (a decoder LM directory)")
+    vision = load_pretrained(config.vision_source) if config.vision_source else None
+    return ComposedModel.assemble(config, vision, load_pretrained(config.language_source))
 
 
 def convert(path: str | Path, out: str | Path) -> Path:

@@ -124,9 +124,10 @@ def _build_vision(cfg: dict[str, Any]) -> nn.Module:
 
 
 def _build_language(cfg: dict[str, Any]) -> nn.Module:
-    from ..hub import OWN_MODELS
+    from .gpt2 import GPT2
+    from .llama import Llama
 
-    cls = OWN_MODELS.get(cfg.get("model_type", ""))
+    cls = {c.config_class.model_type: c for c in (GPT2, Llama)}.get(cfg.get("model_type", ""))
     if cls is None or not hasattr(cls, "config_class"):
         raise ConfigError(f"language: unknown decoder LM model_type {cfg.get('model_type')!r}")
     return cls(from_dict(cls.config_class, cfg, "language"))
@@ -193,16 +194,11 @@ class ComposedModel(MultimodalTransformerModel):
         return self
 
     @classmethod
-    def compose(cls, config: ComposedConfig) -> "ComposedModel":
-        """Read the parts from `vision_source` and `language_source` and assemble them."""
-        from ..hub import load_pretrained
-
-        if not config.language_source:
-            raise ConfigError("compose: give language_source (a decoder LM directory)")
-        vision, vcfg, proc = None, None, None
-        if config.vision_source:
-            vision, vcfg, proc = _vision_parts(load_pretrained(config.vision_source), config.vision_source)
-        language = load_pretrained(config.language_source)
+    def assemble(cls, config: ComposedConfig, vision: nn.Module | None, language: nn.Module) -> "ComposedModel":
+        """The parts loaded from `vision_source` and `language_source` (hub.compose loads them), assembled."""
+        vcfg, proc = None, None
+        if vision is not None:
+            vision, vcfg, proc = _vision_parts(vision, config.vision_source)
         hf_tok = getattr(language, "tokenizer", None)
         if hf_tok is None:
             raise ConfigError(f"{config.language_source}: the language model has no tokenizer files")

@@ -22,9 +22,9 @@ def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, api_
     from .app import ServerConfig, create_app
 
     if model is None:
-        from ..cli import _load_model
+        from ..hub import load_model
 
-        model = _load_model(str(model_dir), device, speech=True)
+        model = load_model(str(model_dir), device, speech=True)
     cfg = ServerConfig(model_name=Path(model_dir).name if model_dir else "model", api_key=api_key,
                        model_dir=Path(model_dir) if model_dir else None,
                        max_batch=max_batch, queue_size=queue_size, request_timeout_s=request_timeout_s,

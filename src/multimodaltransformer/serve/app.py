@@ -32,8 +32,10 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Streamin
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..data.collate import encode_prompt
+from ..modalities.audio import decode_audio
+from ..modalities.base import MediaError
 from .examples import load_examples
-from .media import MediaPolicy, MediaRejected, decode_image, image_bytes
+from .media import MediaPolicy, MediaRejected, audio_bytes, decode_image, image_bytes
 from .schemas import (AssistantMessage, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice,
                       ChunkChoice, Delta, Embedding, EmbeddingRequest, EmbeddingResponse, ExampleCard, ExampleList,
                       ModelCard, ModelKind, ModelList, Usage, error)
@@ -84,7 +86,30 @@ def create_app(model: Any, config: ServerConfig | None = None) -> FastAPI:
     app.state.worker, app.state.config = worker, cfg
     created = int(time.time())
 
-    # ---- errors: every one in OpenAI's shape --------------------------------------------------------
+    _add_error_handlers(app, cfg)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "model": cfg.model_name, "load": worker.load, "max_batch": cfg.max_batch,
+                "decode_steps": worker.steps}
+
+    @app.get("/v1/models")
+    async def models() -> ModelList:
+        return ModelList(data=[ModelCard(id=cfg.model_name, created=created)])
+
+    _add_example_routes(app, cfg, model_kind(model))
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page() -> str:
+        return (resources.files("multimodaltransformer") / "serve" / "static" / "index.html").read_text()
+
+    _add_chat_route(app, model, cfg, worker, transcriber)
+    _add_embeddings_route(app, model, cfg, worker)
+    return app
+
+
+def _add_error_handlers(app: FastAPI, cfg: ServerConfig) -> None:
+    """Every error in OpenAI's shape; the body size limit and the API key, before any route."""
     @app.exception_handler(APIError)
     async def _api_error(_: Request, e: APIError) -> JSONResponse:
         return _json_error(e.status, e.message, e.param, e.code, e.headers)
@@ -117,22 +142,11 @@ def create_app(model: Any, config: ServerConfig | None = None) -> FastAPI:
                                    code="invalid_api_key")
         return await call_next(request)
 
-    # ---- routes ----------------------------------------------------------------------------------------
-    @app.get("/health")
-    async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": cfg.model_name, "load": worker.load, "max_batch": cfg.max_batch,
-                "decode_steps": worker.steps}
 
-    @app.get("/v1/models")
-    async def models() -> ModelList:
-        return ModelList(data=[ModelCard(id=cfg.model_name, created=created)])
 
-    _add_example_routes(app, cfg, model_kind(model))
-
-    @app.get("/", response_class=HTMLResponse)
-    async def page() -> str:
-        return (resources.files("multimodaltransformer") / "serve" / "static" / "index.html").read_text()
-
+def _add_chat_route(app: FastAPI, model: Any, cfg: ServerConfig, worker: ModelWorker,
+                    transcriber: Transcriber | None) -> None:
+    """POST /v1/chat/completions: a job for the worker, answered whole or streamed (SSE)."""
     @app.post("/v1/chat/completions")
     async def chat(req: ChatCompletionRequest, request: Request) -> Any:
         _check_model(req.model, cfg)
@@ -174,6 +188,9 @@ def create_app(model: Any, config: ServerConfig | None = None) -> FastAPI:
                               usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=completion,
                                           total_tokens=prompt_tokens + completion))
 
+
+def _add_embeddings_route(app: FastAPI, model: Any, cfg: ServerConfig, worker: ModelWorker) -> None:
+    """POST /v1/embeddings: texts and images in the contrastive space, normalised."""
     @app.post("/v1/embeddings")
     async def embeddings(req: EmbeddingRequest) -> EmbeddingResponse:
         _check_model(req.model, cfg)
@@ -213,8 +230,6 @@ def create_app(model: Any, config: ServerConfig | None = None) -> FastAPI:
         return EmbeddingResponse(data=[Embedding(index=i, embedding=v) for i, v in enumerate(vectors)],
                                  model=cfg.model_name, usage={"prompt_tokens": tokens, "total_tokens": tokens})
 
-    return app
-
 
 def _add_example_routes(app: FastAPI, cfg: ServerConfig, kind: ModelKind) -> None:
     """GET /v1/examples and /examples/NAME: the chat page's starting points (serve/examples.py);
@@ -242,8 +257,11 @@ def model_kind(model: Any) -> ModelKind:
     embeddings = getattr(model, "image_proj", None) is not None
     # late and joint fusion never feed the image to the decoder: their chat is text only
     sees_images = not (getattr(model, "is_late_fusion", False) or getattr(model, "is_dual_encoder", False))
-    if getattr(model, "image_processor", None) is not None and sees_images:
-        return ModelKind(inputs=["image", "text"], task="image + text -> text", embeddings=embeddings)
+    media = [name for name in getattr(model, "processors", {}) if name != "image" or sees_images]
+    if getattr(model, "image_processor", None) is not None and sees_images and "image" not in media:
+        media.insert(0, "image")  # a composed model: its image processor only
+    if media:
+        return ModelKind(inputs=[*media, "text"], task=f"{' + '.join(media)} + text -> text", embeddings=embeddings)
     return ModelKind(inputs=["text"], task="text chat", embeddings=embeddings)
 
 
@@ -268,18 +286,35 @@ def _pixels(url: str, model: Any, policy: MediaPolicy) -> torch.Tensor:
     return model.image_processor(image)[None].to(px_device(model))
 
 
-async def _make_job(req: ChatCompletionRequest, model: Any, cfg: ServerConfig) -> tuple[Job, int]:
+def _audio_features(part: Any, model: Any, policy: MediaPolicy) -> dict[str, torch.Tensor]:
+    """An `input_audio` part -> {"input_features": (1, M, frames)} for the model (runs in a thread)."""
+    proc = model.processors["audio"]
     try:
-        conv = build_conversation(req.messages)
+        wave = decode_audio(audio_bytes(part.data, policy), part.format, proc.config.sampling_rate,
+                            max_seconds=proc.config.chunk_length + 0.01)
+        return {"input_features": proc.collate([proc.prepare(wave, "input_audio")]).to(px_device(model))}
+    except MediaRejected as e:
+        raise APIError(400, str(e), param="messages") from None
+    except MediaError as e:
+        raise APIError(400, f"input_audio: {e}", param="messages") from None
+
+
+async def _make_job(req: ChatCompletionRequest, model: Any, cfg: ServerConfig) -> tuple[Job, int]:
+    hears = "audio" in getattr(model, "processors", {})
+    try:  # a model that hears may be asked by a clip alone (a spoken question; a clip to transcribe)
+        conv = build_conversation(req.messages, require_prompt=not hears)
         stops = req.stops()
     except (TemplateError, ValueError) as e:
         raise APIError(400, str(e), param="messages") from None
-    if conv.has_audio:
+    if conv.has_audio and not hears:
         raise APIError(400, "this model takes no audio (input_audio)", param="messages")
+    if not conv.prompt and not conv.has_audio:
+        raise APIError(400, "the last user message has no text: ask something", param="messages")
+    media = await asyncio.to_thread(_audio_features, conv.audio, model, cfg.media) if conv.has_audio else {}
     pixel_values = await asyncio.to_thread(_pixels, conv.image_url, model, cfg.media) if conv.image_url else None
     tok = model.tokenizer
     ids = encode_prompt(tok, conv.prompt, conv.context)
-    n_media = model.num_media_tokens if pixel_values is not None else 0
+    n_media = model.num_media_tokens if pixel_values is not None or media else 0
     room = model.max_seq_len - n_media - len(ids)
     if room < 1:
         raise APIError(400, f"the messages are {len(ids) + n_media} tokens long; this model takes at most "
@@ -292,7 +327,7 @@ async def _make_job(req: ChatCompletionRequest, model: Any, cfg: ServerConfig) -
         raise APIError(400, "beam search (num_beams > 1) cannot stream", param="num_beams")
     if req.num_beams > 1 and req.n > req.num_beams:
         raise APIError(400, "n must not exceed num_beams with beam search", param="n")
-    job = Job(torch.tensor([ids]), pixel_values, emit=lambda *a: None,
+    job = Job(torch.tensor([ids]), pixel_values, emit=lambda *a: None, media=media,
               max_new_tokens=max_tokens or min(cfg.default_max_tokens, room), temperature=req.temperature,
               top_p=req.top_p, top_k=req.top_k, repetition_penalty=req.repetition_penalty, seed=req.seed, n=req.n,
               num_beams=req.num_beams, length_penalty=req.length_penalty, stops=stops,

@@ -21,80 +21,18 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from ..generation import GenerationConfig, generate
-from ..generation.fastpath import FewRowLinears
-from ..generation.processors import build_processors
-from ..generation.streaming import Detokenizer, StopStrings, decode_fn
+from ..generation.fastpath import few_row_matmuls
+from ..generation.streaming import StopStrings, decode_fn
 from ..nn.attention import KVCache, MultiHeadAttention
+from .jobs import Job, Row
 
-# emit(choice index, text delta or None, finish reason or None, error message or None)
-Emit = Callable[[int, str | None, str | None, str | None], None]
-
-
-@dataclass
-class Job:
-    """One request: a prompt (1, T), its image, its generation settings and where results go."""
-
-    input_ids: Tensor  # (1, T)
-    pixel_values: Tensor | None  # (1, 3, H, W)
-    emit: Emit
-    max_new_tokens: int = 64
-    temperature: float = 0.0  # 0: greedy
-    top_p: float = 1.0
-    top_k: int = 0
-    repetition_penalty: float = 1.0
-    seed: int | None = None
-    n: int = 1
-    num_beams: int = 1
-    length_penalty: float = 1.0
-    stops: list[str] = field(default_factory=list)
-    deadline: float = float("inf")  # time.monotonic() limit
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    completion_tokens: list[int] = field(default_factory=list)
-
-    @property
-    def has_media(self) -> bool:
-        return self.pixel_values is not None
-
-
-class _Row:
-    """One decoded sequence of a job (a job with n > 1 has n rows)."""
-
-    def __init__(self, job: Job, index: int, cfg: GenerationConfig, eos: Tensor, decode: Callable) -> None:
-        self.job, self.index = job, index
-        self.history = job.input_ids[0].tolist()
-        self.prompt_len = len(self.history)
-        self.processors = build_processors(cfg, self.prompt_len, eos, None)
-        self.generator = None
-        if cfg.do_sample:
-            self.generator = torch.Generator().manual_seed(
-                job.seed + index if job.seed is not None else int(torch.randint(2**62, ()).item()))
-        self.detok, self.stops = Detokenizer(decode), StopStrings(job.stops)
-        self.produced = 0
-        self.finish: str | None = None
-        self.eos_hit = False
-        self.held = ""  # trailing whitespace held back: the answer is stripped, as TextTokenizer.decode does
-        self.started = False
-
-    def trim(self, text: str, final: bool = False) -> str:
-        """The part of `text` to emit so the whole answer comes out stripped at both ends."""
-        if not self.started:
-            text = text.lstrip()
-            self.started = bool(text)
-        text = self.held + text
-        if final:
-            self.held = ""
-            return text.rstrip()
-        body = text.rstrip()
-        self.held = text[len(body):]
-        return body
-
+__all__ = ["Job", "ModelWorker"]
 
 class ModelWorker:
     """Owns `model` in a background thread; `submit` jobs, `run_exclusive` other model work."""
@@ -105,7 +43,7 @@ class ModelWorker:
         self.waiting: deque[Job] = deque()
         self.tok = model.tokenizer
         self.device = next(model.parameters()).device
-        self.rows: list[_Row] = []
+        self.rows: list[Row] = []
         # a speech model (no decode_step) only runs exclusive work: transcriptions (serve/speech.py)
         self.generative = hasattr(model, "decode_step")
         if self.generative:
@@ -153,23 +91,19 @@ class ModelWorker:
 
     # ---- the loop -------------------------------------------------------------------------------
     def _loop(self) -> None:
-        fast = FewRowLinears(self.model) if self.generative and self.device.type == "cpu" else None
-        try:
-            while not self._stop.is_set():
-                self._take(block=not self.rows and not self.waiting)
-                self._admit()
-                if self.rows:
-                    try:
-                        with torch.inference_mode():
-                            self._step()
-                    except Exception as e:  # a bug must not leave requests hanging: fail the batch, go on
-                        traceback.print_exc()
-                        for row in self.rows:
-                            row.job.emit(row.index, None, None, f"generation failed: {e}")
-                        self._drop([])
-        finally:
-            if fast is not None:
-                fast.restore()
+        fast = self.generative and self.device.type == "cpu"  # decode steps take fastpath.py's kernel
+        while not self._stop.is_set():
+            self._take(block=not self.rows and not self.waiting)
+            self._admit()
+            if self.rows:
+                try:
+                    with torch.inference_mode(), few_row_matmuls(fast):
+                        self._step()
+                except Exception as e:  # a bug must not leave requests hanging: fail the batch, go on
+                    traceback.print_exc()
+                    for row in self.rows:
+                        row.job.emit(row.index, None, None, f"generation failed: {e}")
+                    self._drop([])
 
     def _take(self, block: bool) -> None:
         """Move queued items into `waiting`; exclusive tasks and beam jobs run right away."""
@@ -211,10 +145,8 @@ class ModelWorker:
             else:
                 kept.append(job)
         self.waiting = kept
-        for has_media in (True, False):  # one prefill per kind: with an image, the prompt has a prefix
-            part = [j for j in group if j.has_media == has_media]
-            if not part:
-                continue
+        for signature in dict.fromkeys(j.signature for j in group):  # one prefill per set of media inputs
+            part = [j for j in group if j.signature == signature]
             try:
                 with torch.inference_mode():
                     self._prefill(part)
@@ -223,9 +155,11 @@ class ModelWorker:
                 for job in part:
                     job.emit(0, None, None, f"generation failed: {e}")
 
-    def _kind(self, job: Job) -> bool:
-        """Rows can share a batch unless the model cross-attends and only some have an image."""
-        return job.has_media and getattr(getattr(self.model, "fusion_config", None), "type", "") in ("cross", "gated")
+    def _kind(self, job: Job) -> tuple:
+        """Rows can share a batch unless the model cross-attends: then only rows whose media have the same
+        shapes (one context length for every row's cross-attention cache)."""
+        cross = getattr(getattr(self.model, "fusion_config", None), "type", "") in ("cross", "gated")
+        return job.signature if cross else ()
 
     # ---- caches -------------------------------------------------------------------------------------
     def _caches(self) -> list[tuple[MultiHeadAttention, KVCache | None]]:
@@ -258,8 +192,8 @@ class ModelWorker:
             ids[r, T - j.input_ids.shape[1]:] = j.input_ids[0].to(dev)
             mask[r, T - j.input_ids.shape[1]:] = True
         media = {}
-        if jobs[0].has_media:
-            media["pixel_values"] = torch.cat([j.pixel_values for j in jobs]).to(dev)
+        for key in jobs[0].inputs:
+            media[key] = torch.cat([j.inputs[key] for j in jobs]).to(dev)
         old = self._caches()
         x, key_mask, context = model.embed(ids, mask, **media)[:3]
         S = x.shape[1]
@@ -279,7 +213,7 @@ class ModelWorker:
                                    repetition_penalty=j.repetition_penalty)
             j.completion_tokens = [0] * j.n
             for i in range(j.n):
-                self.rows.append(_Row(j, i, cfg, self.eos, self.decode))
+                self.rows.append(Row(j, i, cfg, self.eos, self.decode))
         self._choose(logits[expand])
 
     def _merge(self, new: list[tuple[MultiHeadAttention, KVCache | None]], key_mask: Tensor, next_pos: Tensor,
@@ -403,7 +337,7 @@ class ModelWorker:
         if len(keep) < len(self.rows):
             self._drop(keep)
 
-    def _advance(self, row: _Row, token: int, now: float) -> str | None:
+    def _advance(self, row: Row, token: int, now: float) -> str | None:
         """Emit the token's text for `row`; the finish reason once the row is done, else None."""
         job = row.job
         if job.cancelled.is_set():
@@ -426,7 +360,7 @@ class ModelWorker:
             return self._finish(row, "length")
         return None
 
-    def _finish(self, row: _Row, reason: str, flush: bool = True) -> str:
+    def _finish(self, row: Row, reason: str, flush: bool = True) -> str:
         text = ""
         if flush:
             text = row.stops.feed(row.detok.flush())
@@ -441,7 +375,7 @@ class ModelWorker:
         """Beam search for one job, alone (it needs its own cache rows per beam)."""
         try:
             with torch.inference_mode():
-                media = {"pixel_values": job.pixel_values.to(self.device)} if job.has_media else {}
+                media = {k: v.to(self.device) for k, v in job.inputs.items()}
                 out = generate(self.model, job.input_ids.to(self.device), num_beams=job.num_beams,
                                num_return_sequences=job.n, length_penalty=job.length_penalty,
                                repetition_penalty=job.repetition_penalty, max_new_tokens=job.max_new_tokens,

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import shutil
 import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -200,3 +202,18 @@ def load_latest(ckpt_dir: Path, model: MultimodalTransformerModel, opt: torch.op
         except Exception as e:  # noqa: BLE001 - any unreadable checkpoint means: try an older one
             warnings.warn(f"checkpoint {path} is unreadable ({e}); trying an older one", stacklevel=2)
     return None
+
+
+def rng_state() -> dict[str, Any]:
+    """Python's and NumPy's global rng states, as JSON-able lists (a checkpoint's state.json)."""
+    np_state = np.random.get_state()
+    return {"python_rng": random.getstate(), "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]]}
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    def as_tuple(x: Any) -> Any:
+        return tuple(as_tuple(v) for v in x) if isinstance(x, list) else x
+
+    random.setstate(as_tuple(state["python_rng"]))
+    np_state = state["numpy_rng"]
+    np.random.set_state((np_state[0], np.array(np_state[1], dtype=np.uint32), *np_state[2:]))

@@ -10,6 +10,7 @@ many cheap steps (a step is two small matmuls, not a pass through the towers). Z
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from ..data.manifest import Example
-from ..evaluate import caption_ids, pair_features
+from ..evaluate import caption_ids, pair_features, retrieval_scores
 from ..objectives import contrastive_loss
 from .schedule import lr_factor
 
@@ -59,3 +60,25 @@ def refit_contrastive(model: Any, examples: Sequence[Example], steps: int, batch
     for p in params:  # the projections' gradients were ours only
         p.grad = None
     return {"refit_loss": sum(tail) / len(tail), "refit_pairs": n}
+
+
+def refit_streams(model: Any, streams: Sequence[Any], train_cfg: Any, progress: bool = False) -> list[dict[str, Any]]:
+    """Refit the projections of every stream with `refit_steps` on the final towers, then score them
+    on the stream's validation pairs; returns one log record per stream ({"refit/NAME": figures})."""
+    records = []
+    for s in streams:
+        if not s.cfg.refit_steps:
+            continue
+        start = time.perf_counter()
+        stats = refit_contrastive(model, s.examples, s.cfg.refit_steps, s.batch_size, lr=train_cfg.lr,
+                                  seed=train_cfg.seed, progress=progress)
+        record: dict[str, Any] = {**stats, "refit_seconds": time.perf_counter() - start}
+        val = [e for e in s.val_examples if e.image is not None][:4 * train_cfg.eval_examples]
+        if len(val) >= 2:
+            record.update(retrieval_scores(model, val))
+        records.append({f"refit/{s.cfg.name}": record})
+        tqdm.write(f"refit {s.cfg.name}: {s.cfg.refit_steps} steps on {stats['refit_pairs']} pairs in "
+                   f"{record['refit_seconds']:.0f}s" + (f", val retrieval R@1 {record['retrieval_r1']:.3f}"
+                                                         if "retrieval_r1" in record else ""))
+    model.train()
+    return records

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, Sampler
 
 from ..data.collate import ExampleDataset, ManifestDataset, TrainCollator, collate_examples
@@ -298,3 +298,15 @@ def stream_loss(model: Any, cfg: TaskConfig, batch: dict[str, Any], generator: t
         labels = torch.cat([torch.ones(B), torch.zeros(2 * B)]).long().to(ids.device)
         return itm_loss(model.itm_logits(all_ids, all_mask, all_pixels), labels)
     raise ValueError(f"unknown objective {objective!r}")
+
+
+class ObjectiveModule(nn.Module):
+    """The loss as one module call, so FSDP's root unit gathers its parameters whichever model
+    entry point an objective uses (forward, features, encode_image ...)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, cfg: TaskConfig, batch: dict[str, Any], g: torch.Generator, gather: Any = None) -> torch.Tensor:
+        return stream_loss(self.model, cfg, batch, g, gather)

@@ -24,6 +24,9 @@ _PEAK_CACHE: dict[tuple[str, torch.dtype, int], float] = {}
 _DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -193,3 +196,16 @@ class ThroughputReport:
 def dtype_name(dtype: torch.dtype) -> str:
     """"bf16" / "fp16" / "fp32" for a report's peak_dtype."""
     return _DTYPE_NAMES.get(dtype, str(dtype).removeprefix("torch."))
+
+
+def throughput_report(model: nn.Module, totals: dict[str, float], device: torch.device, precision: str,
+                      world: int = 1) -> ThroughputReport | None:
+    """tokens/s, samples/s and MFU over a run's timed steps (`totals`: tokens, samples, rows, seconds
+    of all processes), against this machine's measured matmul peak for `precision`, times `world`."""
+    if totals["seconds"] <= 0:
+        return None
+    peak = measure_matmul_peak(device, DTYPES[precision]) * world
+    seq = max(1.0, totals["tokens"] / max(totals["rows"], 1.0))  # positions per sequence, image tokens included
+    return ThroughputReport(tokens=int(totals["tokens"]), samples=int(totals["samples"]), seconds=totals["seconds"],
+                            flops_per_token=model_flops_per_token(model, int(seq)), peak_flops=peak,
+                            peak_dtype=precision)

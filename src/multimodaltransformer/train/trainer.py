@@ -19,7 +19,6 @@ import random
 import sys
 import time
 import warnings
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,39 +27,25 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..config import ConfigError, save_json, to_dict
+from ..config import save_json, to_dict
 from ..data.manifest import DataError, Example
-from ..data.sources import is_shard_source, read_source
-from ..data.streaming import scan_shards
-from ..evaluate import evaluate, retrieval_scores
+from ..evaluate import evaluate
 from ..modalities.base import input_keys
-from ..modalities.text import TextTokenizer
 from ..models.multimodal import MultimodalTransformerModel
 from ..nn.lora import count_parameters
 from ..nn.transformer import TransformerStack
 from ..nn.blocks import TransformerBlock
 from . import distributed as dd
-from .checkpoint import atomic_dir_write, clean_partial, load_latest, save_checkpoint
-from .refit import refit_contrastive
+from .checkpoint import atomic_dir_write, clean_partial, load_latest, restore_rng, rng_state, save_checkpoint
+from .refit import refit_streams
 from .config import RunConfig
-from .tasks import (MultiTaskConfig, TaskConfig, TaskStream, class_labels, draw_stream, loss_units, sampling_weights,
-                    select, stream_loss)
+from .build import build_model
+from .data import RunData
+from .tasks import (MultiTaskConfig, ObjectiveModule, TaskConfig, TaskStream, draw_stream, loss_units,
+                    sampling_weights, stream_loss)
 from .schedule import CALIBRATION_STEPS, REPLAN_EVERY, TimeBudget, lr_factor, param_groups
-from .throughput import ThroughputReport, measure_matmul_peak, model_flops_per_token, resolve_precision
+from .throughput import DTYPES, resolve_precision, throughput_report
 from .tracking import Tracker
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-class _Objective(nn.Module):
-    """The loss as one module call, so FSDP's root unit gathers its parameters whichever model
-    entry point an objective uses (forward, features, encode_image ...)."""
-
-    def __init__(self, model: MultimodalTransformerModel) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, cfg: TaskConfig, batch: dict[str, Any], g: torch.Generator, gather: Any = None) -> torch.Tensor:
-        return stream_loss(self.model, cfg, batch, g, gather)
 
 
 class Trainer:
@@ -74,34 +59,6 @@ class Trainer:
             return self.run.multitask
         return MultiTaskConfig([TaskConfig("lm", "lm", tasks=self.run.data.tasks)])
 
-    def _streamed(self, source: str) -> str | None:
-        """The shard URLs of a source that data.streaming streams, else None."""
-        if not self.run.data.streaming:
-            return None
-        return source.removeprefix("wds:") if source.startswith("wds:") or is_shard_source(source) else None
-
-    def _read(self, source: str) -> list[Example]:
-        d = self.run.data
-        if source not in self._manifests and self._streamed(source):
-            urls = self._streamed(source)
-            self._manifests[source] = scan_shards(urls, d.stream_scan, self.dist.rank, self.dist.world)
-        if source not in self._manifests:
-            examples, skipped = read_source(source, d.cache_dir, self.progress and self.dist.main, d.skip_bad,
-                                            self.dist.rank, self.dist.world)
-            self._check_bad(source, skipped, len(examples))
-            self._manifests[source] = examples
-        return self._manifests[source]
-
-    def _check_bad(self, where: str, skipped: list[str], kept: int) -> None:
-        """Count skipped examples; too many of them (data.max_bad_fraction) fail the run loudly."""
-        if not skipped:
-            return
-        self.skipped[where] = self.skipped.get(where, 0) + len(skipped)
-        bad, limit = len(skipped) / (len(skipped) + kept), self.run.data.max_bad_fraction
-        if bad > limit:
-            raise DataError(f"{where}: {len(skipped)} of {len(skipped) + kept} examples are unreadable ({bad:.1%} > "
-                            f"data.max_bad_fraction {limit:.1%}); first: {skipped[0]}")
-
     def _setup(self, resume: bool) -> None:
         t, d = self.run.train, self.run.data
         if t.threads:
@@ -109,20 +66,14 @@ class Trainer:
         random.seed(t.seed)
         np.random.seed(t.seed)
         torch.manual_seed(t.seed)
-        self._manifests: dict[str, list[Example]] = {}
-        self.skipped: dict[str, int] = {}
+        self.data = RunData(d, self.dist.rank, self.dist.world, self.progress and self.dist.main)
+        self.skipped = self.data.skipped
         self._stream_used: dict[str, int] = {}
         mt = self._multitask()
-        self.streams = []
-        for cfg in mt.tasks:
-            train_src, val_src = cfg.data or d.train, cfg.val if cfg.val is not None else d.val
-            train_ex = select(self._read(train_src), cfg.tasks, train_src)
-            val_ex = select(self._read(val_src), cfg.tasks, val_src) if val_src else []
-            self.streams.append(TaskStream(cfg, train_ex, val_ex, cfg.batch_size or t.batch_size,
-                                           stream_urls=self._streamed(train_src)))
+        self.streams = self.data.streams(mt, t.batch_size)
         self.train_examples = list({id(e): e for s in self.streams for e in s.examples}.values())
         self.val_examples = list({id(e): e for s in self.streams for e in s.val_examples}.values())
-        self.model = self._build_model(resume)
+        self.model, self.run = build_model(self.run, self.streams, self.out, resume, self.dist)
         if self.dist.main:
             save_json(self.run, self.out / "run_config.json")
         max_text = self.model.max_seq_len - self.model.num_media_tokens
@@ -130,7 +81,7 @@ class Trainer:
             stream.build(self.model, max_text, d.skip_bad, d.pack)
             if stream.stream_urls is not None:
                 continue  # streamed: unusable samples are counted as they come
-            self._check_bad(f"task {stream.cfg.name}", stream.dataset.skipped, len(stream.dataset.examples))
+            self.data.check_bad(f"task {stream.cfg.name}", stream.dataset.skipped, len(stream.dataset.examples))
             if len(stream.dataset) < stream.batch_size:
                 raise DataError(f"task {stream.cfg.name}: {len(stream.dataset)} training items is fewer than one "
                                 f"batch of {stream.batch_size}")
@@ -146,7 +97,7 @@ class Trainer:
                     m.checkpointing = True
         self.objective: nn.Module | None = None
         if self.dist.enabled and t.parallel == "fsdp":
-            self.objective = _Objective(self.model)
+            self.objective = ObjectiveModule(self.model)
             dd.fully_shard_model(self.objective, [m for m in self.model.modules() if isinstance(m, TransformerBlock)])
         if t.compile and self.objective is not None:
             warnings.warn("train.compile is not applied under FSDP in this version; training runs eager", stacklevel=2)
@@ -174,53 +125,17 @@ class Trainer:
                 self.skipped_steps = state.get("skipped_steps", 0)
                 if state.get("scaler"):
                     self.scaler.load_state_dict(state["scaler"])
-                random.setstate(_tuple(state["python_rng"]))
-                np.random.set_state(_np_state(state["numpy_rng"]))
+                restore_rng(state)
                 self._say(f"resumed from {state['path']} at step {self.step}")
 
     def _say(self, message: str) -> None:
         if self.dist.main:
             tqdm.write(message)
 
-    def _build_model(self, resume: bool) -> MultimodalTransformerModel:
-        """The model of `run.compose` (pretrained parts), else a fresh one with a tokenizer trained
-        on the training text (kept across resumes; rank 0's, under torchrun)."""
-        run = self.run
-        objectives = {s.cfg.objective for s in self.streams}
-        if run.compose is not None:
-            if objectives - {"lm", "mlm"}:
-                raise ConfigError(f"compose: a composed model trains lm / mlm objectives only, not {sorted(objectives)}")
-            from ..models.composed import ComposedModel
-
-            return ComposedModel.compose(run.compose)
-        tok_path = self.out / "tokenizer.json"
-        if resume and tok_path.is_file():
-            tok = TextTokenizer.from_pretrained(tok_path)
-        elif self.dist.main:  # under torchrun rank 0 trains it, the others read it
-            texts = [s for e in self.train_examples for s in (e.prompt, e.target, e.text) if s]
-            tok = TextTokenizer.train(texts, vocab_size=run.data.tokenizer_vocab_size)
-            tok.save_pretrained(self.out)
-        if self.dist.enabled:
-            dd.barrier(self.dist)
-            tok = TextTokenizer.from_pretrained(tok_path)
-        heads = run.model.heads
-        labels: dict[str, list[str]] = {}  # every rank's labels (sharded sources), so all build the same heads
-        for part in dd.all_objects(class_labels([e for s in self.streams if s.cfg.objective == "classify"
-                                                 for e in s.examples]), self.dist):
-            for task, ls in part.items():
-                labels[task] = sorted(set(labels.get(task, [])) | set(ls))
-        heads = replace(heads, classes={**heads.classes, **labels}, itm=heads.itm or "itm" in objectives,
-                        contrastive_dim=heads.contrastive_dim or (64 if "contrastive" in objectives else None))
-        mcfg = replace(run.model, decoder=replace(run.model.decoder, vocab_size=tok.vocab_size), heads=heads)
-        self.run = replace(run, model=mcfg)
-        model = MultimodalTransformerModel(mcfg)
-        model.tokenizer = tok
-        return model
-
     def _state(self) -> dict[str, Any]:
         return {"streams": {s.cfg.name: s.state() for s in self.streams}, "total_steps": self.total_steps,
                 "skipped_steps": self.skipped_steps, "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
-                "python_rng": random.getstate(), "numpy_rng": _np_list(np.random.get_state())}
+                **rng_state()}
 
     def _plain_model(self) -> MultimodalTransformerModel:
         """The model with full tensors, on rank 0 (FSDP gathers a copy; every rank must call this)."""
@@ -383,145 +298,132 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
         dd.barrier(self.dist)
         self._setup(resume)
-        t, model, dist_ = self.run.train, self.model, self.dist
-        tracker = Tracker(self.out, self.run.tracking, enabled=dist_.main, run_config=to_dict(self.run))
-        trainable, n_params = count_parameters(model)
+        tracker = Tracker(self.out, self.run.tracking, enabled=self.dist.main, run_config=to_dict(self.run))
+        try:
+            n_params = self._announce()
+            started = time.perf_counter()
+            totals = self._loop(tracker, started)
+            self._finish(tracker, totals, time.perf_counter() - started, n_params)
+        finally:
+            tracker.close()
+        return self.model
+
+    def _announce(self) -> int:
+        """Print the model's size and the streams; returns the parameter count."""
+        t, dist_ = self.run.train, self.dist
+        trainable, n_params = count_parameters(self.model)
         self._say(f"model: {n_params / 1e6:.2f}M parameters ({trainable / 1e6:.2f}M trainable); "
-                  f"vocab {model.tokenizer.vocab_size}" + (f"; {dist_.world} processes ({t.parallel}, "
-                                                            f"{dist_.device.type})" if dist_.enabled else ""))
+                  f"vocab {self.model.tokenizer.vocab_size}" + (f"; {dist_.world} processes ({t.parallel}, "
+                                                                 f"{dist_.device.type})" if dist_.enabled else ""))
         for stream, p in zip(self.streams, self.probs):
             self._say(f"  task {stream.cfg.name} ({stream.cfg.objective}, weight {stream.cfg.weight:g}, "
                       f"p={p:.2f}): " + (f"streamed from {stream.stream_urls} ({len(stream.examples)} scanned)"
                                          if stream.stream_urls else
                                          f"{len(stream.examples)} examples in {len(stream.dataset)} items"))
-        model.train()
+        return n_params
+
+    def _loop(self, tracker: Tracker, started: float) -> dict[str, float]:
+        """The steps until total_steps (re-planned under a time budget), with logging, validation and
+        checkpoints; returns the token / sample / second totals of the timed steps."""
+        t, dist_ = self.run.train, self.dist
+        self.model.train()
         pieces = dist_.world * t.grad_accum  # micro-batch k of a step: accumulation a = k // world, rank k % world
         mine = [a * dist_.world + dist_.rank for a in range(t.grad_accum)]
         seeds = [t.seed + 7919 * k for k in range(len(self.streams))]
         iters = [s.loader(seeds[k], pieces, mine, self.run.data.workers, dist_.rank, dist_.world)
                  for k, s in enumerate(self.streams)]
-        for g in self.opt.param_groups:
-            g["lr"] = t.lr * self._lr_factor()
+        self._set_lr()
         bar = tqdm(total=self.total_steps, initial=self.step, desc="train", disable=not (self.progress and dist_.main),
                    unit="step", dynamic_ncols=True, mininterval=1 if sys.stderr.isatty() else 15)
-        started = time.perf_counter()
         budget = None
         if t.time_budget_minutes is not None and not self.calibrated:
             budget = TimeBudget(t.time_budget_minutes * 60, t.max_steps, t.eval_every)
-        calib_from, first_step = self.step, self.step
-        window_t, window_n = time.perf_counter(), 0.0
+        first_step = self.step
+        window = {"t": time.perf_counter(), "n": 0.0}  # examples since the last log line
         totals = {"tokens": 0.0, "samples": 0.0, "rows": 0.0, "seconds": 0.0}
         last_loss: dict[str, float] = {}
-        try:
-            while self.step < self.total_steps:
-                step_start = time.perf_counter()
-                k = draw_stream(self.step, t.seed, self.probs, self.sampling)
-                stream = self.streams[k]
-                micro = [next(iters[k]) for _ in range(t.grad_accum)]
-                out = self._train_step(stream, micro)
-                stream.advance(seeds[k])
-                last_loss[stream.cfg.name] = out["loss"]
-                self.step += 1
-                step_seconds = time.perf_counter() - step_start
-                if self.step - first_step > 3:  # the first steps run slow (allocation, compilation)
-                    totals["tokens"] += out["tokens"]
-                    totals["samples"] += out["samples"]
-                    totals["rows"] += out["rows"]
-                    totals["seconds"] += step_seconds
-                window_n += out["samples"]
-                for g in self.opt.param_groups:
-                    g["lr"] = t.lr * self._lr_factor()
-                if budget is not None and self.step - calib_from > 3:
+        while self.step < self.total_steps:
+            step_start = time.perf_counter()
+            k = draw_stream(self.step, t.seed, self.probs, self.sampling)
+            stream = self.streams[k]
+            out = self._train_step(stream, [next(iters[k]) for _ in range(t.grad_accum)])
+            stream.advance(seeds[k])
+            last_loss[stream.cfg.name] = out["loss"]
+            self.step += 1
+            step_seconds = time.perf_counter() - step_start
+            if self.step - first_step > 3:  # the first steps run slow (allocation, compilation)
+                for key in ("tokens", "samples", "rows"):
+                    totals[key] += out[key]
+                totals["seconds"] += step_seconds
+                if budget is not None:
                     budget.step_time += step_seconds
                     budget.steps += 1
                     if budget.steps == CALIBRATION_STEPS or (budget.steps > CALIBRATION_STEPS and
                                                              budget.steps % REPLAN_EVERY == 0):
                         self._replan(budget, bar)  # step times drift (warm-up, other load): follow them
-                bar.update(1)
-                if self.step % t.log_every == 0 or self.step == self.total_steps:
-                    elapsed = time.perf_counter() - window_t
-                    rate = window_n / max(elapsed, 1e-9)
-                    window_t, window_n = time.perf_counter(), 0.0
-                    lr = self.opt.param_groups[0]["lr"]
-                    bar.set_postfix(loss=f"{out['loss']:.3f}", lr=f"{lr:.2e}", ex_s=f"{rate:.0f}")
-                    record = {"step": self.step, "loss": out["loss"], "task": stream.cfg.name, "lr": lr,
-                              "grad_norm": out["grad_norm"], "examples_per_s": rate,
-                              "tokens_per_s": out["tokens"] / max(step_seconds, 1e-9),
-                              "elapsed_s": time.perf_counter() - started}
-                    if len(self.streams) > 1:
-                        record["task_loss"] = dict(last_loss)
-                    tracker.log(record, self.step)
-                if self.step % t.eval_every == 0 or self.step == self.total_steps:
-                    eval_start = time.perf_counter()
-                    metrics = self._validate_all_ranks()
-                    if budget is not None and self.step < self.total_steps:
-                        budget.eval_time += time.perf_counter() - eval_start
-                        budget.evals += 1
-                        self._replan(budget, bar)
-                    if metrics:
-                        tracker.log({"step": self.step, **metrics}, self.step)
-                        brief = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
-                        tqdm.write(f"step {self.step}: {brief}")
-                if self.step % t.save_every == 0 or self.step == self.total_steps:
-                    save_checkpoint(self.ckpt_dir, self.step, model, self.opt, self._state(), t.keep_last, dist_)
-            bar.close()
-            train_seconds = time.perf_counter() - started  # the refit below is reported on its own
-            final = self._plain_model()
-            if dist_.main:
-                self._refit(final, tracker)
-                atomic_dir_write(self.out / "model", final.save_pretrained)
-            report = self._throughput(totals)
-            summary = {"steps": self.step, "train_seconds": train_seconds, "parameters": n_params,
-                       "processes": dist_.world, "skipped_steps": self.skipped_steps,
-                       "skipped_examples": dict(self.skipped), **(report.as_dict() if report else {})}
-            if dist_.main:
-                (self.out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-                if report:
-                    tracker.log({"step": self.step, "throughput": report.as_dict()}, self.step)
-                    tqdm.write(report.summary())
-                if any(self.skipped.values()):
-                    tqdm.write(f"skipped unreadable examples: {self.skipped}")
-                if self.skipped_steps:
-                    tqdm.write(f"skipped {self.skipped_steps} step(s) with a non-finite loss")
-                tqdm.write(f"saved {self.out / 'model'} ({summary['train_seconds']:.0f}s)")
-            dd.barrier(dist_)
-        finally:
-            tracker.close()
-        return self.model
+            window["n"] += out["samples"]
+            self._set_lr()
+            bar.update(1)
+            if self.step % t.log_every == 0 or self.step == self.total_steps:
+                self._log_step(tracker, bar, window, out, stream, last_loss, step_seconds, started)
+            if self.step % t.eval_every == 0 or self.step == self.total_steps:
+                self._validate_and_log(tracker, bar, budget)
+            if self.step % t.save_every == 0 or self.step == self.total_steps:
+                save_checkpoint(self.ckpt_dir, self.step, self.model, self.opt, self._state(), t.keep_last, dist_)
+        bar.close()
+        return totals
 
-    def _refit(self, model: MultimodalTransformerModel, tracker: Tracker) -> None:
-        """Streams with refit_steps: their projections fitted on the final towers (train/refit.py),
-        then scored on the stream's validation pairs. Rank 0 only: it writes the model."""
-        t = self.run.train
-        for s in self.streams:
-            if not s.cfg.refit_steps:
-                continue
-            start = time.perf_counter()
-            stats = refit_contrastive(model, s.examples, s.cfg.refit_steps, s.batch_size, lr=t.lr, seed=t.seed,
-                                      progress=self.progress)
-            record: dict[str, Any] = {**stats, "refit_seconds": time.perf_counter() - start}
-            val = [e for e in s.val_examples if e.image is not None][:4 * t.eval_examples]
-            if len(val) >= 2:
-                record.update(retrieval_scores(model, val))
-            tracker.log({"step": self.step, f"refit/{s.cfg.name}": record}, self.step)
-            tqdm.write(f"refit {s.cfg.name}: {s.cfg.refit_steps} steps on {stats['refit_pairs']} pairs in "
-                       f"{record['refit_seconds']:.0f}s" + (f", val retrieval R@1 {record['retrieval_r1']:.3f}"
-                                                             if "retrieval_r1" in record else ""))
-        model.train()
+    def _set_lr(self) -> None:
+        for g in self.opt.param_groups:
+            g["lr"] = self.run.train.lr * self._lr_factor()
 
-    def _throughput(self, totals: dict[str, float]) -> ThroughputReport | None:
-        """tokens/s, samples/s and MFU over the timed steps (all processes), against this machine's
-        measured matmul peak for the run's precision, times the process count."""
-        if totals["seconds"] <= 0:
-            return None
-        dtype = DTYPES[self.precision]
-        peak = measure_matmul_peak(self.dist.device, dtype) * self.dist.world
-        seq = max(1.0, totals["tokens"] / max(totals["rows"], 1.0))  # positions per sequence, image tokens included
-        flops = model_flops_per_token(self.model, int(seq))
-        return ThroughputReport(tokens=int(totals["tokens"]), samples=int(totals["samples"]),
-                                seconds=totals["seconds"], flops_per_token=flops, peak_flops=peak,
-                                peak_dtype=self.precision)
+    def _log_step(self, tracker: Tracker, bar: tqdm, window: dict[str, float], out: dict[str, float],
+                  stream: TaskStream, last_loss: dict[str, float], step_seconds: float, started: float) -> None:
+        rate = window["n"] / max(time.perf_counter() - window["t"], 1e-9)
+        window["t"], window["n"] = time.perf_counter(), 0.0
+        lr = self.opt.param_groups[0]["lr"]
+        bar.set_postfix(loss=f"{out['loss']:.3f}", lr=f"{lr:.2e}", ex_s=f"{rate:.0f}")
+        record = {"step": self.step, "loss": out["loss"], "task": stream.cfg.name, "lr": lr,
+                  "grad_norm": out["grad_norm"], "examples_per_s": rate,
+                  "tokens_per_s": out["tokens"] / max(step_seconds, 1e-9), "elapsed_s": time.perf_counter() - started}
+        if len(self.streams) > 1:
+            record["task_loss"] = dict(last_loss)
+        tracker.log(record, self.step)
 
+    def _validate_and_log(self, tracker: Tracker, bar: tqdm, budget: TimeBudget | None) -> None:
+        eval_start = time.perf_counter()
+        metrics = self._validate_all_ranks()
+        if budget is not None and self.step < self.total_steps:  # its cost is known now: plan with it
+            budget.eval_time += time.perf_counter() - eval_start
+            budget.evals += 1
+            self._replan(budget, bar)
+        if metrics:
+            tracker.log({"step": self.step, **metrics}, self.step)
+            tqdm.write(f"step {self.step}: { {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)} }")
+
+    def _finish(self, tracker: Tracker, totals: dict[str, float], train_seconds: float, n_params: int) -> None:
+        """Refit (rank 0), save the model, write train_summary.json and print the throughput."""
+        dist_ = self.dist
+        final = self._plain_model()
+        if dist_.main:
+            for record in refit_streams(final, self.streams, self.run.train, self.progress):
+                tracker.log({"step": self.step, **record}, self.step)  # reported on its own, not in train_seconds
+            atomic_dir_write(self.out / "model", final.save_pretrained)
+        report = throughput_report(self.model, totals, self.dist.device, self.precision, self.dist.world)
+        summary = {"steps": self.step, "train_seconds": train_seconds, "parameters": n_params,
+                   "processes": dist_.world, "skipped_steps": self.skipped_steps,
+                   "skipped_examples": dict(self.skipped), **(report.as_dict() if report else {})}
+        if dist_.main:
+            (self.out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            if report:
+                tracker.log({"step": self.step, "throughput": report.as_dict()}, self.step)
+                tqdm.write(report.summary())
+            if any(self.skipped.values()):
+                tqdm.write(f"skipped unreadable examples: {self.skipped}")
+            if self.skipped_steps:
+                tqdm.write(f"skipped {self.skipped_steps} step(s) with a non-finite loss")
+            tqdm.write(f"saved {self.out / 'model'} ({summary['train_seconds']:.0f}s)")
+        dd.barrier(dist_)
 
 def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     if device.type == "cpu":
@@ -532,18 +434,6 @@ def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
         return {k: move(x) for k, x in v.items()} if isinstance(v, dict) else v
 
     return move(batch)
-
-
-def _np_list(state: tuple) -> list:
-    return [state[0], state[1].tolist(), *state[2:]]
-
-
-def _np_state(state: list) -> tuple:
-    return (state[0], np.array(state[1], dtype=np.uint32), *state[2:])
-
-
-def _tuple(x: Any) -> Any:
-    return tuple(_tuple(v) for v in x) if isinstance(x, list) else x
 
 
 def train(run: RunConfig, out: str | Path, resume: bool = False, progress: bool = True) -> MultimodalTransformerModel:

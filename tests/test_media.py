@@ -221,3 +221,25 @@ def test_the_server_hears_input_audio_beside_an_image(model, tokenizer, tmp_path
         assert status == 400 and "3.0 s of audio" in body["error"]["message"]
         status, body = ask({**audio, "input_audio": {"data": base64.b64encode(b"not a wav").decode(), "format": "wav"}})
         assert status == 400 and "input_audio" in body["error"]["message"]
+
+
+def test_a_ctc_head_adds_its_loss_on_the_transcribed_rows(speech_manifest, tokenizer):
+    from dataclasses import replace
+
+    from multimodaltransformer.models.multimodal import HeadsConfig
+
+    torch.manual_seed(0)
+    cfg = replace(speech_config(vocab_size=tokenizer.vocab_size), heads=HeadsConfig(ctc_weight=0.5))
+    m = MultimodalTransformerModel(cfg)
+    ds = ManifestDataset(read_manifest(speech_manifest), tokenizer, m.processors, 60, pack=True)
+    batch = TrainCollator(tokenizer.pad_id, m.processors)([ds[i] for i in range(3)])
+    assert batch["ctc_lengths"].tolist() == [len(tokenizer.encode("red circle")), 0, 0]
+    assert batch["ctc_targets"][0, :batch["ctc_lengths"][0]].tolist() == tokenizer.encode("red circle")
+    with_ctc = m(batch).loss
+    without = m({k: v for k, v in batch.items() if not k.startswith("ctc")}).loss
+    ctc = m.ctc_loss(m.audio_encoder(batch["input_features"][:1]), batch["ctc_targets"][:1], batch["ctc_lengths"][:1])
+    torch.testing.assert_close(with_ctc, without + 0.5 * ctc)
+    with_ctc.backward()
+    assert m.ctc_head.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="needs an audio encoder"):
+        MultimodalTransformerModel(replace(cfg, media={}))

@@ -17,11 +17,10 @@ import torch
 from tqdm import tqdm
 
 from .data.collate import ExampleDataset, MediaCache, collate_examples, collate_media, media_of, pair_text, prompt_batch
-from .data.manifest import Example
+from .data.manifest import TRANSCRIPTION_TASKS, Example
 from .metrics import bleu, cider, classification_report, exact_match, normalize_answer, recall_at_k, rouge_l, vqa_accuracy, wer
 
 RETRIEVAL_TASKS = ("retrieval",)
-TRANSCRIPTION_TASKS = ("asr", "transcribe", "transcription")
 MAX_REPORT_LABELS = 50  # tasks with more distinct targets than this get no per-label report
 
 

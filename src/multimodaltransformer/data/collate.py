@@ -22,7 +22,7 @@ from ..modalities.base import MODALITIES, MediaError, Processor
 from ..modalities.image import ImageProcessor
 from ..modalities.text import TextTokenizer
 from ..objectives import IGNORE_INDEX
-from .manifest import DataError, Example
+from .manifest import TRANSCRIPTION_TASKS, DataError, Example
 
 
 def encode_prompt(tok: TextTokenizer, prompt: str, text: str | None = None) -> list[int]:
@@ -227,8 +227,11 @@ class ManifestDataset(Dataset):
             labels += e_labels
             segments += [k] * len(e_ids)
         first = self.examples[self.groups[i][0]]
-        return {"input_ids": ids, "labels": labels, "segment_ids": segments, "media": self._media(first),
+        item = {"input_ids": ids, "labels": labels, "segment_ids": segments, "media": self._media(first),
                 "tasks": [self.examples[j].task for j in self.groups[i]]}
+        if len(self.groups[i]) == 1 and first.task in TRANSCRIPTION_TASKS and first.audio is not None:
+            item["ctc"] = self.tokenizer.encode(first.target or "")  # the transcript, for a CTC head
+        return item
 
 
 class TrainCollator:
@@ -250,6 +253,12 @@ class TrainCollator:
         batch = {"input_ids": ids, "attention_mask": segments > 0, "labels": labels, "tasks": [it["tasks"] for it in items]}
         if int(segments.max()) > 1:  # packed rows: the model restarts positions per segment
             batch["segment_ids"] = segments
+        if any("ctc" in it for it in items):  # transcripts (rows without one: length 0)
+            lengths = torch.tensor([len(it.get("ctc", ())) for it in items])
+            batch["ctc_targets"] = torch.zeros(len(items), max(1, int(lengths.max())), dtype=torch.long)
+            for r, it in enumerate(items):
+                batch["ctc_targets"][r, :lengths[r]] = torch.tensor(it.get("ctc", []), dtype=torch.long)
+            batch["ctc_lengths"] = lengths
         return batch | collate_media([it["media"] for it in items], self.processors)
 
 

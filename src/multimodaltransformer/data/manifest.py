@@ -32,6 +32,8 @@ class Example:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+TRANSCRIPTION_TASKS = ("asr", "transcribe", "transcription")  # a clip's transcript is the target
+
 _STR_FIELDS = ("id", "task", "prompt", "target", "text", "image", "audio")
 
 

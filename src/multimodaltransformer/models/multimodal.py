@@ -21,6 +21,7 @@ from typing import Any, Literal, NamedTuple
 
 import torch
 from safetensors.torch import load_file
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..fusion import FusionConfig, build_fusion, decoder_overrides, num_prefix_tokens
@@ -56,12 +57,18 @@ class HeadsConfig:
     text_pool: Literal["last", "mean"] = "last"
     # image-text matching: a binary head on the fused [image; text] representation
     itm: bool = False
+    # > 0: a CTC head on the audio encoder's tokens (Graves et al. 2006); on rows with a transcript
+    # (ctc_targets) its loss is added to the LM loss with this weight, which teaches the encoder
+    # token-aligned features far sooner than the decoder's cross-attention alone (joint CTC-attention)
+    ctc_weight: float = 0.0
     # one classification head per task, with its labels (filled from the training data by the trainer)
     classes: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.contrastive_dim is not None and self.contrastive_dim <= 0:
             raise ValueError(f"heads.contrastive_dim must be positive, got {self.contrastive_dim}")
+        if self.ctc_weight < 0:
+            raise ValueError(f"heads.ctc_weight must be non-negative, got {self.ctc_weight}")
         if self.contrastive_hidden is not None and self.contrastive_hidden <= 0:
             raise ValueError(f"heads.contrastive_hidden must be positive, got {self.contrastive_hidden}")
         for task, labels in self.classes.items():
@@ -148,6 +155,11 @@ class MultimodalTransformerModel(nn.Module):
         if config.fusion.type == "joint" and config.heads.contrastive_dim is None:
             raise ValueError("fusion.type joint (a dual encoder) needs heads.contrastive_dim")
         self._build_heads(config.heads, config.image.dim if config.image else None, C)
+        self.ctc_head = None
+        if config.heads.ctc_weight > 0:  # one class per token, and CTC's blank (the last)
+            if "audio" not in config.media:
+                raise ValueError("heads.ctc_weight needs an audio encoder (model.media.audio)")
+            self.ctc_head = nn.Linear(MODALITIES["audio"].media_dim(config.media["audio"]), config.decoder.vocab_size + 1)
         self.tokenizer: TextTokenizer | None = None
         self.image_processor = ImageProcessor(config.image.image_size) if config.image else None
         self.media_processors = {name: MODALITIES[name].build_processor(cfg) for name, cfg in config.media.items()}
@@ -215,10 +227,11 @@ class MultimodalTransformerModel(nn.Module):
         if self.is_late_fusion or self.is_dual_encoder:
             raise ValueError(f"{self.fusion_config.type} fusion does not feed the image to the decoder: it cannot "
                              "generate from it (late: use the task heads; joint: the contrastive space)")
-        prefixes, memories, memory_masks = [], [], []
+        prefixes, memories, memory_masks, encoded = [], [], [], {}
         for name, x in inputs.items():
             encoder, fusion = self.media_parts(name)
-            out = fusion(encoder(x))
+            encoded[name] = encoder(x)
+            out = fusion(encoded[name])
             rows = (media_mask or {}).get(name)
             if out.prefix is not None:
                 if rows is not None and not bool(rows.all()):
@@ -238,21 +251,23 @@ class MultimodalTransformerModel(nn.Module):
             prefix = torch.cat(prefixes, 1)
             text = torch.cat([prefix, text], 1)
             mask = torch.cat([torch.ones(prefix.shape[:2], dtype=torch.bool, device=mask.device), mask], 1)
-        return Embedded(text, mask, context, context_mask)
+        return Embedded(text, mask, context, context_mask, encoded)
 
     def hidden_states(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                       pixel_values: Tensor | None = None, segment_ids: Tensor | None = None,
                       bidirectional: bool = False, media_mask: Mapping[str, Tensor] | None = None,
-                      **media: Tensor) -> Tensor:
+                      return_encoded: bool = False, **media: Tensor) -> Any:
         """Final hidden states (B, T, C) at the text positions.
 
         `segment_ids` (B, T), from the packing collator, mark several examples that share one
         image (0 = padding): positions restart and attention stays within each example.
         `bidirectional` lets every token see the whole (unpadded) text: the masked-LM pass.
+        `return_encoded`: (hidden states, {modality: its encoder's tokens}).
         """
         if segment_ids is not None:
             attention_mask = segment_ids > 0
-        x, mask, context, context_mask = self.embed(input_ids, attention_mask, pixel_values, media_mask, **media)
+        x, mask, context, context_mask, encoded = self.embed(input_ids, attention_mask, pixel_values, media_mask,
+                                                             **media)
         S, n = x.shape[1], x.shape[1] - input_ids.shape[1]
         if segment_ids is not None:
             positions, attn = segment_positions(segment_ids, n), segment_mask(
@@ -266,27 +281,44 @@ class MultimodalTransformerModel(nn.Module):
         if int(positions.max()) >= self.max_seq_len:
             raise ValueError(f"sequence of {int(positions.max()) + 1} positions exceeds max_seq_len {self.max_seq_len}")
         extra = {} if context_mask is None else {"context_mask": context_mask[:, None, None, :]}
-        return self.decoder.hidden(x, positions, attn, context=context, **extra)[:, n:]
+        h = self.decoder.hidden(x, positions, attn, context=context, **extra)[:, n:]
+        return (h, encoded or {}) if return_encoded else h
 
     def forward(self, batch: Mapping[str, Any] | None = None, *, input_ids: Tensor | None = None,
                 attention_mask: Tensor | None = None, pixel_values: Tensor | None = None,
                 labels: Tensor | None = None, segment_ids: Tensor | None = None,
-                media_mask: Mapping[str, Tensor] | None = None, **rest: Any) -> ModelOutput:
+                media_mask: Mapping[str, Tensor] | None = None, ctc_targets: Tensor | None = None,
+                ctc_lengths: Tensor | None = None, **rest: Any) -> ModelOutput:
         """Call as `model(batch)` with a dict from the collator, or with keyword tensors.
 
         `labels` (B, T) are aligned with `input_ids` (IGNORE_INDEX where no loss); the shift
         happens in the loss, as in Hugging Face models. Other media come by their keyword
-        (input_features ...); other keys of a batch (class labels ...) are ignored.
+        (input_features ...); other keys of a batch (class labels ...) are ignored. With a CTC
+        head, `ctc_targets` (B, U) and `ctc_lengths` (B,) (0: no transcript) add its loss.
         """
         if batch is not None:
             return self.forward(**{k: v for k, v in batch.items() if isinstance(v, Tensor) or k == "media_mask"})
         if input_ids is None:
             raise ValueError("input_ids are required")
         media = {k: v for k, v in rest.items() if k in input_keys()}
-        logits = self.decoder.head(self.hidden_states(input_ids, attention_mask, pixel_values, segment_ids,
-                                                      media_mask=media_mask, **media))
+        h, encoded = self.hidden_states(input_ids, attention_mask, pixel_values, segment_ids, media_mask=media_mask,
+                                        return_encoded=True, **media)
+        logits = self.decoder.head(h)
         loss = causal_lm_loss(logits, labels, self.label_smoothing) if labels is not None else None
+        if loss is not None and self.ctc_head is not None and ctc_lengths is not None and "audio" in encoded:
+            loss = loss + self.config.heads.ctc_weight * self.ctc_loss(encoded["audio"], ctc_targets, ctc_lengths)
         return ModelOutput(loss, logits)
+
+    def ctc_loss(self, audio_tokens: Tensor, targets: Tensor, lengths: Tensor) -> Tensor:
+        """CTC loss of the audio tokens (B, N, C_a) against `targets` (B, U) over the rows with
+        lengths > 0 (every token position an input frame: padding silence emits blanks)."""
+        rows = lengths > 0
+        if not bool(rows.any()):
+            return audio_tokens.sum() * 0.0  # keeps the graph (DDP) with no transcript in the batch
+        log_probs = self.ctc_head(audio_tokens[rows]).float().log_softmax(-1).transpose(0, 1)  # (N, B', V + 1)
+        frames = torch.full((log_probs.shape[1],), log_probs.shape[0], dtype=torch.long, device=lengths.device)
+        return F.ctc_loss(log_probs, targets[rows], frames, lengths[rows], blank=log_probs.shape[-1] - 1,
+                          zero_infinity=True)
 
     # ---- heads -------------------------------------------------------------------------------
     def features(self, input_ids: Tensor, attention_mask: Tensor | None = None,

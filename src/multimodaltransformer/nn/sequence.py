@@ -14,12 +14,14 @@ from torch import Tensor
 class Embedded(NamedTuple):
     """What the decoder reads: embeddings with any prefix tokens in front, their key mask, and
     the memory the cross-attention layers read (None without cross-attention fusion), with its
-    key mask where some rows lack a modality (None: every memory token is real)."""
+    key mask where some rows lack a modality (None: every memory token is real); and what each
+    media encoder produced."""
 
     x: Tensor  # (B, S, C)
     mask: Tensor  # (B, S) bool
     context: Tensor | None = None  # (B, M, C)
     context_mask: Tensor | None = None  # (B, M) bool
+    encoded: dict[str, Tensor] | None = None  # each modality's encoder tokens (B, N, C_m), for auxiliary losses
 
 
 def causal_mask(mask: Tensor, q_start: int, q_len: int, k_len: int) -> Tensor:

@@ -47,7 +47,7 @@ def spoken_dir(tmp_path_factory):
 
 def test_records_pair_each_clip_with_its_transcript_and_spoken_questions_with_their_image(spoken_dir):
     rows = [json.loads(line) for line in (spoken_dir / "manifest.jsonl").read_text().splitlines()]
-    asr = [r for r in rows if r["task"] == "asr"]
+    asr = [r for r in rows if r["task"] == "asr" and r["target"]]
     vqa = [r for r in rows if r["task"] == "vqa"]
     assert len(asr) == 4 * 3 and len(vqa) == 4 * 2  # a caption and two questions an image
     for r in vqa:
@@ -60,6 +60,17 @@ def test_records_pair_each_clip_with_its_transcript_and_spoken_questions_with_th
             assert 0.3 < w.getnframes() / 16000 < 10
         assert r["voice"]["dialect"] in DIALECTS and 120 <= r["voice"]["rate"] <= 220
     assert len({json.dumps(r["voice"], sort_keys=True) for r in asr}) == len(asr)  # a voice per clip
+
+
+def test_some_clips_hold_no_speech_and_an_empty_transcript(tmp_path):
+    spoken.generate(tmp_path, split="train", n=60, seed=0, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "manifest.jsonl").read_text().splitlines()]
+    silent = [r for r in rows if r["task"] == "asr" and r["target"] == ""]
+    assert 0 < len(silent) < 12
+    for r in silent:
+        with wave.open(str(tmp_path / r["audio"])) as w:
+            x = np.frombuffer(w.readframes(w.getnframes()), "<i2") / 32768
+        assert 0.4 < len(x) / 16000 < 3.1 and np.abs(x).max() < 0.05
 
 
 def test_the_records_are_deterministic_and_the_clips_nearly(spoken_dir, tmp_path):

@@ -4,7 +4,7 @@ For each image of a ShapesWorld split, its caption and its questions are spoken,
 voice of its own: one of eSpeak NG's English dialects, one of its voice variants (or none), a rate
 of 120-220 words per minute, a pitch, a gain and light white noise (15-40 dB SNR), so that a model
 trained on them meets voices and speeds at test time that it did not train on. Clips are 16 kHz
-mono 16-bit WAV. The manifest holds
+mono 16-bit WAV; one image in twenty also gets a clip of noise alone, transcribed as "". The manifest holds
   ASR          {"id", "audio": caption or question clip, "task": "asr", "target": transcript}
   spoken VQA   {"id", "image", "audio": question clip, "task": "vqa", "prompt": "", "target": answer}
 (the spoken question exists only as audio), with the voice of each clip. Every draw (text, voice,
@@ -30,11 +30,12 @@ import numpy as np
 from . import shapes
 from .tts import DIALECTS, Voice, speaker, variants
 
-VERSION = 1
+VERSION = 2  # 2: clips of silence (noise only) with an empty transcript
 SAMPLING_RATE = 16000
 RATES = (120, 220)  # words per minute
 PITCHES = (25, 75)
 SNR_DB = (15.0, 40.0)
+SILENT = 0.05  # the share of images that also get a clip with no speech (its transcript: "")
 
 
 def random_voice(rng: random.Random) -> Voice:
@@ -44,7 +45,12 @@ def random_voice(rng: random.Random) -> Voice:
 
 
 def speak(text: str, voice: Voice, noise_seed: int, snr_db: float, gain: float) -> np.ndarray:
-    """`text` spoken at 16 kHz with white noise at `snr_db` below the speech's power, int16."""
+    """`text` spoken at 16 kHz with white noise at `snr_db` below the speech's power, int16.
+    No text: 0.5-3 s of the noise alone, at the level of a quiet room (a clip with nothing to transcribe)."""
+    if not text:
+        rng = np.random.default_rng(noise_seed)
+        return np.round(rng.normal(0.0, 0.003 * gain, int(rng.uniform(0.5, 3.0) * SAMPLING_RATE)) * 32767
+                        ).astype(np.int16)
     tts = speaker()
     x = _resample(tts.say(text, voice), tts.sampling_rate, SAMPLING_RATE)
     power = float(np.mean(x ** 2)) or 1e-8
@@ -119,6 +125,11 @@ def generate(out: str | Path, split: Literal["train", "val", "test", "novel"] = 
                          str(out / clip)))
             common = {"audio": clip, "split": split, "voice": asdict(voice)}
             f.write(json.dumps({"id": f"{row['id']}-asr", "task": "asr", "target": text, **common}) + "\n")
+            if row["task"] == "caption" and rng.random() < SILENT:  # this image's clip of silence
+                silent = f"audio/{row['id']}-silence.wav"
+                jobs.append(("", asdict(voice), rng.getrandbits(32), 0.0, rng.uniform(0.5, 0.95), str(out / silent)))
+                f.write(json.dumps({"id": f"{row['id']}-silence-asr", "task": "asr", "target": "", "audio": silent,
+                                    "split": split}) + "\n")
             if row["task"] == "vqa":
                 f.write(json.dumps({"id": f"{row['id']}-spoken", "image": f"text/{row['image']}", "task": "vqa",
                                     "prompt": "", "target": row["target"], "question": row["prompt"],

@@ -243,3 +243,74 @@ def test_a_ctc_head_adds_its_loss_on_the_transcribed_rows(speech_manifest, token
     assert m.ctc_head.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="needs an audio encoder"):
         MultimodalTransformerModel(replace(cfg, media={}))
+
+
+def test_generate_takes_audio_on_the_command_line_and_names_bad_clips(model, tmp_path, shapes_dir, capsys):
+    """`mmt generate MODEL --audio PATH [--image PATH]`: a transcript, a spoken question; an empty,
+    truncated, non-audio or too long clip is a clear error naming the file; stereo and 44.1 kHz are read."""
+    from multimodaltransformer.cli import main
+    from multimodaltransformer.data.manifest import Example
+    from multimodaltransformer.evaluate import predict
+
+    model.save_pretrained(tmp_path / "m")
+    clip = _tone(tmp_path / "q.wav", 1.0)
+    assert main(["generate", str(tmp_path / "m"), "--audio", str(clip), "--max-new-tokens", "5"]) == 0
+    want = predict(model, [Example("x", "generate", "", None, audio=clip)], max_new_tokens=5)[0]
+    assert capsys.readouterr().out.strip() == want
+    image = next(e.image for e in read_manifest(shapes_dir))
+    assert main(["generate", str(tmp_path / "m"), "--audio", str(clip), "--image", str(image)]) == 0
+    t = np.arange(44100) / 44100
+    stereo = np.stack([np.sin(2 * math.pi * 300 * t), np.sin(2 * math.pi * 500 * t)], 1) * 0.3 * 32767
+    with wave.open(str(tmp_path / "stereo.wav"), "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(2)
+        w.setframerate(44100)
+        w.writeframes(stereo.astype("<i2").tobytes())
+    assert main(["generate", str(tmp_path / "m"), "--audio", str(tmp_path / "stereo.wav")]) == 0
+    capsys.readouterr()
+    (tmp_path / "empty.wav").write_bytes(b"")
+    (tmp_path / "text.wav").write_text("not audio at all")
+    (tmp_path / "cut.wav").write_bytes(clip.read_bytes()[:30])
+    for bad in ("empty.wav", "text.wav", "cut.wav", "missing.wav"):
+        assert main(["generate", str(tmp_path / "m"), "--audio", str(tmp_path / bad)]) == 2
+        assert bad in capsys.readouterr().err
+    _tone(tmp_path / "long.wav", 2.5)
+    assert main(["generate", str(tmp_path / "m"), "--audio", str(tmp_path / "long.wav")]) == 2
+    assert "longer than the model's 2 s window" in capsys.readouterr().err
+    assert main(["generate", str(tmp_path / "m"), "--prompt", "hi"]) == 2
+    assert "reads image and audio: pass --image PATH and/or --audio PATH" in capsys.readouterr().err
+
+
+def test_web_page_records_from_the_microphone_in_headless_chromium(model):
+    """A model that sees and hears: the page offers the record button (Chromium's fake microphone):
+    record, stop, send with no text; the clip reaches the API as WAV and an answer comes back."""
+    import shutil
+
+    pytest.importorskip("fastapi")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("no chromium: apt-get install -y chromium (make test installs it)")
+    from test_serve import live_server
+
+    from multimodaltransformer.serve.app import ServerConfig, create_app
+
+    with live_server(create_app(model, ServerConfig(model_name="m"))) as port:
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium, args=[
+                "--no-sandbox", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"])
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.wait_for_selector("#model:has-text('model: m')")
+            assert page.locator("#kind").inner_text() == "image + audio + text -> text"
+            page.fill("#max_tokens", "4")
+            page.click("#record")
+            page.wait_for_selector("#record:has-text('stop recording')")
+            page.wait_for_timeout(500)
+            page.click("#record")
+            page.wait_for_selector("#drop .clip:has-text('recording.wav')")
+            page.press("#prompt", "Enter")
+            page.wait_for_selector("[data-done='1']", state="attached", timeout=20_000)
+            assert page.locator(".error").count() == 0, page.inner_text("#log")
+            assert page.locator(".user audio").count() == 1
+            browser.close()

@@ -77,10 +77,12 @@ def _cmd_generate(a: argparse.Namespace) -> None:
         tmp.replace(out)
         print(f"wrote {len(preds)} predictions to {out}")
         return
-    reads = sorted(getattr(model, "processors", None) or ({"image": 1} if model.image_processor else {}))
+    reads = list(getattr(model, "processors", None) or ({"image": 1} if model.image_processor else {}))
     media = {name: Path(p) for name, p in (("image", a.image), ("audio", a.audio)) if p}
     if a.prompt is None and "audio" not in media:
         raise ConfigError("give --prompt TEXT (with --image PATH), --audio PATH, or --data MANIFEST --out PRED.jsonl")
+    if reads == ["image"] and not media:
+        raise ConfigError("this model needs an image: pass --image PATH")
     if reads and not media:
         raise ConfigError(f"this model reads {' and '.join(reads)}: pass " +
                           " and/or ".join(f"--{name} PATH" for name in reads))

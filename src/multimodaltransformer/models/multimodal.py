@@ -305,7 +305,8 @@ class MultimodalTransformerModel(nn.Module):
                                         return_encoded=True, **media)
         logits = self.decoder.head(h)
         loss = causal_lm_loss(logits, labels, self.label_smoothing) if labels is not None else None
-        if loss is not None and self.ctc_head is not None and ctc_lengths is not None and "audio" in encoded:
+        ctc_head = getattr(self, "ctc_head", None)  # a ComposedModel builds its parts itself: none
+        if loss is not None and ctc_head is not None and ctc_lengths is not None and "audio" in encoded:
             loss = loss + self.config.heads.ctc_weight * self.ctc_loss(encoded["audio"], ctc_targets, ctc_lengths)
         return ModelOutput(loss, logits)
 

@@ -31,3 +31,28 @@ def test_demo_writes_metrics_for_every_task(tmp_path):
     assert report.count("<img") >= 12 and "data:image/png;base64," in report
     examples = json.loads((tmp_path / "run" / "model" / "examples" / "examples.json").read_text())
     assert len(examples) == 6 and all((tmp_path / "run" / "model" / e["image"]).is_file() for e in examples)
+
+
+@pytest.mark.slow
+def test_the_speech_demo_trains_asr_and_spoken_vqa_and_scores_both(tmp_path):
+    pytest.importorskip("espeakng_loader")
+    from multimodaltransformer.cli import main
+
+    tiny = ["--set", f"data.cache_dir={tmp_path / 'cache'}",
+            "--set", "data.train=spoken:split=train,n=24,seed=0",
+            "--set", "data.val=spoken:split=val,n=4,seed=0",
+            "--set", "model.image={image_size: 64, patch_size: 16, dim: 32, depth: 1, heads: 2}",
+            "--set", "model.media={audio: {dim: 32, depth: 1, heads: 2, seconds: 10, stride: 4}}",
+            "--set", "model.decoder={dim: 32, depth: 1, heads: 2, max_seq_len: 96}",
+            "--set", "train.batch_size=8", "--set", "train.warmup_steps=1", "--set", "train.eval_examples=4",
+            "--set", "multitask={sampling: round_robin, tasks: [{name: speech, objective: lm, tasks: [asr, vqa]}, "
+                     "{name: text, objective: lm, tasks: [caption, vqa], data: 'shapes:split=train,n=16,seed=0'}]}"]
+    assert main(["demo", "speech", "--out", str(tmp_path / "run"), "--budget-minutes", "0.05", "--eval-n", "9",
+                 "--no-serve", *tiny]) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    for split in ("test", "novel"):
+        assert {"asr_wer", "vqa_accuracy"} <= set(metrics[split]), split
+    preds = [json.loads(p) for p in (tmp_path / "run" / "predictions-test.jsonl").read_text().splitlines()]
+    assert {p["task"] for p in preds} == {"asr", "vqa"} and all(p["prompt"] == "" for p in preds)
+    config = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
+    assert config["media"]["audio"]["dim"] == 32 and config["heads"]["ctc_weight"] == 0.3

@@ -20,15 +20,9 @@ from torch.utils.data import Dataset
 
 from ..modalities.base import MODALITIES, MediaError, Processor
 from ..modalities.image import ImageProcessor
-from ..modalities.text import TextTokenizer
+from ..modalities.text import TextTokenizer, encode_prompt, prompt_batch  # noqa: F401  (re-exported)
 from ..objectives import IGNORE_INDEX
 from .manifest import TRANSCRIPTION_TASKS, DataError, Example
-
-
-def encode_prompt(tok: TextTokenizer, prompt: str, text: str | None = None) -> list[int]:
-    """<bos> [text] prompt <sep>: the part the model is conditioned on."""
-    body = f"{text}\n{prompt}" if text else prompt
-    return [tok.bos_id, *tok.encode(body), tok.sep_id]
 
 
 def encode_example(tok: TextTokenizer, ex: Example, max_len: int) -> tuple[list[int], list[int], bool]:
@@ -260,24 +254,3 @@ class TrainCollator:
                 batch["ctc_targets"][r, :lengths[r]] = torch.tensor(it.get("ctc", []), dtype=torch.long)
             batch["ctc_lengths"] = lengths
         return batch | collate_media([it["media"] for it in items], self.processors)
-
-
-def prompt_batch(tok: TextTokenizer, prompts: Sequence[str], texts: Sequence[str | None] | None = None,
-                 max_len: int | None = None) -> tuple[Tensor, Tensor]:
-    """Left-padded prompt ids (B, T) and attention mask for generation.
-
-    A prompt longer than `max_len` keeps its <bos> and its last max_len - 1 tokens (the
-    question and the separator sit at the end), with a warning.
-    """
-    encoded = [encode_prompt(tok, p, t) for p, t in zip(prompts, texts or [None] * len(prompts))]
-    if max_len is not None and any(len(e) > max_len for e in encoded):
-        warnings.warn(f"{sum(len(e) > max_len for e in encoded)} prompt(s) longer than {max_len} tokens were "
-                      "cut from the left", stacklevel=2)
-        encoded = [e if len(e) <= max_len else e[:1] + e[len(e) - max_len + 1:] for e in encoded]
-    T = max(len(e) for e in encoded)
-    ids = torch.full((len(encoded), T), tok.pad_id, dtype=torch.long)
-    mask = torch.zeros((len(encoded), T), dtype=torch.bool)
-    for r, e in enumerate(encoded):
-        ids[r, T - len(e):] = torch.tensor(e)
-        mask[r, T - len(e):] = True
-    return ids, mask

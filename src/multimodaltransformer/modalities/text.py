@@ -1,11 +1,13 @@
-"""Text: a byte-level BPE tokenizer built and trained with HF `tokenizers`, and an LSTM baseline encoder.
+"""Text: a byte-level BPE tokenizer built and trained with HF `tokenizers`, an LSTM baseline encoder,
+and the prompt layout every task shares: <bos> [text] prompt <sep>, then the target <eos>.
 
 Byte-level means any string encodes (no <unk> in practice) and decodes back exactly.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import warnings
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,3 +135,32 @@ class LSTMTextEncoder(nn.Module):
         dirs = 2 if self.cfg.bidirectional else 1
         pooled = h.view(self.cfg.layers, dirs, B, self.cfg.hidden)[-1].transpose(0, 1).reshape(B, -1)
         return EncoderOutput(features, pooled)
+
+
+# ---- prompts: the text layout every task shares -----------------------------------------------------
+
+def encode_prompt(tok: TextTokenizer, prompt: str, text: str | None = None) -> list[int]:
+    """<bos> [text] prompt <sep>: the part the model is conditioned on."""
+    body = f"{text}\n{prompt}" if text else prompt
+    return [tok.bos_id, *tok.encode(body), tok.sep_id]
+
+
+def prompt_batch(tok: TextTokenizer, prompts: Sequence[str], texts: Sequence[str | None] | None = None,
+                 max_len: int | None = None) -> tuple[Tensor, Tensor]:
+    """Left-padded prompt ids (B, T) and attention mask for generation.
+
+    A prompt longer than `max_len` keeps its <bos> and its last max_len - 1 tokens (the
+    question and the separator sit at the end), with a warning.
+    """
+    encoded = [encode_prompt(tok, p, t) for p, t in zip(prompts, texts or [None] * len(prompts))]
+    if max_len is not None and any(len(e) > max_len for e in encoded):
+        warnings.warn(f"{sum(len(e) > max_len for e in encoded)} prompt(s) longer than {max_len} tokens were "
+                      "cut from the left", stacklevel=2)
+        encoded = [e if len(e) <= max_len else e[:1] + e[len(e) - max_len + 1:] for e in encoded]
+    T = max(len(e) for e in encoded)
+    ids = torch.full((len(encoded), T), tok.pad_id, dtype=torch.long)
+    mask = torch.zeros((len(encoded), T), dtype=torch.bool)
+    for r, e in enumerate(encoded):
+        ids[r, T - len(e):] = torch.tensor(e)
+        mask[r, T - len(e):] = True
+    return ids, mask

@@ -31,7 +31,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..data.collate import encode_prompt
+from ..modalities.text import encode_prompt
 from ..modalities.audio import decode_audio
 from ..modalities.base import MediaError
 from .examples import load_examples

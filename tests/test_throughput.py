@@ -83,3 +83,56 @@ def test_auto_precision_is_fp32_without_bf16_units(monkeypatch):
     assert throughput.resolve_precision("auto", torch.device("cpu")) == "bf16"
     peaks[torch.bfloat16] = 110.0  # units present but not faster: fp32
     assert throughput.resolve_precision("auto", torch.device("cpu")) == "fp32"
+
+
+def test_auto_precision_times_the_step_itself_when_given_one(monkeypatch):
+    """With a step to time, auto picks bf16 only when the step runs >= 1.2x faster in it (a fast
+    matmul peak is not enough: a small model's step is mostly other work)."""
+    import time
+
+    from multimodaltransformer.train import throughput
+
+    monkeypatch.setattr(throughput, "has_bf16_units", lambda device: True)
+    monkeypatch.setattr(throughput, "measure_matmul_peak", lambda device, dtype: 1.0 if dtype == torch.float32 else 9.0)
+    cost = {"fp32": 0.004, "bf16": 0.005}
+    calls = []
+
+    def step(p):
+        calls.append(p)
+        time.sleep(cost[p])
+
+    assert throughput.resolve_precision("auto", torch.device("cpu"), step) == "fp32"
+    assert calls == ["fp32"] * 3 + ["bf16"] * 3  # a warm-up and two timed steps each
+    cost["bf16"] = 0.001
+    assert throughput.resolve_precision("auto", torch.device("cpu"), step) == "bf16"
+    assert throughput.resolve_precision("fp32", torch.device("cpu"), step) == "fp32" and len(calls) == 12
+
+
+def test_the_trainer_probe_leaves_the_model_as_it_was(shapes_dir, tmp_path, monkeypatch):
+    from multimodaltransformer.train import throughput
+    from multimodaltransformer.train.config import load_run_config
+    from multimodaltransformer.train.trainer import Trainer
+
+    m = str(shapes_dir / "manifest.jsonl")
+    run = load_run_config("shapes-tiny", [f"data.train={m}", f"data.val={m}", "train.max_steps=1",
+                                          "train.batch_size=4", "train.precision=auto",
+                                          "model.image={image_size: 32, patch_size: 8, dim: 32, depth: 1, heads: 2,"
+                                          " stem: conv}"])
+    seen = []
+    real = throughput.resolve_precision
+
+    def spy(precision, device, step=None):
+        assert step is not None
+        before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+        step("fp32")
+        after = trainer.model.state_dict()
+        seen.append(all(torch.equal(before[k], after[k]) for k in before))
+        assert all(p.grad is None for p in trainer.model.parameters())
+        return real("fp32", device)
+
+    import multimodaltransformer.train.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "resolve_precision", spy)
+    trainer = Trainer(run, tmp_path, progress=False)
+    trainer.fit()
+    assert seen == [True]

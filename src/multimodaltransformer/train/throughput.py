@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -43,13 +44,31 @@ def has_bf16_units(device: torch.device) -> bool:
     return False
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """`auto` -> "bf16" where the device has bf16 units and its bf16 matmul measures at least 1.2x
-    its fp32 one, else "fp32"; any other precision is returned as it is."""
+def resolve_precision(precision: str, device: torch.device, step: Callable[[str], None] | None = None) -> str:
+    """`auto` -> "bf16" where the device has bf16 units and bf16 measures at least 1.2x faster, else
+    "fp32"; any other precision is returned as it is. Faster means: with `step` (one forward and
+    backward of the run's model on a real batch, in the precision given), the step itself, timed in
+    both (best of two after a warm-up); without it, the dense matmul peak. The step is what counts on
+    a CPU: a small model's step is mostly not matmuls, and bf16's 2.5x faster matmuls made the demo's
+    step 8% slower on an AVX512-BF16 EPYC (benchmarks/README.md)."""
     if precision != "auto":
         return precision
     if not has_bf16_units(device):
         return "fp32"
+    if step is not None:
+        def timed(p: str) -> float:
+            step(p)  # warm-up: kernel selection, weight casts
+            best = float("inf")
+            for _ in range(2):
+                _sync(device)
+                t = time.perf_counter()
+                step(p)
+                _sync(device)
+                best = min(best, time.perf_counter() - t)
+            return best
+
+        fp32, bf16 = timed("fp32"), timed("bf16")
+        return "bf16" if fp32 >= 1.2 * bf16 else "fp32"
     faster = measure_matmul_peak(device, torch.bfloat16) >= 1.2 * measure_matmul_peak(device, torch.float32)
     return "bf16" if faster else "fp32"
 

@@ -5,8 +5,9 @@ How the image reaches the text is the fusion's business (fusion/): prefix tokens
 text (early, resampler), memory the decoder cross-attends to (cross, gated), or a pooled vector
 that only the task heads see (late). Each modality (modalities/: image, audio ...) has its encoder
 and its own entry into the fusion (a projection and a type embedding); their prefixes or memories
-are concatenated, image first, then `media` in config order. The same decoder, run on text alone, is the text tower of
-the contrastive (CLIP-style) head, and run without its causal mask, a masked-LM encoder (UniLM).
+are concatenated, image first, then `media` in config order. The same decoder, run on text alone,
+is the text tower of the contrastive (CLIP-style) head, and run without its causal mask, a
+masked-LM encoder (UniLM).
 Legend: B batch, N image tokens, P prefix tokens, M memory tokens, T text tokens, S = P + T,
 C decoder dim, V vocabulary, D contrastive dim, K classes.
 """
@@ -20,8 +21,8 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import torch
-from safetensors.torch import load_file
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from ..fusion import FusionConfig, build_fusion, decoder_overrides, num_prefix_tokens

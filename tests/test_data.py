@@ -294,7 +294,9 @@ def test_data_shapes_command_tasks(tmp_path):
 def test_images_drawn_in_workers_equal_those_drawn_inline(tmp_path, monkeypatch):
     """The draws are made before the drawing, so worker processes give the same pixels."""
     parallel = shapes.generate(tmp_path / "workers", "val", n=300, seed=5, progress=False)
-    monkeypatch.setattr(shapes.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    from multimodaltransformer.data import parallel as pool
+
+    monkeypatch.setattr(pool.os, "sched_getaffinity", lambda pid: {0}, raising=False)
     inline = shapes.generate(tmp_path / "inline", "val", n=300, seed=5, progress=False)
     assert parallel.read_text() == inline.read_text()
     for i in (0, 149, 299):

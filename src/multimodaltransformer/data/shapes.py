@@ -20,17 +20,16 @@ from __future__ import annotations
 
 import itertools
 import json
-import multiprocessing
-import os
 import random
 from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from .parallel import run_chunks
 
 SHAPES = ("circle", "square", "triangle", "diamond", "cross")
 PLURALS = {"circle": "circles", "square": "squares", "triangle": "triangles",
@@ -261,22 +260,10 @@ def check_tasks(tasks: Iterable[str] | None) -> tuple[str, ...]:
     return tuple(t for t in TASKS if t in wanted)
 
 
-def _draw_all(drawings: list[tuple[Drawing, str]], desc: str, progress: bool, chunk: int = 100) -> None:
-    """Draw and save every image: inline for a few, else over the machine's cores (drawing is ~all
-    of the time; the draws were made beforehand, so the images do not depend on the worker count)."""
-    from tqdm import tqdm
-
-    workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8)
-    chunks = [drawings[k:k + chunk] for k in range(0, len(drawings), chunk)]
-    with tqdm(total=len(drawings), desc=desc, disable=not progress, unit="img") as bar:
-        if workers < 2 or len(chunks) < 2:
-            for c in chunks:
-                bar.update(_draw_and_save(c))
-            return
-        ctx = multiprocessing.get_context("spawn")  # no fork of a process that may hold torch threads
-        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-            for done in pool.map(_draw_and_save, chunks):
-                bar.update(done)
+def _draw_all(drawings: list[tuple[Drawing, str]], desc: str, progress: bool) -> None:
+    """Draw and save every image, over the machine's cores when there are many (drawing is ~all of
+    the time; the draws were made beforehand, so the images do not depend on the worker count)."""
+    run_chunks(_draw_and_save, drawings, desc, "img", progress, chunk=100)
 
 
 def generate(out: str | Path, split: Literal["train", "val", "test", "novel"] = "train",

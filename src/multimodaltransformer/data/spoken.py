@@ -16,11 +16,8 @@ waveform state (its pitch flutter) from one utterance to the next.
 from __future__ import annotations
 
 import json
-import multiprocessing
-import os
 import random
 import wave
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Literal
@@ -28,6 +25,7 @@ from typing import Literal
 import numpy as np
 
 from . import shapes
+from .parallel import run_chunks
 from .tts import DIALECTS, Voice, speaker, variants
 
 VERSION = 2  # 2: clips of silence (noise only) with an empty transcript
@@ -89,22 +87,6 @@ def _speak_all(jobs: list[Job]) -> int:
     return len(jobs)
 
 
-def _run(jobs: list[Job], desc: str, progress: bool, chunk: int = 50) -> None:
-    """Speak every clip, over the machine's cores when there are many."""
-    from tqdm import tqdm
-
-    workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8)
-    chunks = [jobs[k:k + chunk] for k in range(0, len(jobs), chunk)]
-    with tqdm(total=len(jobs), desc=desc, disable=not progress, unit="clip") as bar:
-        if workers < 2 or len(chunks) < 2:
-            for c in chunks:
-                bar.update(_speak_all(c))
-            return
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            for done in pool.map(_speak_all, chunks):
-                bar.update(done)
-
-
 def generate(out: str | Path, split: Literal["train", "val", "test", "novel"] = "train", n: int = 1000,
              seed: int = 0, questions_per_image: int = 2, progress: bool = True) -> Path:
     """Write `n` ShapesWorld images, their spoken captions and questions, and OUT/manifest.jsonl."""
@@ -134,7 +116,7 @@ def generate(out: str | Path, split: Literal["train", "val", "test", "novel"] = 
                 f.write(json.dumps({"id": f"{row['id']}-spoken", "image": f"text/{row['image']}", "task": "vqa",
                                     "prompt": "", "target": row["target"], "question": row["prompt"],
                                     "question_type": row["question_type"], **common}) + "\n")
-    _run(jobs, f"spoken {split}", progress)
+    run_chunks(_speak_all, jobs, f"spoken {split}", "clip", progress, chunk=50)
     tmp.replace(out / "manifest.jsonl")
     (out / "info.json").write_text(json.dumps({"dataset": "spokenshapes", "version": VERSION, "split": split, "n": n,
                                                 "seed": seed, "questions_per_image": questions_per_image,

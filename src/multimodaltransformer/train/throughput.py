@@ -14,6 +14,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -71,6 +72,35 @@ def resolve_precision(precision: str, device: torch.device, step: Callable[[str]
         return "bf16" if fp32 >= 1.2 * bf16 else "fp32"
     faster = measure_matmul_peak(device, torch.bfloat16) >= 1.2 * measure_matmul_peak(device, torch.float32)
     return "bf16" if faster else "fp32"
+
+
+def step_probe(model: nn.Module, stream: Any, device: torch.device, opt: torch.optim.Optimizer,
+               seed: int = 0) -> Callable[[str], None] | None:
+    """One forward + backward of `stream`'s first batch in a given precision, for `resolve_precision`
+    to time: gradients dropped, buffers (BatchNorm statistics) restored. None for a streamed source."""
+    from .tasks import stream_loss
+
+    if stream.dataset is None:
+        return None
+    items = [stream.dataset[i] for i in range(min(stream.batch_size, len(stream.dataset)))]
+    def move(v: Any) -> Any:  # nested: media_mask is a dict of tensors
+        return v.to(device) if isinstance(v, torch.Tensor) else {k: move(x) for k, x in v.items()} \
+            if isinstance(v, dict) else v
+
+    batch = move(stream.collate(items))
+    g = torch.Generator().manual_seed(seed)
+
+    def step(precision: str) -> None:
+        kept = {k: v.clone() for k, v in model.named_buffers()}
+        with torch.autocast(device.type, dtype=DTYPES[precision], enabled=precision != "fp32"):
+            loss = stream_loss(model, stream.cfg, batch, g)
+        loss.backward()
+        opt.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for k, v in model.named_buffers():
+                v.copy_(kept[k])
+
+    return step
 
 
 def measure_matmul_peak(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,

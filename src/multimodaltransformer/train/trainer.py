@@ -20,7 +20,6 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -45,7 +44,7 @@ from .data import RunData
 from .tasks import (MultiTaskConfig, ObjectiveModule, TaskConfig, TaskStream, draw_stream, loss_units,
                     sampling_weights, stream_loss)
 from .schedule import CALIBRATION_STEPS, REPLAN_EVERY, TimeBudget, lr_factor, param_groups
-from .throughput import DTYPES, resolve_precision, throughput_report
+from .throughput import DTYPES, resolve_precision, step_probe, throughput_report
 from .tracking import Tracker
 
 
@@ -106,7 +105,8 @@ class Trainer:
         self.opt = torch.optim.AdamW(param_groups(self.model, t.weight_decay), lr=t.lr,
                                      betas=(t.beta1, t.beta2), fused=False)
         # rank 0's pick for every rank: measured speeds near the threshold could differ per process
-        probe = self._probe_step() if t.precision == "auto" else None
+        probe = step_probe(self.model, self.streams[0], self.dist.device, self.opt, t.seed) if t.precision == "auto" \
+            else None
         self.precision = str(dd.all_objects(resolve_precision(t.precision, self.dist.device, probe), self.dist)[0])
         if t.precision == "auto":
             self._say(f"precision auto: {self.precision} on {self.dist.device.type}")
@@ -129,28 +129,6 @@ class Trainer:
                     self.scaler.load_state_dict(state["scaler"])
                 restore_rng(state)
                 self._say(f"resumed from {state['path']} at step {self.step}")
-
-    def _probe_step(self) -> Callable[[str], None] | None:
-        """One forward + backward of the first stream's first batch in a given precision, gradients
-        dropped (for `precision: auto` to time); None for a streamed first stream."""
-        stream, dev = self.streams[0], self.dist.device
-        if stream.dataset is None:
-            return None
-        batch = _to(stream.collate([stream.dataset[i] for i in range(min(stream.batch_size, len(stream.dataset)))]),
-                    dev)
-        g = torch.Generator().manual_seed(self.run.train.seed)
-
-        def step(precision: str) -> None:
-            kept = {k: v.clone() for k, v in self.model.named_buffers()}  # BatchNorm statistics stay as they were
-            with torch.autocast(dev.type, dtype=DTYPES[precision], enabled=precision != "fp32"):
-                loss = stream_loss(self.model, stream.cfg, batch, g)
-            loss.backward()
-            self.opt.zero_grad(set_to_none=True)
-            with torch.no_grad():
-                for k, v in self.model.named_buffers():
-                    v.copy_(kept[k])
-
-        return step
 
     def _say(self, message: str) -> None:
         if self.dist.main:

@@ -160,7 +160,8 @@ class MultimodalTransformerModel(nn.Module):
         if config.heads.ctc_weight > 0:  # one class per token, and CTC's blank (the last)
             if "audio" not in config.media:
                 raise ValueError("heads.ctc_weight needs an audio encoder (model.media.audio)")
-            self.ctc_head = nn.Linear(MODALITIES["audio"].media_dim(config.media["audio"]), config.decoder.vocab_size + 1)
+            audio_dim = MODALITIES["audio"].media_dim(config.media["audio"])
+            self.ctc_head = nn.Linear(audio_dim, config.decoder.vocab_size + 1)
         self.tokenizer: TextTokenizer | None = None
         self.image_processor = ImageProcessor(config.image.image_size) if config.image else None
         self.media_processors = {name: MODALITIES[name].build_processor(cfg) for name, cfg in config.media.items()}
@@ -241,11 +242,12 @@ class MultimodalTransformerModel(nn.Module):
                 prefixes.append(out.prefix)
             if out.memory is not None:
                 memories.append(out.memory)
-                memory_masks.append((rows if rows is not None else mask.new_ones(x.shape[0]))[:, None]
-                                    .to(mask.device).expand(-1, out.memory.shape[1]))
+                if media_mask:  # only a batch with missing modalities needs a memory mask
+                    memory_masks.append((rows if rows is not None else mask.new_ones(x.shape[0]))[:, None]
+                                        .to(mask.device).expand(-1, out.memory.shape[1]))
         context = torch.cat(memories, 1) if memories else None
         context_mask = None
-        if memories and media_mask:
+        if memory_masks:
             context_mask = torch.cat(memory_masks, 1)
             context_mask = context_mask | ~context_mask.any(1, keepdim=True)  # a row with no media: nothing real
         if prefixes:

@@ -32,10 +32,8 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Streamin
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..modalities.text import encode_prompt
-from ..modalities.audio import decode_audio
-from ..modalities.base import MediaError
 from .examples import load_examples
-from .media import MediaPolicy, MediaRejected, audio_bytes, decode_image, image_bytes
+from .media import MediaPolicy, MediaRejected, decode_image, image_bytes, input_audio
 from .schemas import (AssistantMessage, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice,
                       ChunkChoice, Delta, Embedding, EmbeddingRequest, EmbeddingResponse, ExampleCard, ExampleList,
                       ModelCard, ModelKind, ModelList, Usage, error)
@@ -141,7 +139,6 @@ def _add_error_handlers(app: FastAPI, cfg: ServerConfig) -> None:
                 return _json_error(401, "invalid or missing API key (Authorization: Bearer KEY)",
                                    code="invalid_api_key")
         return await call_next(request)
-
 
 
 def _add_chat_route(app: FastAPI, model: Any, cfg: ServerConfig, worker: ModelWorker,
@@ -258,8 +255,6 @@ def model_kind(model: Any) -> ModelKind:
     # late and joint fusion never feed the image to the decoder: their chat is text only
     sees_images = not (getattr(model, "is_late_fusion", False) or getattr(model, "is_dual_encoder", False))
     media = [name for name in getattr(model, "processors", {}) if name != "image" or sees_images]
-    if getattr(model, "image_processor", None) is not None and sees_images and "image" not in media:
-        media.insert(0, "image")  # a composed model: its image processor only
     if media:
         return ModelKind(inputs=[*media, "text"], task=f"{' + '.join(media)} + text -> text", embeddings=embeddings)
     return ModelKind(inputs=["text"], task="text chat", embeddings=embeddings)
@@ -290,13 +285,10 @@ def _audio_features(part: Any, model: Any, policy: MediaPolicy) -> dict[str, tor
     """An `input_audio` part -> {"input_features": (1, M, frames)} for the model (runs in a thread)."""
     proc = model.processors["audio"]
     try:
-        wave = decode_audio(audio_bytes(part.data, policy), part.format, proc.config.sampling_rate,
-                            max_seconds=proc.config.chunk_length + 0.01)
-        return {"input_features": proc.collate([proc.prepare(wave, "input_audio")]).to(px_device(model))}
+        wave = input_audio(part.data, part.format, policy, proc.config.sampling_rate, proc.config.chunk_length)
     except MediaRejected as e:
         raise APIError(400, str(e), param="messages") from None
-    except MediaError as e:
-        raise APIError(400, f"input_audio: {e}", param="messages") from None
+    return {"input_features": proc.collate([proc.prepare(wave, "input_audio")]).to(px_device(model))}
 
 
 async def _make_job(req: ChatCompletionRequest, model: Any, cfg: ServerConfig) -> tuple[Job, int]:

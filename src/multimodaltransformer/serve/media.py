@@ -20,6 +20,10 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+
+from ..modalities.audio import decode_audio
+from ..modalities.base import MediaError
 
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,",
                        re.IGNORECASE)
@@ -52,6 +56,15 @@ def audio_bytes(data: str, policy: MediaPolicy) -> bytes:
     if not raw:
         raise MediaRejected("input_audio.data is empty")
     return raw
+
+
+def input_audio(data: str, fmt: str, policy: MediaPolicy, sampling_rate: int, max_seconds: float) -> Tensor:
+    """An `input_audio` part -> a mono (N,) float32 waveform at `sampling_rate`, or MediaRejected:
+    a clip longer than `max_seconds` (the model's window) is refused, not silently cut."""
+    try:
+        return decode_audio(audio_bytes(data, policy), fmt, sampling_rate, max_seconds=max_seconds + 0.01)
+    except MediaError as e:
+        raise MediaRejected(f"input_audio: {e}") from None
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):

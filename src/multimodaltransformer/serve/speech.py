@@ -17,10 +17,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..modalities.audio import AudioProcessor, decode_audio
-from ..modalities.image import MediaError
+from ..modalities.audio import AudioProcessor
 from ..models.whisper import Whisper
-from .media import MediaPolicy, MediaRejected, audio_bytes
+from .media import MediaPolicy, input_audio
 from .worker import Job
 
 
@@ -56,11 +55,7 @@ class Transcriber:
 
     def waveform(self, data: str, fmt: str, policy: MediaPolicy) -> Tensor:
         """An `input_audio` part -> (N,) float32 at the model's rate, or MediaRejected (runs in a thread)."""
-        try:  # one window per request: longer clips are refused, not silently cut
-            return decode_audio(audio_bytes(data, policy), fmt, self.processor.config.sampling_rate,
-                                max_seconds=self.max_seconds + 0.01)
-        except MediaError as e:
-            raise MediaRejected(f"input_audio: {e}") from None
+        return input_audio(data, fmt, policy, self.processor.config.sampling_rate, self.max_seconds)
 
     @torch.inference_mode()
     def __call__(self, wave: Tensor, max_new_tokens: int) -> tuple[str, int, str]:

@@ -8,6 +8,7 @@ exact match, match accuracy, retrieval R@1. Out come one Markdown table (printed
 same machine, load and budget; rerun a variant to see the noise.
 
   python benchmarks/demo_ablations.py --minutes 3 --variants baseline,refit-only,refit-only+sincos
+  python benchmarks/demo_ablations.py --config demo --steps 735 --variants baseline,example  # the shipped demo
   python benchmarks/demo_ablations.py --list   # the changes a variant joins with "+"
 """
 
@@ -21,13 +22,16 @@ from pathlib import Path
 import yaml
 
 from multimodaltransformer.demo import run_demo
+from multimodaltransformer.train.config import packaged_config
+
+DEFAULT_CONFIG = str(Path(__file__).with_name("demo-before.yaml"))
 
 # name -> (config, overrides, what it tests)
 # Each change is a list of `--set` overrides; keys under "gen." / "ret." change the demo's two task
 # streams (the causal-LM stream and the locked, refitted retrieval stream). Variants join changes
 # with "+", applied left to right on the demo config: `refit-only+sincos`.
 CHANGES: dict[str, tuple[list[str], str]] = {
-    "baseline": ([], "the demo config of issue 13's report (retrieval drawn on 11% of steps)"),
+    "baseline": ([], "the --config as it is (default: the demo of issue 13's report, retrieval drawn on 11% of steps)"),
     "refit-only": (["ret.weight=0"], "the locked retrieval stream never drawn (weight 0), only refitted at the end"),
     "sincos": (["model.image.patch_positions=sincos"], "fixed 2-D sin/cos patch positions instead of learned ones"),
     "patch16": (["model.image.patch_size=16"], "16x16 patches: 16 image tokens instead of 64"),
@@ -43,16 +47,27 @@ CHANGES: dict[str, tuple[list[str], str]] = {
     "balanced-count": ([], "count questions balanced (ShapesWorld v3: always on since)"),
     "no-smoothing": (["model.label_smoothing=0.0"], "no label smoothing"),
     "deep": (["model.decoder.depth=4"], "a 4-layer decoder instead of 3"),
+    "example": (["gen.loss_weighting=example"], "every example counts once in the loss, not every token"),
+    "cosine": (["train.schedule=cosine"], "a cosine schedule instead of warmup-stable-decay"),
 }
-GEN = {"name": "generate", "objective": "lm", "tasks": ["caption", "vqa", "classify"]}
 MATCH = {"name": "match", "objective": "lm", "tasks": ["match"], "batch_size": 64}
-RET = {"name": "retrieval", "objective": "contrastive", "tasks": ["retrieval"], "batch_size": 128,
-       "lock": ["image", "text"], "refit_steps": 3000}
 
 
-def variant(name: str) -> tuple[list[str], str]:
+def base_streams(config: str) -> dict[str, dict | None]:
+    """The config's streams by role: gen (the causal-LM stream named generate), ret (retrieval)."""
+    tasks = yaml.safe_load(packaged_or(config).read_text())["multitask"]["tasks"]
+    named = {t["name"]: t for t in tasks}
+    return {"gen": dict(named["generate"]), "ret": dict(named["retrieval"]), "match": named.get("match")}
+
+
+def packaged_or(config: str) -> Path:
+    p = Path(config)
+    return p if p.exists() or p.suffix else packaged_config(config)
+
+
+def variant(name: str, config: str = DEFAULT_CONFIG) -> tuple[list[str], str]:
     """The demo overrides and description of a '+'-joined variant name."""
-    sets, notes, streams = [], [], {"gen": dict(GEN), "ret": dict(RET), "match": None}
+    sets, notes, streams = [], [], base_streams(config)
     for change in name.split("+"):
         if change not in CHANGES:
             raise SystemExit(f"unknown change {change!r}; --list shows them")
@@ -99,8 +114,12 @@ def main() -> None:
     p.add_argument("--eval-n", type=int, default=300, help="held-out test / novel images per variant")
     p.add_argument("--eval-seed", type=int, default=4242)
     p.add_argument("--out", default="runs/ablations")
-    p.add_argument("--config", default=str(Path(__file__).with_name("demo-before.yaml")),
-                   help="the base config (its multitask streams are replaced); default: the demo before issue 13")
+    p.add_argument("--steps", type=int, default=None,
+                   help="train every variant for this many steps instead of --minutes of wall time "
+                        "(compares recipes at equal steps, immune to the machine's load)")
+    p.add_argument("--config", default=DEFAULT_CONFIG,
+                   help="the base config, a YAML path or a packaged name such as demo (the shipped demo); "
+                        "default: the demo before issue 13")
     p.add_argument("--list", action="store_true", help="print the changes and exit")
     a = p.parse_args()
     if a.list:
@@ -109,17 +128,20 @@ def main() -> None:
         return
     names = [n.strip() for n in a.variants.split(",") if n.strip()]
     for name in names:
-        variant(name)  # unknown changes fail before anything trains
+        variant(name, a.config)  # unknown changes fail before anything trains
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     results = out / "ablations.json"
     rows = [r for r in (json.loads(results.read_text()) if results.is_file() else []) if r["variant"] not in names]
     for name in names:
-        sets, note = variant(name)
+        sets, note = variant(name, a.config)
+        if a.steps:
+            sets += ["train.time_budget_minutes=null", f"train.max_steps={a.steps}"]
         start = time.perf_counter()
         metrics = run_demo(out / name, budget_minutes=a.minutes, config=a.config, overrides=sets,
                            eval_n=a.eval_n, eval_seed=a.eval_seed)
-        rows.append({**row(name, metrics, note), "wall_s": time.perf_counter() - start, "minutes": a.minutes})
+        rows.append({**row(name, metrics, note), "wall_s": time.perf_counter() - start,
+                     "minutes": None if a.steps else a.minutes, "config": a.config})
         results.write_text(json.dumps(rows, indent=2) + "\n")
         (out / "ablations.md").write_text(markdown(rows) + "\n")
     print("\n" + markdown(rows))

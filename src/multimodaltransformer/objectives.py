@@ -24,11 +24,44 @@ def _cross_entropy(logits: Tensor, labels: Tensor, label_smoothing: float) -> Te
     return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
 
 
-def causal_lm_loss(logits: Tensor, labels: Tensor, label_smoothing: float = 0.0) -> Tensor:
+def causal_lm_loss(logits: Tensor, labels: Tensor, label_smoothing: float = 0.0,
+                   weights: Tensor | None = None) -> Tensor:
     """Next-token loss. logits (B, T, V) and labels (B, T) both aligned with input_ids: position t
-    predicts labels[t + 1], so the shift happens here. Scalar, mean over non-ignored targets."""
+    predicts labels[t + 1], so the shift happens here. Scalar, mean over non-ignored targets, or
+    with `weights` (B, T), aligned with labels, the weighted mean (see `example_weights`)."""
     V = logits.shape[-1]
-    return _cross_entropy(logits[:, :-1].reshape(-1, V), labels[:, 1:].reshape(-1), label_smoothing)
+    if weights is None:
+        return _cross_entropy(logits[:, :-1].reshape(-1, V), labels[:, 1:].reshape(-1), label_smoothing)
+    target, w = labels[:, 1:].reshape(-1), weights[:, 1:].reshape(-1).float()
+    ce = F.cross_entropy(logits[:, :-1].reshape(-1, V).float(), target, ignore_index=IGNORE_INDEX,
+                         label_smoothing=label_smoothing, reduction="none")
+    return (ce * w).sum() / w[target != IGNORE_INDEX].sum().clamp(min=1e-6)
+
+
+def example_weights(labels: Tensor, segment_ids: Tensor | None = None) -> Tensor:
+    """Weights (B, T) that make every example count once in `causal_lm_loss`, however many tokens
+    its target has: 1 / (the example's target count) on its targets, 0 elsewhere. An example is a
+    row, or with `segment_ids` (B, T) (packed rows, 0 = padding) one segment of a row. Under the
+    plain token mean a one-word answer weighs as little as one word of a caption beside it."""
+    target = labels != IGNORE_INDEX
+    target[:, 0] = False  # labels[:, 0] is never predicted (nothing comes before it)
+    seg = segment_ids if segment_ids is not None else target.long()
+    K = int(seg.max()) + 1
+    key = torch.arange(seg.shape[0], device=seg.device)[:, None] * K + seg  # (row, segment) -> one id
+    counts = torch.zeros(seg.shape[0] * K, device=seg.device).index_add_(
+        0, key[target], torch.ones(int(target.sum()), device=seg.device))
+    return torch.where(target, 1.0 / counts[key].clamp(min=1), 0.0)
+
+
+def count_examples(labels: Tensor, segment_ids: Tensor | None = None) -> int:
+    """How many examples (rows, or segments of packed rows) have at least one predicted target."""
+    target = labels[:, 1:] != IGNORE_INDEX
+    if segment_ids is None:
+        return int(target.any(1).sum())
+    seg = segment_ids[:, 1:]
+    K = int(seg.max()) + 1
+    key = torch.arange(seg.shape[0], device=seg.device)[:, None] * K + seg
+    return int(key[target].unique().numel())
 
 
 def masked_lm_loss(logits: Tensor, labels: Tensor, label_smoothing: float = 0.0) -> Tensor:

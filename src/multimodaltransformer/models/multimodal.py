@@ -291,11 +291,12 @@ class MultimodalTransformerModel(nn.Module):
                 attention_mask: Tensor | None = None, pixel_values: Tensor | None = None,
                 labels: Tensor | None = None, segment_ids: Tensor | None = None,
                 media_mask: Mapping[str, Tensor] | None = None, ctc_targets: Tensor | None = None,
-                ctc_lengths: Tensor | None = None, **rest: Any) -> ModelOutput:
+                ctc_lengths: Tensor | None = None, label_weights: Tensor | None = None, **rest: Any) -> ModelOutput:
         """Call as `model(batch)` with a dict from the collator, or with keyword tensors.
 
         `labels` (B, T) are aligned with `input_ids` (IGNORE_INDEX where no loss); the shift
-        happens in the loss, as in Hugging Face models. Other media come by their keyword
+        happens in the loss, as in Hugging Face models; `label_weights` (B, T) weigh them
+        (objectives.example_weights). Other media come by their keyword
         (input_features ...); other keys of a batch (class labels ...) are ignored. With a CTC
         head, `ctc_targets` (B, U) and `ctc_lengths` (B,) (0: no transcript) add its loss.
         """
@@ -307,7 +308,7 @@ class MultimodalTransformerModel(nn.Module):
         h, encoded = self.hidden_states(input_ids, attention_mask, pixel_values, segment_ids, media_mask=media_mask,
                                         return_encoded=True, **media)
         logits = self.decoder.head(h)
-        loss = causal_lm_loss(logits, labels, self.label_smoothing) if labels is not None else None
+        loss = causal_lm_loss(logits, labels, self.label_smoothing, label_weights) if labels is not None else None
         ctc_head = getattr(self, "ctc_head", None)  # a ComposedModel builds its parts itself: none
         if loss is not None and ctc_head is not None and ctc_lengths is not None and "audio" in encoded:
             loss = loss + self.config.heads.ctc_weight * self.ctc_loss(encoded["audio"], ctc_targets, ctc_lengths)

@@ -23,8 +23,8 @@ from torch.utils.data import DataLoader, Sampler
 
 from ..data.collate import ExampleDataset, ManifestDataset, TrainCollator, collate_examples
 from ..data.manifest import DataError, Example
-from ..objectives import (IGNORE_INDEX, classification_loss, contrastive_loss, drop_inputs, hard_negatives, itm_loss,
-                          mask_tokens, masked_lm_loss)
+from ..objectives import (IGNORE_INDEX, classification_loss, contrastive_loss, count_examples, drop_inputs,
+                          example_weights, hard_negatives, itm_loss, mask_tokens, masked_lm_loss)
 
 Objective = Literal["lm", "mlm", "contrastive", "itm", "classify"]
 Sampling = Literal["proportional", "temperature", "round_robin"]
@@ -51,8 +51,15 @@ class TaskConfig:
     refit_steps: int = 0
     # lm: word dropout on the target's input tokens (objectives.drop_inputs), against language priors
     input_dropout: float = 0.0
+    # lm: what the loss is a mean over. token: every predicted token counts once, so a caption
+    # outweighs a one-word answer ten to one; example: every example counts once
+    loss_weighting: Literal["token", "example"] = "token"
 
     def __post_init__(self) -> None:
+        if self.loss_weighting not in ("token", "example"):
+            raise ValueError(f"tasks.{self.name}: loss_weighting must be token or example, got {self.loss_weighting!r}")
+        if self.loss_weighting == "example" and self.objective != "lm":
+            raise ValueError(f"tasks.{self.name}: loss_weighting example is for the lm objective")
         if not 0.0 <= self.input_dropout < 1.0:
             raise ValueError(f"tasks.{self.name}: input_dropout must be in [0, 1), got {self.input_dropout}")
         if self.input_dropout and self.objective != "lm":
@@ -234,6 +241,8 @@ def loss_units(cfg: TaskConfig, batch: dict[str, Any]) -> int | None:
     """What the objective's loss is a mean over, counted before the forward pass: predicted
     tokens (lm), rows (classify). None: a mean per micro-batch (mlm masks and itm negatives are
     drawn per micro-batch; contrastive gathers the global batch itself)."""
+    if cfg.objective == "lm" and cfg.loss_weighting == "example":
+        return count_examples(batch["labels"], batch.get("segment_ids"))
     if cfg.objective == "lm":
         return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
     if cfg.objective == "classify":
@@ -251,6 +260,8 @@ def stream_loss(model: Any, cfg: TaskConfig, batch: dict[str, Any], generator: t
             ids = drop_inputs(batch["input_ids"], batch["labels"], mask_id=model.tokenizer.mask_id,
                               prob=cfg.input_dropout, generator=generator)
             batch = {**batch, "input_ids": ids}
+        if cfg.loss_weighting == "example":
+            batch = {**batch, "label_weights": example_weights(batch["labels"], batch.get("segment_ids"))}
         return model(batch).loss
     ids, mask = batch["input_ids"], batch["attention_mask"]
     pixels = batch.get("pixel_values")

@@ -3,6 +3,7 @@ streamed deltas stay whole across multi-byte characters, history/reset/EOS/conte
 and (slow) `mmt chat` on SmolLM2 through a subprocess."""
 
 import io
+import itertools
 import json
 import os
 import subprocess
@@ -15,7 +16,7 @@ from gguf_utils import TEMPLATE, byte_level_tokenizer, smollm2_gguf, tiny_llama
 from hub_utils import save
 
 from multimodaltransformer import load_pretrained
-from multimodaltransformer.chat import Chat, SamplingOptions, render_chat_template, run_terminal_chat, top_p_filter
+from multimodaltransformer.chat import Chat, SamplingOptions, render_chat_template, run_terminal_chat
 from multimodaltransformer.config import ConfigError
 from multimodaltransformer.hub.gguf import bytes_to_unicode
 
@@ -77,11 +78,16 @@ def test_greedy_answer_equals_transformers(checkpoint):
 
 
 def _script(model, tokens):
-    """Make `model.stream` yield `tokens` (ignoring the logits), to drive Chat deterministically."""
-    def stream(input_ids, max_new_tokens, pick):
-        for t in tokens[:max_new_tokens]:
-            yield torch.tensor([t])
-    model.stream = stream
+    """Make the LM head put all the mass on `tokens`, one per call (the prefill, then each decode
+    step), over and over, to drive Chat through the generation engine deterministically."""
+    vocab, calls = model.lm_head.out_features, itertools.cycle(tokens)
+
+    class Scripted(torch.nn.Module):
+        def forward(self, h):
+            logits = torch.full((*h.shape[:-1], vocab), -1e4)
+            logits[..., next(calls)] = 0.0
+            return logits
+    model.lm_head = Scripted()
 
 
 def test_stream_deltas_stay_whole_across_multibyte_characters(checkpoint):
@@ -111,13 +117,6 @@ def test_history_system_and_reset(checkpoint):
                       "<|im_start|>assistant\n")
     chat.reset()
     assert chat.messages == [] and chat.history == [{"role": "system", "content": "You are terse."}]
-
-
-def test_top_p_filter_matches_transformers():
-    logits = torch.randn(4, 50) * 3
-    for p in (0.05, 0.5, 0.9):
-        expected = hf.generation.TopPLogitsWarper(p)(None, logits.clone())
-        assert torch.equal(top_p_filter(logits, p).isinf(), expected.isinf())
 
 
 def test_sampling_is_seeded_and_a_tiny_nucleus_is_greedy(checkpoint):

@@ -1,4 +1,4 @@
-"""Chat with a decoder LM: its chat template, a sampler, and the answer streamed as text deltas.
+"""Chat with a decoder LM: its chat template, and the answer streamed as text deltas by the generation engine.
 
 `Chat(model).send(text)` renders the conversation with the model's Jinja chat template (as HF
 `apply_chat_template(messages, add_generation_prompt=True)` does), prefills it, and yields the
@@ -18,9 +18,10 @@ from datetime import datetime
 from typing import IO, Any
 
 import torch
-from torch import Tensor
 
 from .config import ConfigError
+from .generation import GenerationConfig
+from .generation.streaming import stream
 
 Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": ...}
 
@@ -32,6 +33,14 @@ class SamplingOptions:
     top_p: float = 1.0  # nucleus sampling (with temperature > 0): keep the fewest tokens whose mass reaches top_p
     seed: int | None = None
 
+    def generation_config(self, eos_ids: list[int]) -> GenerationConfig:
+        """The engine's options for these: greedy at temperature 0, else softmax(logits / T) within
+        top_p (no top-k, unlike the engine's transformers-style default of 50)."""
+        sample = self.temperature > 0
+        return GenerationConfig(max_new_tokens=self.max_new_tokens, do_sample=sample,
+                                temperature=self.temperature if sample else 1.0, top_k=0, top_p=self.top_p,
+                                seed=self.seed, eos_token_id=eos_ids)
+
     def __post_init__(self) -> None:
         if self.max_new_tokens <= 0:
             raise ConfigError(f"max_new_tokens must be positive, got {self.max_new_tokens}")
@@ -39,33 +48,6 @@ class SamplingOptions:
             raise ConfigError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
-
-
-def top_p_filter(logits: Tensor, top_p: float) -> Tensor:
-    """Mask (-inf) the tokens outside the nucleus, as HF's TopPLogitsWarper: (B, V) -> (B, V)."""
-    sorted_logits, order = logits.sort(dim=-1, descending=True)
-    mass_before = sorted_logits.softmax(-1).cumsum(-1) - sorted_logits.softmax(-1)
-    drop = mass_before >= top_p  # the most likely token always stays (its mass before is 0)
-    return logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
-
-
-class Sampler:
-    """Logits (B, V) -> ids (B,): argmax at temperature 0, else a draw from softmax(logits / T) within top_p."""
-
-    def __init__(self, options: SamplingOptions) -> None:
-        self.options = options
-        self.generator: torch.Generator | None = None
-
-    def __call__(self, logits: Tensor) -> Tensor:
-        o = self.options
-        if o.temperature == 0:
-            return logits.argmax(-1)
-        logits = logits.float() / o.temperature
-        if o.top_p < 1:
-            logits = top_p_filter(logits, o.top_p)
-        if self.generator is None and o.seed is not None:
-            self.generator = torch.Generator(logits.device).manual_seed(o.seed)
-        return torch.multinomial(logits.softmax(-1), 1, generator=self.generator)[:, 0]
 
 
 def render_chat_template(template: str, messages: list[Message], add_generation_prompt: bool = True,
@@ -100,7 +82,7 @@ class Chat:
     def __init__(self, model: Any, system: str | None = None, options: SamplingOptions | None = None,
                  template: str | None = None) -> None:
         name = type(model).__name__
-        if not callable(getattr(model, "stream", None)):
+        if not hasattr(model, "eos_ids") or not hasattr(model, "lm_head"):
             raise ConfigError(f"a {name} is not a decoder language model: chat needs one (Llama, GPT-2 ...)")
         if getattr(model, "tokenizer", None) is None:
             raise ConfigError(f"this {name} has no tokenizer: chat needs one")
@@ -110,8 +92,7 @@ class Chat:
                               "the GGUF's tokenizer.chat_template): chat needs one")
         self.model, self.tokenizer, self.system = model, model.tokenizer, system
         self.options = options or SamplingOptions()
-        self.sampler = Sampler(self.options)
-        self.eos = set(model.eos_ids)
+        self.generation = self.options.generation_config(list(model.eos_ids))
         tokens = {"bos_token": model.config.bos_token_id, "eos_token": next(iter(model.eos_ids), None)}
         self.variables = {k: self.tokenizer.id_to_token(i) for k, i in tokens.items() if i is not None}
         self.messages: list[Message] = []
@@ -144,34 +125,21 @@ class Chat:
             ids = self.prompt_ids()
         return ids
 
-    def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
-
     def send(self, text: str) -> Iterator[str]:
-        """Add a user message and stream the answer as text deltas; the answer joins the history."""
+        """Add a user message and stream the answer as text deltas (the generation engine's
+        `stream`: its cache, sampling and detokenizer); the answer joins the history."""
         self.messages.append({"role": "user", "content": text})
         ids = self._fit()
         device = next(self.model.parameters()).device
-        answer: list[int] = []
-        shown = ""
+        answer = ""
         try:
-            with closing(self.model.stream(torch.tensor([ids], device=device), self.options.max_new_tokens,
-                                           self.sampler)) as tokens:
-                for tok in tokens:
-                    t = int(tok)
-                    if t in self.eos:
-                        break
-                    answer.append(t)
-                    # A multi-byte character split across tokens decodes to U+FFFD until it completes.
-                    text = self._decode(answer)
-                    if not text.endswith("\ufffd") and len(text) > len(shown):
-                        yield text[len(shown):]
-                        shown = text
-            text = self._decode(answer)
-            if len(text) > len(shown):
-                yield text[len(shown):]
+            with closing(stream(self.model, torch.tensor([ids], device=device), tokenizer=self.tokenizer,
+                                generation_config=self.generation)) as deltas:
+                for delta in deltas:
+                    answer += delta
+                    yield delta
         finally:  # also on interruption: the partial answer stays in the history
-            self.messages.append({"role": "assistant", "content": self._decode(answer)})
+            self.messages.append({"role": "assistant", "content": answer})
 
     def ask(self, text: str) -> str:
         """`send` without streaming: the whole answer."""

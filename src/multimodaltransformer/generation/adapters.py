@@ -9,7 +9,8 @@ A generative model here offers (MultimodalTransformerModel and ComposedModel do 
   __call__(input_ids=, attention_mask=, **media).logits   the uncached reference path
 and optionally `tokenizer` (a TextTokenizer: eos_id / pad_id are the defaults).
 `LMAdapter` wraps a decoder LM with `tok_embed`, `transformer` (a TransformerStack) and `lm_head`
-(GPT2, Llama ... from `load_pretrained`). Legend: B batch, T length, L cache slots, C dim, V vocab.
+(GPT2, Llama ... from `load_pretrained`); `EncoderDecoderAdapter` an encoder-decoder (Whisper) whose
+encoder output is the memory its decoder cross-attends to. Legend: B batch, T length, L cache slots, C dim, V vocab.
 """
 
 from __future__ import annotations
@@ -77,6 +78,55 @@ class LMAdapter(nn.Module):
         return _Logits(self.lm.lm_head(h))
 
 
+class EncoderDecoderAdapter(nn.Module):
+    """The generation interface over an encoder-decoder with `encode`, `tok_embed`, `decoder` (a
+    TransformerDecoder with cross-attention) and `lm_head`: Whisper. The media (input_features, or
+    `encoder_outputs` already encoded) are encoded once into the memory (the context of the
+    interface, its K/V cached at the prefill); the prompt is the decoder's own tokens. Positions are
+    the cache slots (Whisper's learned table), so prompts are not left-padded."""
+
+    num_media_tokens = 0  # the audio is memory, not prefix positions
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.decoder = _TokenEmbedding(model.tok_embed)
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.model.config.decoder.max_seq_len
+
+    @property
+    def eos_token_id(self) -> int | None:
+        return self.model.config.eos_token_id
+
+    def _memory(self, media: dict[str, Any]) -> Tensor:
+        if media.get("encoder_outputs") is not None:
+            return media["encoder_outputs"]
+        if media.get("input_features") is None:
+            raise ValueError(f"{type(self.model).__name__} needs input_features (or encoder_outputs)")
+        return self.model.encode(media["input_features"])
+
+    def embed(self, input_ids: Tensor, attention_mask: Tensor | None = None, **media: Any) -> Embedded:
+        mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        return Embedded(self.model.tok_embed(input_ids), mask, self._memory(media))
+
+    def setup_caches(self, batch: int, max_len: int, context_len: int | None = None) -> None:
+        self.model.decoder.setup_caches(batch, max_len, context_len=context_len)
+
+    def clear_caches(self) -> None:
+        self.model.decoder.clear_caches()
+
+    def decode_step(self, x: Tensor, positions: Tensor, key_mask: Tensor, start: int,
+                    context: Tensor | None = None) -> Tensor:
+        input_pos = torch.arange(start, start + x.shape[1], device=x.device)
+        h = self.model.decoder(x, context, attention_mask=key_mask, input_pos=input_pos)
+        return self.model.lm_head(h[:, -1:])
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, **media: Any) -> Any:
+        return _Logits(self.model.decode(input_ids, self._memory(media), attention_mask))
+
+
 class _TokenEmbedding:
     """`decoder.embed(ids)` of the interface: the LM's token embedding (B, T) -> (B, T, C)."""
 
@@ -97,8 +147,10 @@ def as_generative(model: Any) -> Any:
         return model
     if all(hasattr(model, name) for name in ("tok_embed", "transformer", "lm_head")):
         return LMAdapter(model)
+    if all(hasattr(model, name) for name in ("encode", "tok_embed", "decoder", "lm_head")):
+        return EncoderDecoderAdapter(model)
     raise TypeError(f"{type(model).__name__} cannot generate: it needs embed/decode_step (a multimodal model) "
-                    "or tok_embed/transformer/lm_head (a decoder LM)")
+                    "or tok_embed/transformer/lm_head (a decoder LM) or encode/tok_embed/decoder/lm_head (Whisper)")
 
 
 def default_special_ids(model: Any) -> tuple[int | list[int] | None, int | None]:
@@ -109,4 +161,4 @@ def default_special_ids(model: Any) -> tuple[int | list[int] | None, int | None]
     return getattr(model, "eos_token_id", None), None
 
 
-__all__ = ["LMAdapter", "as_generative", "default_special_ids"]
+__all__ = ["EncoderDecoderAdapter", "LMAdapter", "as_generative", "default_special_ids"]

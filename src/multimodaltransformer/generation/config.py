@@ -30,6 +30,7 @@ class GenerationConfig:
     num_return_sequences: int = 1  # beams: best n of num_beams; sampling: n samples per prompt
     repetition_penalty: float = 1.0  # CTRL penalty on every token already in the row (prompt included)
     no_repeat_ngram_size: int = 0  # no n-gram of this size occurs twice in a row (prompt included)
+    suppress_tokens: list[int] | None = None  # never generated (Whisper's suppress list)
     eos_token_id: int | list[int] | None = None
     pad_token_id: int | None = None
     seed: int | None = None  # sampling: a private torch.Generator seeded with this (None: torch's global RNG)

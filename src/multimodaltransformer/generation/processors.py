@@ -77,6 +77,16 @@ class MinNewTokens:
         return scores
 
 
+class SuppressTokens:
+    """These ids are never chosen (transformers' SuppressTokensLogitsProcessor)."""
+
+    def __init__(self, ids: Sequence[int], device: torch.device) -> None:
+        self.ids = torch.tensor(list(ids), dtype=torch.long, device=device)
+
+    def __call__(self, ids: Tensor, scores: Tensor) -> Tensor:
+        return scores.index_fill_(-1, self.ids, NEG_INF)
+
+
 class Temperature:
     def __init__(self, temperature: float) -> None:
         self.temperature = temperature
@@ -125,6 +135,8 @@ def build_processors(cfg: GenerationConfig, prompt_len: int, eos: Tensor,
         out.append(NoRepeatNGram(cfg.no_repeat_ngram_size))
     if cfg.min_new_tokens > 0 and eos.numel():
         out.append(MinNewTokens(prompt_len, cfg.min_new_tokens, eos))
+    if cfg.suppress_tokens:
+        out.append(SuppressTokens(cfg.suppress_tokens, eos.device))
     if cfg.do_sample:
         # beams must keep a non-EOS continuation alive: one more than the EOS ids
         min_keep = eos.numel() + 1 if cfg.num_beams > 1 and eos.numel() else 2 if cfg.num_beams > 1 else 1

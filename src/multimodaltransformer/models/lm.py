@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 import json
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,10 +36,6 @@ class DecoderLMConfig:
     bos_token_id: int | None = None
     # one id or several (Llama 3 stops at <|end_of_text|> and <|eot_id|>)
     eos_token_id: int | list[int] | None = None
-
-
-def greedy(logits: Tensor) -> Tensor:
-    return logits.argmax(-1)
 
 
 def read_chat_template(directory: Path) -> str | None:
@@ -95,31 +90,6 @@ class DecoderLM(PretrainedModel):
         return ModelOutput(loss, logits)
 
     @torch.no_grad()
-    def stream(self, input_ids: Tensor, max_new_tokens: int,
-               pick: Callable[[Tensor], Tensor] = greedy) -> Iterator[Tensor]:
-        """Yield the next token (B,) of unpadded prompts (B, T): a prefill, then one cached step per token.
-
-        `pick` turns logits (B, V) into ids (greedy, sampling ...); the caller decides when to stop
-        (close the generator to free the cache early). At most max_seq_len - T tokens come out.
-        """
-        B, T = input_ids.shape
-        max_len = self.config.transformer.max_seq_len
-        if T > max_len:
-            raise ValueError(f"prompt of {T} tokens exceeds max_seq_len {max_len}")
-        L = min(T + max_new_tokens, max_len)
-        self.transformer.setup_caches(B, L)
-        try:
-            slots = torch.arange(L, device=input_ids.device)
-            pos = slots[:T]
-            x = self.tok_embed(input_ids)
-            for _ in range(L - T):
-                mask = slots[None, :] <= pos[:, None]  # (T, L): each query sees the cache up to itself
-                tok = pick(self.lm_head(self.transformer(x, mask, input_pos=pos)[:, -1]))
-                yield tok
-                pos, x = pos[-1:] + 1, self.tok_embed(tok[:, None])
-        finally:
-            self.transformer.clear_caches()
-
     @torch.no_grad()
     def generate(self, input_ids: Tensor, attention_mask: Tensor | None = None, **kwargs: Any) -> Tensor:
         """`transformers`-style generate (greedy, sampling, beams, processors; see generation/):

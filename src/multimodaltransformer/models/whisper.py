@@ -3,15 +3,15 @@
 log-mel (B, M, 2S) -> `AudioEncoder` (conv stem, sinusoidal table, pre-LN stack) -> memory (B, S, C);
 tokens (B, T) -> embeddings + learned positions -> causal pre-LN stack with cross attention -> tied head.
 What is Whisper-specific lives in configuration and in hub/whisper.py (its k_proj has no bias: see there).
-Greedy decoding runs the encoder once and caches the decoder's self-attention K/V per step and the
-cross-attention K/V once, at prefill. Legend: B batch, M mels, S audio positions, T tokens, C dim, V vocab.
+Decoding runs through the generation engine (generation/, `EncoderDecoderAdapter`): the encoder
+once, the decoder's self-attention K/V cached per step and the cross-attention K/V once, at prefill. Legend: B batch, M mels, S audio positions, T tokens, C dim, V vocab.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -110,54 +110,30 @@ class Whisper(PretrainedModel):
     @torch.no_grad()
     def generate(self, input_features: Tensor | None = None, decoder_input_ids: Tensor | None = None,
                  max_new_tokens: int = 64, eos_token_id: int | None = None, suppress_tokens: Sequence[int] = (),
-                 use_cache: bool = True, encoder_outputs: Tensor | None = None) -> Tensor:
-        """Greedy decoding -> (B, T + n) ids, the prompt first (default: decoder_start_token_id).
+                 use_cache: bool = True, encoder_outputs: Tensor | None = None, **options: Any) -> Tensor:
+        """Decoding through the generation engine -> (B, T + n) ids, the prompt first (default:
+        decoder_start_token_id); greedy unless `options` (GenerationConfig fields: num_beams,
+        do_sample ...) say otherwise.
 
         Rows that finished keep emitting EOS. `suppress_tokens` are never chosen. With the cache,
         the audio is encoded once, the prompt is one prefill step and each new token one decoder step.
         `encoder_outputs` (B, S, C) stand for input_features already encoded.
         """
+        from ..generation import generate
+        from ..generation.adapters import EncoderDecoderAdapter
+
         if encoder_outputs is None and input_features is None:
             raise ValueError("pass input_features (or encoder_outputs)")
-        memory = self.encode(input_features) if encoder_outputs is None else encoder_outputs
-        B, S = memory.shape[:2]
+        media = {"input_features": input_features} if encoder_outputs is None else {"encoder_outputs": encoder_outputs}
+        B = (input_features if encoder_outputs is None else encoder_outputs).shape[0]
         ids = decoder_input_ids
         if ids is None:
-            ids = torch.full((B, 1), self.config.decoder_start_token_id, dtype=torch.long, device=memory.device)
+            device = next(iter(media.values())).device
+            ids = torch.full((B, 1), self.config.decoder_start_token_id, dtype=torch.long, device=device)
         T, limit = ids.shape[1], self.config.decoder.max_seq_len
         if T > limit:
             raise ValueError(f"a prompt of {T} tokens exceeds max_target_positions {limit}")
-        L = min(T + max_new_tokens, limit)
         eos = self.config.eos_token_id if eos_token_id is None else eos_token_id
-        done = torch.zeros(B, dtype=torch.bool, device=ids.device)
-        banned = torch.tensor(list(suppress_tokens), dtype=torch.long, device=ids.device)
-
-        def pick(logits: Tensor) -> Tensor:  # (B, V) -> (B,)
-            nonlocal done
-            logits = logits.index_fill(-1, banned, float("-inf")) if banned.numel() else logits
-            tok = logits.argmax(-1)
-            if eos is not None:
-                tok = torch.where(done, torch.full_like(tok, eos), tok)
-                done = done | (tok == eos)
-            return tok
-
-        if not use_cache:  # the reference path: the whole sequence every step
-            for _ in range(L - T):
-                ids = torch.cat([ids, pick(self.decode(ids, memory)[:, -1])[:, None]], dim=1)
-                if bool(done.all()):
-                    break
-            return ids
-        self.decoder.setup_caches(B, L, context_len=S)
-        try:
-            pos = torch.arange(T, device=ids.device)
-            x, context = self.tok_embed(ids), memory  # prefill: the prompt and the audio's K/V
-            for _ in range(L - T):
-                h = self.decoder(x, context, input_pos=pos)
-                tok = pick(self.lm_head(h[:, -1]))
-                ids = torch.cat([ids, tok[:, None]], dim=1)
-                if bool(done.all()):
-                    break
-                pos, x, context = pos[-1:] + 1, self.tok_embed(tok[:, None]), None  # one token; cached audio K/V
-        finally:
-            self.decoder.clear_caches()
-        return ids
+        return generate(EncoderDecoderAdapter(self), ids, max_new_tokens=min(max_new_tokens, limit - T),
+                        eos_token_id=eos, pad_token_id=eos, suppress_tokens=list(suppress_tokens) or None,
+                        use_cache=use_cache, **options, **media)

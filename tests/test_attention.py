@@ -54,9 +54,9 @@ def test_kv_cache_incremental_equals_full():
     mha = MultiHeadAttention(16, 4).eval()
     x = torch.randn(2, 6, 16)
     full = mha(x, mask=torch.ones(6, 6, dtype=torch.bool).tril())
-    mha.kv_cache = KVCache(2, 4, 10, 4, torch.float32)
+    cache = KVCache(2, 4, 10, 4, torch.float32)
     slots = torch.arange(10)
-    outs = [mha(x[:, :3], mask=(slots[None, :] <= torch.arange(3)[:, None]), input_pos=torch.arange(3))]
+    outs = [mha(x[:, :3], mask=(slots[None, :] <= torch.arange(3)[:, None]), input_pos=torch.arange(3), cache=cache)]
     for t in range(3, 6):
-        outs.append(mha(x[:, t:t + 1], mask=(slots <= t)[None, :], input_pos=torch.tensor([t])))
+        outs.append(mha(x[:, t:t + 1], mask=(slots <= t)[None, :], input_pos=torch.tensor([t]), cache=cache))
     torch.testing.assert_close(torch.cat(outs, 1), full, atol=1e-5, rtol=1e-5)

@@ -10,7 +10,7 @@ import torch
 import transformers as hf
 from torch import nn
 
-from multimodaltransformer.nn import (MLP, EncoderDecoderConfig, KVCache, MultiHeadAttention, RMSNorm, Transformer,
+from multimodaltransformer.nn import (MLP, EncoderDecoderConfig, KVCache, LayerCache, MultiHeadAttention, RMSNorm, Transformer,
                                       TransformerBlock, TransformerConfig, TransformerDecoder, TransformerStack,
                                       build_activation)
 
@@ -164,19 +164,18 @@ def test_cached_decoding_with_cross_attention_equals_full(position):
     x, memory = torch.randn(2, 7, 24), torch.randn(2, 5, 24)
     with torch.no_grad():
         full = dec(x, memory)
-        dec.setup_caches(2, 10, context_len=5)
-        outs = [dec(x[:, :3], memory, input_pos=torch.arange(3))]
+        cache = dec.new_cache(2, 10, context_len=5)
+        outs = [dec(x[:, :3], memory, input_pos=torch.arange(3), cache=cache)]
         for t in range(3, 7):
-            outs.append(dec(x[:, t:t + 1], input_pos=torch.tensor([t])))  # no memory: its K/V are cached
-        dec.clear_caches()
+            outs.append(dec(x[:, t:t + 1], input_pos=torch.tensor([t]), cache=cache))  # no memory: its K/V are cached
     torch.testing.assert_close(torch.cat(outs, 1), full, atol=ATOL, rtol=1e-5)
 
 
 def test_kv_cache_holds_only_kv_heads():
     dec = TransformerDecoder(TransformerConfig(dim=24, heads=6, kv_heads=2, depth=1))
-    dec.setup_caches(3, 8)
-    cache = dec.stack.blocks[0].attn.kv_cache
+    cache = dec.new_cache(3, 8).layers[0].self_attn
     assert isinstance(cache, KVCache) and cache.k.shape == (3, 2, 8, 4)
+    assert not any(isinstance(v, KVCache) for m in dec.modules() for v in vars(m).values())  # the caller owns it
 
 
 def test_config_errors_name_the_problem():
@@ -224,12 +223,13 @@ def test_cross_attention_block_without_context_or_cache_is_a_text_only_pass(gate
     with torch.no_grad():
         torch.testing.assert_close(cross(x), plain(x), atol=0, rtol=0)
         # with a cache set up, no context means "use the cache", not "skip"
-        cross.cross_attn.kv_cache = KVCache(2, 4, 3, 4, torch.float32)
-        cross.cross_attn.kv_cache.k.normal_()
-        cross.cross_attn.kv_cache.v.normal_()
+        context = KVCache(2, 4, 3, 4, torch.float32)
+        context.k.normal_()
+        context.v.normal_()
         if gate:
             cross.cross_gate.fill_(1.0)
-        assert not torch.allclose(cross(x), plain(x), atol=1e-3)
+        cache = LayerCache(KVCache(2, 4, 5, 4, torch.float32), context)
+        assert not torch.allclose(cross(x, cache=cache), plain(x), atol=1e-3)
 
 
 def test_gate_config_errors():

@@ -10,6 +10,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from torch import nn
 
 from multimodaltransformer import load_pretrained
+from multimodaltransformer.nn import KVCache
 from multimodaltransformer.generation import Detokenizer, StopStrings, generate, stream
 
 TEXT = "naïve café ☕ 日本語 — ok"
@@ -69,13 +70,11 @@ class Scripted(nn.Module):
         mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         return torch.zeros(*input_ids.shape, 1), mask, None
 
-    def setup_caches(self, batch, max_len, context_len=None):
+    def new_cache(self, batch, max_len, context_len=None):
         self.step = 0
+        return None
 
-    def clear_caches(self):
-        pass
-
-    def decode_step(self, x, positions, key_mask, start, context=None):
+    def decode_step(self, x, positions, key_mask, start, context=None, *, cache):
         logits = torch.zeros(x.shape[0], x.shape[1], self.vocab)
         logits[:, -1, self.script[min(self.step, len(self.script) - 1)]] = 1.0
         self.step += 1
@@ -123,9 +122,9 @@ def test_stream_closes_the_cache_when_abandoned(gpt2_with_tokenizer):
     model = gpt2_with_tokenizer
     it = stream(model, torch.tensor([[1, 2, 3]]), max_new_tokens=30, eos_token_id=[])
     next(it)
-    assert model.transformer.cache_len is not None
-    it.close()
-    assert model.transformer.cache_len is None and not any("forward" in vars(m) for m in model.modules())
+    it.close()  # the session owns the cache (nothing on the modules) and the fast path is undone
+    assert not any(isinstance(v, KVCache) for m in model.modules() for v in vars(m).values())
+    assert not any("forward" in vars(m) for m in model.modules())
 
 
 def test_stream_multimodal_model(tiny_model, tokenizer):

@@ -3,9 +3,10 @@
 A generative model here offers (MultimodalTransformerModel and ComposedModel do natively):
   embed(input_ids, attention_mask, **media) -> (x (B, S, C), key_mask (B, S), context (B, M, C) | None)
       media prefix tokens first; context is what cross-attention layers read (None: none)
-  decode_step(x, positions, key_mask, start, context=None) -> logits (B, T', V)   x at cache slots start..;
-      key_mask (B, L); context only at the prefill
-  decoder.embed(ids) -> (B, T, C);  setup_caches(B, L, context_len);  clear_caches();  max_seq_len;  num_media_tokens
+  new_cache(B, L, context_len) -> DecodeCache (nn/cache.py), the state the caller owns and passes in
+  decode_step(x, positions, key_mask, start, context=None, *, cache) -> logits (B, T', V)   x at cache
+      slots start..; key_mask (B, L); context only at the prefill
+  decoder.embed(ids) -> (B, T, C);  max_seq_len;  num_media_tokens
   __call__(input_ids=, attention_mask=, **media).logits   the uncached reference path
 and optionally `tokenizer` (a TextTokenizer: eos_id / pad_id are the defaults).
 `LMAdapter` wraps a decoder LM with `tok_embed`, `transformer` (a TransformerStack) and `lm_head`
@@ -20,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..nn.cache import DecodeCache
 from ..nn.sequence import Embedded, causal_mask
 from ..nn.attention import causal_padding_mask
 
@@ -53,21 +55,18 @@ class LMAdapter(nn.Module):
         mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         return Embedded(self.lm.tok_embed(input_ids), mask)
 
-    def setup_caches(self, batch: int, max_len: int, context_len: int | None = None) -> None:
-        self.lm.transformer.setup_caches(batch, max_len)
-
-    def clear_caches(self) -> None:
-        self.lm.transformer.clear_caches()
+    def new_cache(self, batch: int, max_len: int, context_len: int | None = None) -> DecodeCache:
+        return self.lm.transformer.new_cache(batch, max_len)
 
     def decode_step(self, x: Tensor, positions: Tensor, key_mask: Tensor, start: int,
-                    context: Tensor | None = None) -> Tensor:
+                    context: Tensor | None = None, *, cache: DecodeCache) -> Tensor:
         T = x.shape[1]
         input_pos = torch.arange(start, start + T, device=x.device)
         if T == 1:  # one new token at the newest slot: it may see every real slot, which key_mask marks
             mask = key_mask[:, None, None, :]  # (B, 1, 1, L), a view
         else:  # the prompt: causal over real slots, padded queries see themselves (no NaN rows)
             mask = causal_mask(key_mask, start, T, key_mask.shape[1])
-        h = self.lm.transformer(x, mask, input_pos, positions=positions)
+        h = self.lm.transformer(x, mask, input_pos, positions=positions, cache=cache)
         return self.lm.lm_head(h[:, -1:])
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, **media: Any) -> Any:
@@ -111,16 +110,13 @@ class EncoderDecoderAdapter(nn.Module):
         mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         return Embedded(self.model.tok_embed(input_ids), mask, self._memory(media))
 
-    def setup_caches(self, batch: int, max_len: int, context_len: int | None = None) -> None:
-        self.model.decoder.setup_caches(batch, max_len, context_len=context_len)
-
-    def clear_caches(self) -> None:
-        self.model.decoder.clear_caches()
+    def new_cache(self, batch: int, max_len: int, context_len: int | None = None) -> DecodeCache:
+        return self.model.decoder.new_cache(batch, max_len, context_len)
 
     def decode_step(self, x: Tensor, positions: Tensor, key_mask: Tensor, start: int,
-                    context: Tensor | None = None) -> Tensor:
+                    context: Tensor | None = None, *, cache: DecodeCache) -> Tensor:
         input_pos = torch.arange(start, start + x.shape[1], device=x.device)
-        h = self.model.decoder(x, context, attention_mask=key_mask, input_pos=input_pos)
+        h = self.model.decoder(x, context, attention_mask=key_mask, input_pos=input_pos, cache=cache)
         return self.model.lm_head(h[:, -1:])
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, **media: Any) -> Any:

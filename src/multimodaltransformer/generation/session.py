@@ -5,7 +5,7 @@ A session yields next-token logits for N = B x expand rows (expand = beams or sa
   step(tokens (N,))   -> (N, V) after appending one token per row
   reorder(rows (N,))  row i continues from row rows[i] (beam search; rows stay within a prompt)
   close()             frees the cache
-`CachedSession` keeps a preallocated KV cache of L = S + max_new_tokens slots (gpt-fast): the
+`CachedSession` owns a preallocated KV cache (a DecodeCache, nn/cache.py) of L = S + max_new_tokens slots (gpt-fast): the
 prompt (S positions, media tokens included) is computed once for the B prompts and its cache
 copied to their `expand` rows; each step then runs a single position, with a slot mask updated
 in place, and a beam reorder copies the moved rows' filled slots in place, so memory stays that
@@ -21,12 +21,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..nn.attention import KVCache
+from ..nn.cache import DecodeCache
 from .fastpath import few_row_matmuls
-
-
-def _kv_caches(model: Any) -> list[KVCache]:
-    return [m for m in model.modules() if isinstance(m, KVCache)]
 
 
 class CachedSession:
@@ -40,21 +36,15 @@ class CachedSession:
         x, key_mask, context = model.embed(input_ids, mask, **media)[:3]  # (B, S, C), (B, S), (B, M, C) | None
         S = x.shape[1]
         L = S + max_new_tokens
-        model.setup_caches(B, L, None if context is None else context.shape[1])
-        try:
-            slots = torch.zeros(B, L, dtype=torch.bool, device=x.device)
-            slots[:, :S] = key_mask
-            positions = (key_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, S): left padding shifts nothing
-            logits = model.decode_step(x, positions, slots, 0, context=context)[:, -1]  # (B, V); caches the context
-            self.caches = _kv_caches(model)
-            if expand > 1:  # the prompt ran once per prompt; its rows are copied to every beam / sample
-                rows = torch.arange(B, device=x.device).repeat_interleave(expand)
-                for cache in self.caches:
-                    cache.k, cache.v = cache.k.index_select(0, rows), cache.v.index_select(0, rows)
-                slots, positions, logits = slots[rows], positions[rows], logits[rows]
-        except BaseException:
-            self.close()
-            raise
+        self.cache: DecodeCache | None = model.new_cache(B, L, None if context is None else context.shape[1])
+        slots = torch.zeros(B, L, dtype=torch.bool, device=x.device)
+        slots[:, :S] = key_mask
+        positions = (key_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, S): left padding shifts nothing
+        logits = model.decode_step(x, positions, slots, 0, context=context, cache=self.cache)[:, -1]  # (B, V)
+        if expand > 1:  # the prompt ran once per prompt; its rows are copied to every beam / sample
+            rows = torch.arange(B, device=x.device).repeat_interleave(expand)
+            self.cache = self.cache.select(rows)
+            slots, positions, logits = slots[rows], positions[rows], logits[rows]
         self.logits: Tensor = logits
         self.slots = slots  # (N, L) True at the cache slots holding real tokens
         self.next_pos = positions[:, -1:] + 1  # (N, 1) position of the next token, per row
@@ -70,7 +60,7 @@ class CachedSession:
         self.slots[:, self.slot] = True
         x = self.model.decoder.embed(tokens[:, None])  # (N, 1, C)
         with few_row_matmuls(self.fast_matmuls):
-            logits = self._step(x, self.next_pos, self.slots, self.slot)[:, -1]
+            logits = self._step(x, self.next_pos, self.slots, self.slot, cache=self.cache)[:, -1]
         self.next_pos += 1
         self.slot += 1
         return logits
@@ -84,15 +74,11 @@ class CachedSession:
             src = rows[moved]
         else:
             moved, src = self.identity, rows
-        for cache in self.caches:
-            for buf in (cache.k, cache.v):  # (N, G, L, D)
-                filled = buf[:, :, :self.slot]
-                filled.index_copy_(0, moved, filled.index_select(0, src))
+        self.cache.copy_rows_(moved, src, self.slot)
         # slots and positions are equal across the rows of one prompt: nothing else moves
 
     def close(self) -> None:
-        self.caches = []
-        self.model.clear_caches()
+        self.cache = None  # the session owns its cache: dropping it frees the memory
 
 
 class UncachedSession:

@@ -24,6 +24,7 @@ from ..fusion import EarlyFusion, FusionConfig
 from ..modalities.image import ImageProcessor, ViTConfig, ViTEncoder
 from ..modalities.text import TextTokenizer
 from ..nn.lora import LoRAConfig, apply_lora, merge_lora
+from ..nn.cache import DecodeCache
 from .base import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, load_state_strict
 from .multimodal import HeadsConfig, MultimodalTransformerModel
 from .vit import VisionTransformer, VisionTransformerConfig
@@ -78,17 +79,18 @@ class LMDecoder(nn.Module):
         return self.lm.tok_embed(input_ids)
 
     def hidden(self, x: Tensor, positions: Tensor, mask: Tensor | None = None, input_pos: Tensor | None = None,
-               context: Tensor | None = None) -> Tensor:
+               context: Tensor | None = None, cache: DecodeCache | None = None) -> Tensor:
         if context is not None:
             raise ValueError("a composed decoder LM has no cross-attention layers")
-        return self.lm.transformer(x, mask, input_pos, positions=positions)
+        return self.lm.transformer(x, mask, input_pos, positions=positions, cache=cache)
 
     def head(self, h: Tensor) -> Tensor:
         return self.lm.lm_head(h)
 
     def forward(self, x: Tensor, positions: Tensor, mask: Tensor | None = None,
-                input_pos: Tensor | None = None, context: Tensor | None = None) -> Tensor:
-        return self.head(self.hidden(x, positions, mask, input_pos, context))
+                input_pos: Tensor | None = None, context: Tensor | None = None,
+                cache: DecodeCache | None = None) -> Tensor:
+        return self.head(self.hidden(x, positions, mask, input_pos, context, cache))
 
 
 def _vision_parts(model: nn.Module, source: str) -> tuple[nn.Module, dict[str, Any], ImageProcessor]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from ..nn import TransformerConfig, TransformerStack
+from ..nn.cache import DecodeCache
 
 
 @dataclass
@@ -38,23 +39,25 @@ class GPTDecoder(nn.Module):
         return self.tok_embed(input_ids)  # (B, T, C)
 
     def hidden(self, x: Tensor, positions: Tensor, mask: Tensor | None = None, input_pos: Tensor | None = None,
-               context: Tensor | None = None, context_mask: Tensor | None = None) -> Tensor:
+               context: Tensor | None = None, context_mask: Tensor | None = None,
+               cache: DecodeCache | None = None) -> Tensor:
         """x (B, T, C) embeddings, positions (B, T) -> final hidden states (B, T, C).
 
         context (B, M, C) feeds the cross-attention layers (cross / gated fusion), if any;
         context_mask (B, 1, 1, M) hides its padding (rows lacking a modality).
         """
         return self.transformer(self.drop(x + self.pos_embed(positions)), mask=mask, input_pos=input_pos,
-                                context=context, context_mask=context_mask)
+                                context=context, context_mask=context_mask, cache=cache)
 
     def head(self, h: Tensor) -> Tensor:
         """Hidden states (B, T, C) -> logits (B, T, V)."""
         return self.lm_head(h)
 
     def forward(self, x: Tensor, positions: Tensor, mask: Tensor | None = None,
-                input_pos: Tensor | None = None, context: Tensor | None = None) -> Tensor:
+                input_pos: Tensor | None = None, context: Tensor | None = None,
+                cache: DecodeCache | None = None) -> Tensor:
         """x (B, T, C) embeddings, positions (B, T) -> logits (B, T, V)."""
-        return self.head(self.hidden(x, positions, mask, input_pos, context))
+        return self.head(self.hidden(x, positions, mask, input_pos, context, cache=cache))
 
 
 def _init_weights(module: nn.Module) -> None:

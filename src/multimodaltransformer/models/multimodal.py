@@ -30,6 +30,7 @@ from ..modalities.base import MODALITIES, input_keys
 from ..modalities.image import ImageProcessor, ViTConfig, ViTEncoder
 from ..modalities.text import TOKENIZER_FILE, TextTokenizer
 from ..nn.sequence import Embedded, causal_mask, last_token, segment_mask, segment_positions
+from ..nn.cache import DecodeCache
 from ..objectives import causal_lm_loss, logit_scale_init
 from .base import WEIGHTS_FILE, load_state_strict, read_model_config, write_model_dir
 from .decoder import DecoderConfig, GPTDecoder
@@ -404,14 +405,12 @@ class MultimodalTransformerModel(nn.Module):
     def label_smoothing(self) -> float:
         return self.config.label_smoothing
 
-    def setup_caches(self, batch: int, max_len: int, context_len: int | None = None) -> None:
-        self.decoder.transformer.setup_caches(batch, max_len, context_len)
-
-    def clear_caches(self) -> None:
-        self.decoder.transformer.clear_caches()
+    def new_cache(self, batch: int, max_len: int, context_len: int | None = None) -> DecodeCache:
+        """An empty decode cache (nn/cache.py) for `batch` rows of `max_len` slots."""
+        return self.decoder.transformer.new_cache(batch, max_len, context_len)
 
     def decode_step(self, x: Tensor, positions: Tensor, key_mask: Tensor, start: int,
-                    context: Tensor | None = None) -> Tensor:
+                    context: Tensor | None = None, *, cache: DecodeCache) -> Tensor:
         """Run embeddings x (B, T, C) at absolute slots start..start+T through the cached decoder.
 
         key_mask (B, L) marks the cache slots holding real tokens; `context` (B, M, C) is given
@@ -419,7 +418,8 @@ class MultimodalTransformerModel(nn.Module):
         """
         T, L = x.shape[1], key_mask.shape[1]
         input_pos = torch.arange(start, start + T, device=x.device)
-        return self.decoder(x, positions, causal_mask(key_mask, start, T, L), input_pos=input_pos, context=context)
+        return self.decoder(x, positions, causal_mask(key_mask, start, T, L), input_pos=input_pos, context=context,
+                            cache=cache)
 
     @torch.no_grad()
     def generate(self, input_ids: Tensor, attention_mask: Tensor | None = None,

@@ -1,6 +1,7 @@
 """Building blocks written once and shared by every encoder and decoder."""
 
-from .attention import KVCache, MultiHeadAttention, causal_mask, causal_padding_mask, padding_mask
+from .attention import MultiHeadAttention, causal_mask, causal_padding_mask, padding_mask
+from .cache import DecodeCache, KVCache, LayerCache
 from .blocks import MLP, QuickGELU, RMSNorm, TransformerBlock, TransformerConfig, build_activation, build_norm
 from .position import (ALiBi, LearnedPosition, PositionalEncoding, RotaryPosition, SinusoidalPosition,
                        apply_rotary, build_position)
@@ -8,7 +9,7 @@ from .transformer import (EncoderDecoderConfig, EncoderOutput, Transformer, Tran
                           TransformerEncoder, TransformerStack)
 
 __all__ = [
-    "KVCache", "MultiHeadAttention", "causal_mask", "causal_padding_mask", "padding_mask",
+    "DecodeCache", "KVCache", "LayerCache", "MultiHeadAttention", "causal_mask", "causal_padding_mask", "padding_mask",
     "MLP", "QuickGELU", "RMSNorm", "TransformerBlock", "TransformerConfig", "build_activation", "build_norm",
     "ALiBi", "LearnedPosition", "PositionalEncoding", "RotaryPosition", "SinusoidalPosition", "apply_rotary",
     "build_position",

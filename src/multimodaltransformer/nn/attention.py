@@ -1,4 +1,4 @@
-"""Multi-head attention (self and cross) on `F.scaled_dot_product_attention`, with a KV cache.
+"""Multi-head attention (self and cross) on `F.scaled_dot_product_attention`, with a KV cache passed in.
 
 Legend: B batch, T query length, S key length, H query heads, G key/value heads (G divides H;
 G < H is grouped-query attention), D head dim, C model dim.
@@ -11,32 +11,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .cache import KVCache
 from .position import apply_rotary
-
-
-class KVCache(nn.Module):
-    """Preallocated key/value buffers written in place at `input_pos` (gpt-fast style)."""
-
-    def __init__(self, batch: int, heads: int, max_len: int, head_dim: int,
-                 dtype: torch.dtype, device: torch.device | str | None = None) -> None:
-        super().__init__()
-        shape = (batch, heads, max_len, head_dim)
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-
-    def update(self, input_pos: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Write k, v (B, G, T, D) at positions `input_pos` (T,); return the full buffers."""
-        self.k.index_copy_(2, input_pos, k)
-        self.v.index_copy_(2, input_pos, v)
-        return self.k, self.v
 
 
 class MultiHeadAttention(nn.Module):
     """Scaled dot-product attention over H heads; `context` switches it to cross attention.
 
     `kv_heads` < `heads` shares each key/value head among heads // kv_heads query heads (GQA).
-    A cross-attention layer (`cross=True`) with a cache projects its context once, at prefill,
-    and reuses those keys/values when later steps pass no context.
+    A cross-attention layer (`cross=True`) given a cache projects its context once, at prefill,
+    into it and reuses those keys/values when later steps pass no context.
     """
 
     def __init__(self, dim: int, heads: int, bias: bool = True, dropout: float = 0.0, *,
@@ -54,34 +38,34 @@ class MultiHeadAttention(nn.Module):
         self.k_proj = nn.Linear(dim, kv_heads * self.head_dim, bias=qkv_bias)
         self.v_proj = nn.Linear(dim, kv_heads * self.head_dim, bias=qkv_bias)
         self.out_proj = nn.Linear(dim, dim, bias=bias)
-        self.kv_cache: KVCache | None = None
 
     def _split(self, x: Tensor, heads: int) -> Tensor:
         B, T, _ = x.shape
         return x.view(B, T, heads, self.head_dim).transpose(1, 2)  # (B, heads, T, D)
 
     def forward(self, x: Tensor, context: Tensor | None = None, mask: Tensor | None = None,
-                input_pos: Tensor | None = None, rotary: tuple[Tensor, Tensor] | None = None) -> Tensor:
+                input_pos: Tensor | None = None, rotary: tuple[Tensor, Tensor] | None = None,
+                cache: KVCache | None = None) -> Tensor:
         """x (B, T, C); context (B, S, C) or None for self attention; returns (B, T, C).
 
-        With a KV cache set and `input_pos` given, the new keys/values are written at those
+        With a `cache` (nn/cache.py) and `input_pos` given, the new keys/values are written at those
         positions and attention runs over the whole buffer (the mask hides unwritten slots).
         `rotary` (cos, sin) from `RotaryPosition` rotates queries and keys before caching.
         """
         q = self._split(self.q_proj(x), self.heads)
         if self.cross and context is None:  # decode step: the context's K/V were cached at prefill
-            if self.kv_cache is None:
+            if cache is None:
                 raise ValueError("cross attention needs a context (or a cache filled at prefill)")
-            k, v = self.kv_cache.k, self.kv_cache.v
+            k, v = cache.k, cache.v
         else:
             src = x if context is None else context
             k, v = self._split(self.k_proj(src), self.kv_heads), self._split(self.v_proj(src), self.kv_heads)
             if rotary is not None:
                 q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
-            if self.kv_cache is not None and self.cross:
-                k, v = self.kv_cache.update(torch.arange(k.shape[2], device=k.device), k, v)
-            elif self.kv_cache is not None and input_pos is not None:
-                k, v = self.kv_cache.update(input_pos, k, v)
+            if cache is not None and self.cross:
+                k, v = cache.update(torch.arange(k.shape[2], device=k.device), k, v)
+            elif cache is not None and input_pos is not None:
+                k, v = cache.update(input_pos, k, v)
         if self.kv_heads != self.heads:  # GQA: each K/V head serves heads // kv_heads query heads
             k = k.repeat_interleave(self.heads // self.kv_heads, dim=1)
             v = v.repeat_interleave(self.heads // self.kv_heads, dim=1)

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .attention import MultiHeadAttention
+from .cache import LayerCache
 from .position import PositionKind
 
 Activation = Literal["gelu", "gelu_tanh", "quick_gelu", "relu", "silu", "swiglu"]
@@ -171,17 +172,19 @@ class TransformerBlock(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor | None = None, input_pos: Tensor | None = None,
                 rotary: tuple[Tensor, Tensor] | None = None, context: Tensor | None = None,
-                context_mask: Tensor | None = None) -> Tensor:
-        """x (B, T, C); context (B, S, C) for the cross-attention sub-layer.
+                context_mask: Tensor | None = None, cache: LayerCache | None = None) -> Tensor:
+        """x (B, T, C); context (B, S, C) for the cross-attention sub-layer; `cache` this block's
+        part of a DecodeCache (nn/cache.py).
 
         With `context` None the cross-attention sub-layer reuses the K/V cached at prefill; with
-        no cache either, it is skipped: a text-only pass through self attention and the MLP.
+        none cached either, it is skipped: a text-only pass through self attention and the MLP.
         """
+        self_cache, cross_cache = (None, None) if cache is None else (cache.self_attn, cache.cross_attn)
         x = self._residual(x, self.ln_1, lambda h: self.drop(
-            self.attn(h, mask=mask, input_pos=input_pos, rotary=rotary)))
-        if self.cross_attn is not None and (context is not None or self.cross_attn.kv_cache is not None):
+            self.attn(h, mask=mask, input_pos=input_pos, rotary=rotary, cache=self_cache)))
+        if self.cross_attn is not None and (context is not None or cross_cache is not None):
             def cross(h: Tensor) -> Tensor:
-                return self.drop(self.cross_attn(h, context=context, mask=context_mask))
+                return self.drop(self.cross_attn(h, context=context, mask=context_mask, cache=cross_cache))
 
             if self.cross_gate is None:
                 x = self._residual(x, self.ln_cross, cross)

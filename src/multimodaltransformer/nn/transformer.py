@@ -16,7 +16,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .attention import KVCache, causal_padding_mask, padding_mask
+from .attention import causal_padding_mask, padding_mask
+from .cache import DecodeCache, KVCache, LayerCache
 from .blocks import TransformerBlock, TransformerConfig, build_norm
 from .position import build_position
 
@@ -38,16 +39,17 @@ class TransformerStack(nn.Module):
         self.drop = nn.Dropout(cfg.embed_dropout)
         self.blocks = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.depth))
         self.ln_f = build_norm(cfg.norm, cfg.dim, cfg.norm_eps) if cfg.final_norm else nn.Identity()
-        self.cache_len: int | None = None
         self.checkpointing = False  # training: recompute each block's activations in backward (memory for time)
 
     def forward(self, x: Tensor, mask: Tensor | None = None, input_pos: Tensor | None = None, *,
                 positions: Tensor | None = None, context: Tensor | None = None,
-                context_mask: Tensor | None = None) -> Tensor:
+                context_mask: Tensor | None = None, cache: DecodeCache | None = None) -> Tensor:
         """x (B, T, C) embeddings; mask (bool, True = attend) over keys; returns (B, T, C).
 
         positions (T,) or (B, T) default to `input_pos` (cache slots) or 0..T-1.
         context (B, S, C) feeds the cross-attention sub-layers (None on cached decode steps).
+        With `cache` (from `new_cache`) and `input_pos`, keys and values are written at those
+        slots and attention runs over all `cache.length` of them.
         """
         if positions is None:
             positions = input_pos if input_pos is not None else torch.arange(x.shape[1], device=x.device)
@@ -56,39 +58,35 @@ class TransformerStack(nn.Module):
             x = self.ln_embed(x)
         x = self.drop(x)
         rotary = self.position.rotary(positions)
-        cached = input_pos is not None and self.cache_len is not None
-        keys = torch.arange(self.cache_len, device=x.device) if cached else positions
+        if cache is not None and input_pos is None:
+            raise ValueError("a cache needs input_pos (the slots the new positions are written at)")
+        keys = torch.arange(cache.length, device=x.device) if cache is not None else positions
         bias = self.position.bias(positions, keys)
         if bias is not None:  # ALiBi: fold the bias into the mask; masked entries become -inf
             bias = bias.to(x.dtype)
             mask = bias if mask is None else bias.masked_fill(~mask, float("-inf"))
         recompute = self.checkpointing and self.training and torch.is_grad_enabled() and input_pos is None
-        for block in self.blocks:
+        for i, block in enumerate(self.blocks):
             if recompute:
                 x = checkpoint(block, x, mask=mask, input_pos=input_pos, rotary=rotary, context=context,
                                context_mask=context_mask, use_reentrant=False)
             else:
-                x = block(x, mask=mask, input_pos=input_pos, rotary=rotary, context=context, context_mask=context_mask)
+                x = block(x, mask=mask, input_pos=input_pos, rotary=rotary, context=context, context_mask=context_mask,
+                          cache=None if cache is None else cache.layers[i])
         return self.ln_f(x)
 
-    def setup_caches(self, batch: int, max_len: int, context_len: int | None = None) -> None:
-        """Preallocate self-attention KV caches of `max_len` slots, and cross-attention ones of `context_len`
-        (None: no context this time; the cross-attention sub-layers are skipped, a text-only pass)."""
+    def new_cache(self, batch: int, max_len: int, context_len: int | None = None) -> DecodeCache:
+        """Empty caches of `max_len` self-attention slots, and of `context_len` context tokens for the
+        cross-attention sub-layers (None: no context this time; they are skipped, a text-only pass)."""
         p = next(self.parameters())
+        layers = []
         for block in self.blocks:
-            attn = block.attn
-            attn.kv_cache = KVCache(batch, attn.kv_heads, max_len, attn.head_dim, p.dtype, p.device)
-            if block.cross_attn is not None and context_len is not None:
-                cross = block.cross_attn
-                cross.kv_cache = KVCache(batch, cross.kv_heads, context_len, cross.head_dim, p.dtype, p.device)
-        self.cache_len = max_len
-
-    def clear_caches(self) -> None:
-        for block in self.blocks:
-            block.attn.kv_cache = None
-            if block.cross_attn is not None:
-                block.cross_attn.kv_cache = None
-        self.cache_len = None
+            a, cross = block.attn, block.cross_attn
+            layers.append(LayerCache(
+                KVCache(batch, a.kv_heads, max_len, a.head_dim, p.dtype, p.device),
+                None if cross is None or context_len is None else
+                KVCache(batch, cross.kv_heads, context_len, cross.head_dim, p.dtype, p.device)))
+        return DecodeCache(layers, max_len)
 
 
 class TransformerEncoder(nn.Module):
@@ -105,8 +103,9 @@ class TransformerEncoder(nn.Module):
 class TransformerDecoder(nn.Module):
     """Decoder-only (causal) stack, with cross attention to `memory` when `cfg.cross_attention`.
 
-    Full sequences: `forward(x, memory, attention_mask)`. Cached decoding: `setup_caches`, then a
-    prefill and single-token steps with `input_pos` (memory only at prefill; its K/V are cached).
+    Full sequences: `forward(x, memory, attention_mask)`. Cached decoding: `new_cache`, then a
+    prefill and single-token steps with `input_pos` and the cache (memory only at prefill; its K/V
+    are cached).
     """
 
     def __init__(self, cfg: TransformerConfig) -> None:
@@ -114,25 +113,23 @@ class TransformerDecoder(nn.Module):
         self.stack = TransformerStack(cfg)
 
     def forward(self, x: Tensor, memory: Tensor | None = None, attention_mask: Tensor | None = None,
-                memory_attention_mask: Tensor | None = None, input_pos: Tensor | None = None) -> Tensor:
+                memory_attention_mask: Tensor | None = None, input_pos: Tensor | None = None,
+                cache: DecodeCache | None = None) -> Tensor:
         """x (B, T, C); memory (B, S, C); attention_mask (B, T) or, when cached, (B, L) over cache slots."""
         if input_pos is None:
             mask = causal_padding_mask(attention_mask, x.shape[1], device=x.device)
         else:
-            if self.stack.cache_len is None:
-                raise ValueError("input_pos given but no caches: call setup_caches first")
-            slots = torch.arange(self.stack.cache_len, device=x.device)
+            if cache is None:
+                raise ValueError("input_pos given but no cache: pass cache=new_cache(...)")
+            slots = torch.arange(cache.length, device=x.device)
             mask = slots[None, :] <= input_pos[:, None]  # (T, L)
             if attention_mask is not None:
                 mask = mask & padding_mask(attention_mask)
         memory_mask = None if memory_attention_mask is None else padding_mask(memory_attention_mask)
-        return self.stack(x, mask, input_pos, context=memory, context_mask=memory_mask)
+        return self.stack(x, mask, input_pos, context=memory, context_mask=memory_mask, cache=cache)
 
-    def setup_caches(self, batch: int, max_len: int, context_len: int | None = None) -> None:
-        self.stack.setup_caches(batch, max_len, context_len)
-
-    def clear_caches(self) -> None:
-        self.stack.clear_caches()
+    def new_cache(self, batch: int, max_len: int, context_len: int | None = None) -> DecodeCache:
+        return self.stack.new_cache(batch, max_len, context_len)
 
 
 @dataclass

@@ -14,13 +14,12 @@ Legend: N batch rows, L cache slots, S prefill length, H heads, D head dim, V vo
 
 from __future__ import annotations
 
-import contextlib
 import queue
 import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -29,7 +28,7 @@ from torch import Tensor
 from ..generation import GenerationConfig, generate
 from ..generation.fastpath import few_row_matmuls
 from ..generation.streaming import StopStrings, decode_fn
-from ..nn.attention import KVCache, MultiHeadAttention
+from ..nn.cache import DecodeCache, KVCache, LayerCache
 from .jobs import Job, Row
 
 __all__ = ["Job", "ModelWorker"]
@@ -49,8 +48,8 @@ class ModelWorker:
         if self.generative:
             self.decode = decode_fn(self.tok)
             self.eos = torch.tensor([self.tok.eos_id])
-            self.attn = [m for m in model.modules() if isinstance(m, MultiHeadAttention)]
             self.L = 2 * model.max_seq_len  # cache slots: any row needs at most max_seq_len of them
+        self.cache: DecodeCache | None = None  # the running batch's, owned here (nn/cache.py)
         self.slot = 0
         self.steps = 0  # decode steps run (for stats)
         self._stop = threading.Event()
@@ -112,9 +111,8 @@ class ModelWorker:
         except queue.Empty:
             return
         while True:
-            if callable(item):
-                with self._detached():
-                    item()
+            if callable(item):  # its own caches, if any: the batch's stay as they are
+                item()
             else:
                 self.waiting.append(item)
             try:
@@ -134,8 +132,7 @@ class ModelWorker:
                 job.emit(0, None, None, "cancelled")
                 continue
             if job.num_beams > 1:
-                with self._detached():
-                    self._beam(job)
+                self._beam(job)
                 continue
             kind = kind if kind is not None else self._kind(job)
             fits = rows + job.n <= self.max_batch or rows == 0  # a job wider than max_batch runs alone
@@ -162,27 +159,6 @@ class ModelWorker:
         return job.signature if cross else ()
 
     # ---- caches -------------------------------------------------------------------------------------
-    def _caches(self) -> list[tuple[MultiHeadAttention, KVCache | None]]:
-        return [(m, m.kv_cache) for m in self.attn]
-
-    @contextlib.contextmanager
-    def _detached(self) -> Iterator[None]:
-        """Other model work (beam search, embeddings) runs with the batch's caches set aside."""
-        if not self.generative:  # no batch, no caches to set aside
-            yield
-            return
-        saved = self._caches()
-        for m in self.attn:
-            m.kv_cache = None
-        try:
-            yield
-        finally:
-            self.model.clear_caches()
-            for m, c in saved:
-                m.kv_cache = c
-            if self.rows:
-                self.model.decoder.transformer.cache_len = self.L
-
     def _prefill(self, jobs: list[Job]) -> None:
         model, dev = self.model, self.device
         T = max(j.input_ids.shape[1] for j in jobs)
@@ -194,17 +170,11 @@ class ModelWorker:
         media = {}
         for key in jobs[0].inputs:
             media[key] = torch.cat([j.inputs[key] for j in jobs]).to(dev)
-        old = self._caches()
         x, key_mask, context = model.embed(ids, mask, **media)[:3]
         S = x.shape[1]
-        model.setup_caches(len(jobs), S, None if context is None else context.shape[1])
-        try:
-            positions = (key_mask.long().cumsum(-1) - 1).clamp(min=0)
-            logits = model.decode_step(x, positions, key_mask, 0, context=context)[:, -1].float()  # (b, V)
-            new = self._caches()
-        finally:
-            for m, c in old:
-                m.kv_cache = c
+        new = model.new_cache(len(jobs), S, None if context is None else context.shape[1])  # a scratch cache
+        positions = (key_mask.long().cumsum(-1) - 1).clamp(min=0)
+        logits = model.decode_step(x, positions, key_mask, 0, context=context, cache=new)[:, -1].float()  # (b, V)
         expand = torch.tensor([r for r, j in enumerate(jobs) for _ in range(j.n)], device=dev)
         self._merge(new, key_mask[expand], positions[expand, -1:] + 1, expand, S)
         for r, j in enumerate(jobs):
@@ -216,8 +186,7 @@ class ModelWorker:
                 self.rows.append(Row(j, i, cfg, self.eos, self.decode))
         self._choose(logits[expand])
 
-    def _merge(self, new: list[tuple[MultiHeadAttention, KVCache | None]], key_mask: Tensor, next_pos: Tensor,
-               expand: Tensor, S: int) -> None:
+    def _merge(self, new: DecodeCache, key_mask: Tensor, next_pos: Tensor, expand: Tensor, S: int) -> None:
         """Add prefilled rows (their self-attention K/V in slots 0..S) at slots slot-S..slot of the batch."""
         first = not self.rows
         if first:
@@ -229,40 +198,29 @@ class ModelWorker:
                 self._shift(S - self.slot)
         start = self.slot - S
         b = expand.shape[0]
+        layers = []
+        for c in new.select(expand).layers:
+            k, v = c.self_attn.k, c.self_attn.v
+            rows = KVCache(b, k.shape[1], self.L, k.shape[3], k.dtype, self.device)
+            rows.k[:, :, start:self.slot], rows.v[:, :, start:self.slot] = k, v
+            layers.append(LayerCache(rows, c.cross_attn))  # context K/V: one length for every row of the batch
+        joined = DecodeCache(layers, self.L)
+        self.cache = joined if first else self.cache.concat(joined)
         dev = self.device
-        for (m, big), (_, scratch) in zip(self._caches(), new):
-            if scratch is None:
-                continue
-            k, v = scratch.k.index_select(0, expand), scratch.v.index_select(0, expand)
-            if m.cross:  # context K/V: one length for every row of the batch
-                merged = KVCache(0, k.shape[1], k.shape[2], k.shape[3], k.dtype, dev)
-                merged.k = k if first else torch.cat([big.k, k])
-                merged.v = v if first else torch.cat([big.v, v])
-            else:
-                rows_k = torch.zeros(b, k.shape[1], self.L, k.shape[3], dtype=k.dtype, device=dev)
-                rows_v = torch.zeros_like(rows_k)
-                rows_k[:, :, start:self.slot], rows_v[:, :, start:self.slot] = k[:, :, :S], v[:, :, :S]
-                merged = KVCache(0, k.shape[1], self.L, k.shape[3], k.dtype, dev)
-                merged.k = rows_k if first else torch.cat([big.k, rows_k])
-                merged.v = rows_v if first else torch.cat([big.v, rows_v])
-            m.kv_cache = merged
         slots = torch.zeros(b, self.L, dtype=torch.bool, device=dev)
         slots[:, start:self.slot] = key_mask
         if first:
             self.slots, self.next_pos = slots, next_pos
         else:
             self.slots, self.next_pos = torch.cat([self.slots, slots]), torch.cat([self.next_pos, next_pos])
-        self.model.decoder.transformer.cache_len = self.L
 
     def _shift(self, d: int) -> None:
         """Move every running row's slots d to the right (room for a longer prompt on the left).
 
         Only called with slot + d = S <= max_seq_len < L, so nothing falls off the end."""
-        for m, c in self._caches():
-            if c is not None and not m.cross:
-                for buf in (c.k, c.v):
-                    buf[:, :, d:self.slot + d] = buf[:, :, :self.slot].clone()
-                    buf[:, :, :d] = 0
+        for buf in self.cache.self_buffers():
+            buf[:, :, d:self.slot + d] = buf[:, :, :self.slot].clone()
+            buf[:, :, :d] = 0
         self.slots[:, d:self.slot + d] = self.slots[:, :self.slot].clone()
         self.slots[:, :d] = False
         self.slot += d
@@ -273,11 +231,9 @@ class ModelWorker:
         c0 = int(used[0]) if used.numel() else self.slot
         if c0 == 0:
             return
-        for m, c in self._caches():
-            if c is not None and not m.cross:
-                for buf in (c.k, c.v):
-                    buf[:, :, :self.slot - c0] = buf[:, :, c0:self.slot].clone()
-                    buf[:, :, self.slot - c0:] = 0
+        for buf in self.cache.self_buffers():
+            buf[:, :, :self.slot - c0] = buf[:, :, c0:self.slot].clone()
+            buf[:, :, self.slot - c0:] = 0
         self.slots[:, :self.slot - c0] = self.slots[:, c0:self.slot].clone()
         self.slots[:, self.slot - c0:] = False
         self.slot -= c0
@@ -285,14 +241,10 @@ class ModelWorker:
     def _drop(self, keep: list[int]) -> None:
         """Keep only these batch rows (finished ones leave)."""
         if not keep:
-            self.rows = []
-            self.model.clear_caches()
-            self.slot = 0
+            self.rows, self.cache, self.slot = [], None, 0
             return
         idx = torch.tensor(keep, device=self.device)
-        for _, c in self._caches():
-            if c is not None:
-                c.k, c.v = c.k.index_select(0, idx), c.v.index_select(0, idx)
+        self.cache = self.cache.select(idx)
         self.slots, self.next_pos = self.slots[idx], self.next_pos[idx]
         self.last = self.last[idx]
         self.rows = [self.rows[i] for i in keep]
@@ -303,7 +255,7 @@ class ModelWorker:
             self._compact()
         x = self.model.decoder.embed(self.last[:, None])  # (N, 1, C)
         self.slots[:, self.slot] = True
-        logits = self.model.decode_step(x, self.next_pos, self.slots, self.slot)[:, -1].float()
+        logits = self.model.decode_step(x, self.next_pos, self.slots, self.slot, cache=self.cache)[:, -1].float()
         self.slot += 1
         self.next_pos += 1
         self.steps += 1

@@ -204,3 +204,28 @@ def test_drop_inputs_masks_only_target_tokens_at_the_rate():
     assert torch.equal(drop_inputs(ids, labels, mask_id=1, prob=0.0), ids)
     with pytest.raises(ValueError):
         drop_inputs(ids, labels, mask_id=1, prob=1.0)
+
+
+def test_example_weights_count_every_packed_example_once():
+    from multimodaltransformer.objectives import IGNORE_INDEX as I, causal_lm_loss, count_examples, example_weights
+
+    labels = torch.tensor([[I, I, 5, 6, I, I, 7, I], [I, 3, 4, 5, 6, I, I, I]])
+    segments = torch.tensor([[1, 1, 1, 1, 2, 2, 2, 0], [1, 1, 1, 1, 1, 0, 0, 0]])
+    w = example_weights(labels, segments)
+    assert w[0, 2:4].tolist() == [0.5, 0.5] and w[0, 6] == 1.0 and w[1, 1:5].tolist() == [0.25] * 4
+    assert count_examples(labels, segments) == 3 and count_examples(labels) == 2
+    logits = torch.randn(2, 8, 10)
+    ce = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 10), labels[:, 1:].reshape(-1),
+                                           ignore_index=I, reduction="none").view(2, 7)
+    # the mean of the three examples' own mean losses
+    expected = (ce[0, 1:3].mean() + ce[0, 5] + ce[1, 0:4].mean()) / 3
+    torch.testing.assert_close(causal_lm_loss(logits, labels, 0.0, w), expected)
+
+
+def test_loss_weighting_is_checked():
+    from multimodaltransformer.train.tasks import TaskConfig
+
+    with pytest.raises(ValueError, match="loss_weighting"):
+        TaskConfig(name="x", loss_weighting="rows")
+    with pytest.raises(ValueError, match="lm objective"):
+        TaskConfig(name="x", objective="contrastive", loss_weighting="example")

@@ -46,8 +46,7 @@ def example_weights(labels: Tensor, segment_ids: Tensor | None = None) -> Tensor
     target = labels != IGNORE_INDEX
     target[:, 0] = False  # labels[:, 0] is never predicted (nothing comes before it)
     seg = segment_ids if segment_ids is not None else target.long()
-    K = int(seg.max()) + 1
-    key = torch.arange(seg.shape[0], device=seg.device)[:, None] * K + seg  # (row, segment) -> one id
+    key, K = _example_keys(seg)
     counts = torch.zeros(seg.shape[0] * K, device=seg.device).index_add_(
         0, key[target], torch.ones(int(target.sum()), device=seg.device))
     return torch.where(target, 1.0 / counts[key].clamp(min=1), 0.0)
@@ -58,10 +57,13 @@ def count_examples(labels: Tensor, segment_ids: Tensor | None = None) -> int:
     target = labels[:, 1:] != IGNORE_INDEX
     if segment_ids is None:
         return int(target.any(1).sum())
-    seg = segment_ids[:, 1:]
+    return int(_example_keys(segment_ids[:, 1:])[0][target].unique().numel())
+
+
+def _example_keys(seg: Tensor) -> tuple[Tensor, int]:
+    """One id per (row, segment) for segment ids (B, T), and K, the segments a row can have."""
     K = int(seg.max()) + 1
-    key = torch.arange(seg.shape[0], device=seg.device)[:, None] * K + seg
-    return int(key[target].unique().numel())
+    return torch.arange(seg.shape[0], device=seg.device)[:, None] * K + seg, K
 
 
 def masked_lm_loss(logits: Tensor, labels: Tensor, label_smoothing: float = 0.0) -> Tensor:

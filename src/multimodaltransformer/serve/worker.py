@@ -199,15 +199,16 @@ class ModelWorker:
         start = self.slot - S
         b = expand.shape[0]
         layers = []
-        for c in new.select(expand).layers:
-            k, v = c.self_attn.k, c.self_attn.v
+        for c in new.layers:
+            k = c.self_attn.k
             rows = KVCache(b, k.shape[1], self.L, k.shape[3], k.dtype, self.device)
-            rows.k[:, :, start:self.slot], rows.v[:, :, start:self.slot] = k, v
-            layers.append(LayerCache(rows, c.cross_attn))  # context K/V: one length for every row of the batch
+            rows.k[:, :, start:self.slot] = k.index_select(0, expand)
+            rows.v[:, :, start:self.slot] = c.self_attn.v.index_select(0, expand)
+            cross = None if c.cross_attn is None else c.cross_attn.select(expand)  # one length for every row
+            layers.append(LayerCache(rows, cross))
         joined = DecodeCache(layers, self.L)
         self.cache = joined if first else self.cache.concat(joined)
-        dev = self.device
-        slots = torch.zeros(b, self.L, dtype=torch.bool, device=dev)
+        slots = torch.zeros(b, self.L, dtype=torch.bool, device=self.device)
         slots[:, start:self.slot] = key_mask
         if first:
             self.slots, self.next_pos = slots, next_pos

@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from multimodaltransformer.demo import run_demo
-from multimodaltransformer.train.config import packaged_config
+from multimodaltransformer.train.config import config_path
 
 DEFAULT_CONFIG = str(Path(__file__).with_name("demo-before.yaml"))
 
@@ -59,14 +59,9 @@ MATCH = {"name": "match", "objective": "lm", "tasks": ["match"], "batch_size": 6
 
 def base_streams(config: str) -> dict[str, dict | None]:
     """The config's streams by role: gen (the causal-LM stream named generate), ret (retrieval)."""
-    tasks = yaml.safe_load(packaged_or(config).read_text())["multitask"]["tasks"]
+    tasks = yaml.safe_load(config_path(config).read_text())["multitask"]["tasks"]
     named = {t["name"]: t for t in tasks}
     return {"gen": dict(named["generate"]), "ret": dict(named["retrieval"]), "match": named.get("match")}
-
-
-def packaged_or(config: str) -> Path:
-    p = Path(config)
-    return p if p.exists() or p.suffix else packaged_config(config)
 
 
 def variant(name: str, config: str = DEFAULT_CONFIG) -> tuple[list[str], str]:

@@ -5,8 +5,8 @@ A session yields next-token logits for N = B x expand rows (expand = beams or sa
   step(tokens (N,))   -> (N, V) after appending one token per row
   reorder(rows (N,))  row i continues from row rows[i] (beam search; rows stay within a prompt)
   close()             frees the cache
-`CachedSession` owns a preallocated KV cache (a DecodeCache, nn/cache.py) of L = S + max_new_tokens slots (gpt-fast): the
-prompt (S positions, media tokens included) is computed once for the B prompts and its cache
+`CachedSession` owns a preallocated KV cache (a DecodeCache, nn/cache.py) of L = S + max_new_tokens
+slots (gpt-fast): the prompt (S positions, media tokens included) is computed once for the B prompts and its cache
 copied to their `expand` rows; each step then runs a single position, with a slot mask updated
 in place, and a beam reorder copies the moved rows' filled slots in place, so memory stays that
 of the cache. On CPU each step runs the few-row matmul kernel of fastpath.py (`few_row_matmuls`,

@@ -130,10 +130,8 @@ class Whisper(PretrainedModel):
         if ids is None:
             device = next(iter(media.values())).device
             ids = torch.full((B, 1), self.config.decoder_start_token_id, dtype=torch.long, device=device)
-        T, limit = ids.shape[1], self.config.decoder.max_seq_len
-        if T > limit:
-            raise ValueError(f"a prompt of {T} tokens exceeds max_target_positions {limit}")
         eos = self.config.eos_token_id if eos_token_id is None else eos_token_id
-        return generate(EncoderDecoderAdapter(self), ids, max_new_tokens=min(max_new_tokens, limit - T),
+        # the engine refuses a prompt longer than max_target_positions and caps the new tokens to the rest
+        return generate(EncoderDecoderAdapter(self), ids, max_new_tokens=max_new_tokens,
                         eos_token_id=eos, pad_token_id=eos, suppress_tokens=list(suppress_tokens) or None,
                         use_cache=use_cache, **options, **media)

@@ -103,11 +103,15 @@ def packaged_config(name: str) -> Path:
     return path
 
 
+def config_path(path: str | Path) -> Path:
+    """A YAML path as given, or, for a bare name that is no file (`demo`), the packaged config."""
+    p = Path(path)
+    return packaged_config(str(path)) if not p.exists() and not p.suffix else p
+
+
 def load_run_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
     """YAML file (or the name of a packaged config) + `key=value` overrides -> RunConfig."""
-    p = Path(path)
-    if not p.exists() and not p.suffix:
-        p = packaged_config(str(path))
+    p = config_path(path)
     raw: dict[str, Any] = apply_overrides(load_yaml(p), overrides or [])
     try:
         return from_dict(RunConfig, raw)

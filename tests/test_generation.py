@@ -12,7 +12,7 @@ import transformers as hf
 from hub_utils import perturb, save
 
 from multimodaltransformer import load_pretrained
-from multimodaltransformer.generation import GenerationConfig, LMAdapter, as_generative, generate
+from multimodaltransformer.generation import GenerationConfig, as_generative, generate
 
 T, NEW, PAD = 8, 14, 5
 
@@ -130,7 +130,7 @@ def test_defaults_come_from_the_model(pair):
     ref_out = ref.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
                            eos_token_id=eos)
     assert torch.equal(out, ref_out)
-    assert isinstance(as_generative(ours), LMAdapter)
+    assert as_generative(ours) is ours  # a decoder LM offers the interface itself, no wrapper
 
 
 def test_config_object_and_overrides(pair, batch):
@@ -239,3 +239,38 @@ def test_cli_generate_with_strategy_flags(tiny_model, shapes_dir, tmp_path, caps
     m = str(shapes_dir / "manifest.jsonl")
     assert main(["generate", str(tmp_path / "model"), "--data", m, "--out", str(tmp_path / "p.jsonl"),
                  "--max-new-tokens", "3", "--num-beams", "2", "--device", "cpu"]) == 0
+
+
+def test_continuous_batch_rows_joining_late_decode_as_alone(pair):
+    """The server's running batch (generation/batching.py): prompts of different lengths join at
+    different steps, one leaves early; each row's greedy tokens equal `generate` on it alone."""
+    from multimodaltransformer.generation.batching import ContinuousBatch
+
+    _, ours = pair
+    g = torch.Generator().manual_seed(7)
+    prompts = [torch.randint(1, 97, (1, n), generator=g) for n in (3, 9, 5)]
+    alone = [generate(ours, p, max_new_tokens=8, eos_token_id=[])[0, p.shape[1]:].tolist() for p in prompts]
+    batch, got = ContinuousBatch(ours), [[] for _ in prompts]
+    with torch.inference_mode():
+        last = batch.add(prompts[:1], {}, [1], PAD).argmax(-1)
+        got[0].append(int(last[0]))
+        live = [0]
+        for step in range(10):
+            if step == 2:  # the two longer prompts join, together, mid-decode (the batch shifts right)
+                joined = batch.add(prompts[1:], {}, [1, 1], PAD).argmax(-1)
+                last, live = torch.cat([last, joined]), live + [1, 2]
+                for r, t in zip((1, 2), joined.tolist()):
+                    got[r].append(t)
+                continue
+            keep = [i for i, r in enumerate(live) if len(got[r]) < (5 if r == 0 else 8)]  # row 0 leaves early
+            if len(keep) < len(live):
+                batch.keep(keep)
+                last, live = last[keep], [live[i] for i in keep]
+            if not live:
+                break
+            last = batch.step(last).argmax(-1)
+            for r, t in zip(live, last.tolist()):
+                got[r].append(t)
+    assert got[0] == alone[0][:5]
+    assert got[1] == alone[1][:len(got[1])] and got[2] == alone[2][:len(got[2])]
+    assert len(got[1]) >= 6

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .adapters import as_generative, default_special_ids
+from .interface import as_generative, default_special_ids
 from .beam import beam_search
 from .config import GenerationConfig, eos_list
 from .processors import Processor, build_processors

@@ -18,6 +18,15 @@ from .processors import Processor, apply
 from .session import CachedSession, UncachedSession
 
 
+def choose(processors: Sequence[Processor], ids: Tensor, logits: Tensor, do_sample: bool,
+           generator: torch.Generator | None = None) -> Tensor:
+    """The next token of each row (N,): the processors on float logits (N, V), then argmax or a draw."""
+    scores = apply(processors, ids, logits)
+    if do_sample:
+        return torch.multinomial(scores.softmax(-1), 1, generator=generator).squeeze(1)
+    return scores.argmax(-1)
+
+
 def sample_steps(session: CachedSession | UncachedSession, ids: Tensor, prompt_len: int, max_new_tokens: int,
                  processors: Sequence[Processor], eos: Tensor, pad: int, do_sample: bool = False,
                  generator: torch.Generator | None = None) -> Iterator[Tensor]:
@@ -27,11 +36,7 @@ def sample_steps(session: CachedSession | UncachedSession, ids: Tensor, prompt_l
     tokens: Tensor | None = None
     for step in range(max_new_tokens):
         logits = session.logits if tokens is None else session.step(tokens)
-        scores = apply(processors, ids[:, :prompt_len + step], logits.float())
-        if do_sample:
-            tokens = torch.multinomial(scores.softmax(-1), 1, generator=generator).squeeze(1)
-        else:
-            tokens = scores.argmax(-1)
+        tokens = choose(processors, ids[:, :prompt_len + step], logits.float(), do_sample, generator)
         if stops:
             tokens = tokens.masked_fill(finished, pad)
             finished |= torch.isin(tokens, eos)

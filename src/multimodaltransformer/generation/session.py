@@ -10,7 +10,8 @@ slots (gpt-fast): the prompt (S positions, media tokens included) is computed on
 copied to their `expand` rows; each step then runs a single position, with a slot mask updated
 in place, and a beam reorder copies the moved rows' filled slots in place, so memory stays that
 of the cache. On CPU each step runs the few-row matmul kernel of fastpath.py (`few_row_matmuls`,
-an option of the session; the prefill, with its many rows, is unchanged). `UncachedSession` recomputes every row from scratch each step (the reference path).
+an option of the session; the prefill, with its many rows, is unchanged). `UncachedSession` recomputes
+every row from scratch each step, as a prefill into a throwaway cache (the reference path).
 Legend: B prompts, N decoded rows, S prefill length, L cache slots, V vocabulary.
 """
 
@@ -58,7 +59,7 @@ class CachedSession:
 
     def step(self, tokens: Tensor) -> Tensor:
         self.slots[:, self.slot] = True
-        x = self.model.decoder.embed(tokens[:, None])  # (N, 1, C)
+        x = self.model.embed_tokens(tokens[:, None])  # (N, 1, C)
         with few_row_matmuls(self.fast_matmuls):
             logits = self._step(x, self.next_pos, self.slots, self.slot, cache=self.cache)[:, -1]
         self.next_pos += 1
@@ -82,7 +83,7 @@ class CachedSession:
 
 
 class UncachedSession:
-    """Every step runs the whole (growing) sequence through `model(...)`: slow, and the reference."""
+    """Every step runs the whole (growing) sequence from scratch, as a prefill: slow, and the reference."""
 
     def __init__(self, model: Any, input_ids: Tensor, mask: Tensor, media: dict[str, Tensor],
                  expand: int = 1) -> None:
@@ -93,7 +94,10 @@ class UncachedSession:
         self.logits: Tensor = self._forward()
 
     def _forward(self) -> Tensor:
-        return self.model(input_ids=self.ids, attention_mask=self.mask, **self.media).logits[:, -1]
+        x, key_mask, context = self.model.embed(self.ids, self.mask, **self.media)[:3]
+        cache = self.model.new_cache(x.shape[0], x.shape[1], None if context is None else context.shape[1])
+        positions = (key_mask.long().cumsum(-1) - 1).clamp(min=0)
+        return self.model.decode_step(x, positions, key_mask, 0, context=context, cache=cache)[:, -1]
 
     def step(self, tokens: Tensor) -> Tensor:
         self.ids = torch.cat([self.ids, tokens[:, None]], dim=1)

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .adapters import as_generative
+from .interface import as_generative
 from .config import GenerationConfig
 from .generate import prepare, split_options, token_steps
 

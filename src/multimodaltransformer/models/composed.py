@@ -24,7 +24,6 @@ from ..fusion import EarlyFusion, FusionConfig
 from ..modalities.image import ImageProcessor, ViTConfig, ViTEncoder
 from ..modalities.text import TextTokenizer
 from ..nn.lora import LoRAConfig, apply_lora, merge_lora
-from ..nn.cache import DecodeCache
 from .base import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, load_state_strict
 from .multimodal import HeadsConfig, MultimodalTransformerModel
 from .vit import VisionTransformer, VisionTransformerConfig
@@ -61,36 +60,6 @@ class VisionTokens(nn.Module):
         if isinstance(self.encoder, VisionTransformer):
             return self.encoder(pixel_values).last_hidden_state[:, 1:]
         return self.encoder(pixel_values)
-
-
-class LMDecoder(nn.Module):
-    """The decoder interface the multimodal model drives (embed; embeddings + positions -> logits)
-    over a pretrained decoder LM with `tok_embed`, `transformer` (a TransformerStack) and `lm_head`."""
-
-    def __init__(self, lm: nn.Module) -> None:
-        super().__init__()
-        self.lm = lm
-
-    @property
-    def transformer(self) -> nn.Module:
-        return self.lm.transformer
-
-    def embed(self, input_ids: Tensor) -> Tensor:
-        return self.lm.tok_embed(input_ids)
-
-    def hidden(self, x: Tensor, positions: Tensor, mask: Tensor | None = None, input_pos: Tensor | None = None,
-               context: Tensor | None = None, cache: DecodeCache | None = None) -> Tensor:
-        if context is not None:
-            raise ValueError("a composed decoder LM has no cross-attention layers")
-        return self.lm.transformer(x, mask, input_pos, positions=positions, cache=cache)
-
-    def head(self, h: Tensor) -> Tensor:
-        return self.lm.lm_head(h)
-
-    def forward(self, x: Tensor, positions: Tensor, mask: Tensor | None = None,
-                input_pos: Tensor | None = None, context: Tensor | None = None,
-                cache: DecodeCache | None = None) -> Tensor:
-        return self.head(self.hidden(x, positions, mask, input_pos, context, cache))
 
 
 def _vision_parts(model: nn.Module, source: str) -> tuple[nn.Module, dict[str, Any], ImageProcessor]:
@@ -145,7 +114,7 @@ class ComposedModel(MultimodalTransformerModel):
         for name in ("tok_embed", "transformer", "lm_head"):
             if not hasattr(language, name):
                 raise ConfigError(f"language: {type(language).__name__} is not a decoder LM (no {name})")
-        self.decoder = LMDecoder(language)
+        self.decoder = language  # a DecoderLM offers the decoder interface itself (embed_tokens, hidden, head)
         self.fusion_config = FusionConfig("early", projector=config.projector)
         self._build_heads(HeadsConfig(), None, language.tok_embed.weight.shape[1])
         self.tokenizer = tokenizer
@@ -164,7 +133,7 @@ class ComposedModel(MultimodalTransformerModel):
             if parts[name] is not None:
                 parts[name].requires_grad_(False)
         if config.lora is not None:
-            apply_lora(self.decoder.lm, config.lora)
+            apply_lora(self.decoder, config.lora)
 
     @staticmethod
     def _image_size(vision: nn.Module) -> int:
@@ -173,7 +142,7 @@ class ComposedModel(MultimodalTransformerModel):
 
     @property
     def max_seq_len(self) -> int:
-        return self.decoder.lm.config.transformer.max_seq_len
+        return self.decoder.config.transformer.max_seq_len
 
     @property
     def num_media_tokens(self) -> int:
@@ -229,5 +198,9 @@ class ComposedModel(MultimodalTransformerModel):
         tok = TextTokenizer(Tokenizer.from_file(str(directory / TOKENIZER_FILE)), config.special_ids)
         vision = _build_vision(config.vision) if config.vision is not None else None
         model = cls(config, vision, _build_language(config.language), tok)
-        load_state_strict(model, load_file(str(directory / WEIGHTS_FILE)), directory / WEIGHTS_FILE)
+        state = load_file(str(directory / WEIGHTS_FILE))
+        # saved before the LM became the decoder itself (it was wrapped as decoder.lm)
+        state = {k.replace("decoder.lm.", "decoder.", 1) if k.startswith("decoder.lm.") else k: v
+                 for k, v in state.items()}
+        load_state_strict(model, state, directory / WEIGHTS_FILE)
         return model.to(map_location).eval()

@@ -1,7 +1,8 @@
 """GPT-style decoder: token + learned position embeddings, pre-LN blocks, tied LM head.
 
 The decoder works on embeddings, so other modalities can be placed in front of the text
-(prefix fusion); `embed` turns token ids into those embeddings.
+(prefix fusion); `embed_tokens` turns token ids into those embeddings. The same decoder interface
+(`embed_tokens`, `hidden`, `head`) is offered by the pretrained decoder LMs (models/lm.py).
 Legend: B batch, T sequence length, C model dim, V vocabulary.
 """
 
@@ -35,7 +36,7 @@ class GPTDecoder(nn.Module):
             self.lm_head.weight = self.tok_embed.weight
         self.apply(_init_weights)
 
-    def embed(self, input_ids: Tensor) -> Tensor:
+    def embed_tokens(self, input_ids: Tensor) -> Tensor:
         return self.tok_embed(input_ids)  # (B, T, C)
 
     def hidden(self, x: Tensor, positions: Tensor, mask: Tensor | None = None, input_pos: Tensor | None = None,

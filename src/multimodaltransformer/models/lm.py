@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..nn import TransformerConfig, TransformerStack, causal_padding_mask
+from ..nn.cache import DecodeCache
+from ..nn.sequence import Embedded, causal_mask
 from .base import PretrainedModel
 from ..objectives import IGNORE_INDEX
 from .multimodal import ModelOutput
@@ -54,8 +56,13 @@ def read_chat_template(directory: Path) -> str | None:
 class DecoderLM(PretrainedModel):
     """`model(input_ids, attention_mask=None).logits` (B, T, V), as HF `*ForCausalLM`.
 
-    `chat_template` (a Jinja string, or None) travels with the model for `chat.Chat`.
+    It is also, with no wrapper, both the decoder a composed multimodal model drives (`embed_tokens`,
+    `hidden`, `head`) and a model the generation engine decodes (`embed`, `new_cache`,
+    `decode_step`: generation/interface.py). `chat_template` (a Jinja string, or None) travels
+    with the model for `chat.Chat`.
     """
+
+    num_media_tokens = 0  # text only
 
     config_class = DecoderLMConfig
 
@@ -89,7 +96,51 @@ class DecoderLM(PretrainedModel):
                                    ignore_index=IGNORE_INDEX)
         return ModelOutput(loss, logits)
 
-    @torch.no_grad()
+    # ---- the decoder interface (models/composed.py puts media embeddings in front of the text) ----
+    def embed_tokens(self, input_ids: Tensor) -> Tensor:
+        return self.tok_embed(input_ids)  # (B, T, C)
+
+    def hidden(self, x: Tensor, positions: Tensor, mask: Tensor | None = None, input_pos: Tensor | None = None,
+               context: Tensor | None = None, context_mask: Tensor | None = None,
+               cache: DecodeCache | None = None) -> Tensor:
+        """Embeddings x (B, T, C) at positions (B, T) -> final hidden states (B, T, C)."""
+        if context is not None:
+            raise ValueError(f"{type(self).__name__} has no cross-attention layers: it reads media only as a prefix")
+        return self.transformer(x, mask, input_pos, positions=positions, cache=cache)
+
+    def head(self, h: Tensor) -> Tensor:
+        return self.lm_head(h)  # (B, T, V)
+
+    # ---- the generation interface (generation/interface.py) ------------------------------------
+    @property
+    def max_seq_len(self) -> int:
+        return self.config.transformer.max_seq_len
+
+    @property
+    def eos_token_id(self) -> int | list[int] | None:
+        return self.config.eos_token_id
+
+    def embed(self, input_ids: Tensor, attention_mask: Tensor | None = None, **media: Any) -> Embedded:
+        if any(v is not None for v in media.values()):
+            raise ValueError(f"{type(self).__name__} is a text-only LM: it takes no {sorted(media)}")
+        mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        return Embedded(self.tok_embed(input_ids), mask)
+
+    def new_cache(self, batch: int, max_len: int, context_len: int | None = None) -> DecodeCache:
+        return self.transformer.new_cache(batch, max_len)
+
+    def decode_step(self, x: Tensor, positions: Tensor, key_mask: Tensor, start: int,
+                    context: Tensor | None = None, *, cache: DecodeCache) -> Tensor:
+        """Logits of the last position only (B, 1, V): generation needs no others, and the prompt's
+        full (B, S, V) logits would be the largest tensor of the call."""
+        T = x.shape[1]
+        input_pos = torch.arange(start, start + T, device=x.device)
+        if T == 1:  # one new token at the newest slot: it may see every real slot, which key_mask marks
+            mask = key_mask[:, None, None, :]  # (B, 1, 1, L), a view
+        else:  # the prompt: causal over real slots, padded queries see themselves (no NaN rows)
+            mask = causal_mask(key_mask, start, T, key_mask.shape[1])
+        return self.head(self.hidden(x, positions, mask, input_pos, cache=cache)[:, -1:])
+
     @torch.no_grad()
     def generate(self, input_ids: Tensor, attention_mask: Tensor | None = None, **kwargs: Any) -> Tensor:
         """`transformers`-style generate (greedy, sampling, beams, processors; see generation/):

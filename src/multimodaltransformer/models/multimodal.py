@@ -14,11 +14,10 @@ C decoder dim, V vocabulary, D contrastive dim, K classes.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -34,51 +33,7 @@ from ..nn.cache import DecodeCache
 from ..objectives import causal_lm_loss, logit_scale_init
 from .base import WEIGHTS_FILE, load_state_strict, read_model_config, write_model_dir
 from .decoder import DecoderConfig, GPTDecoder
-
-_TASK_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
-
-
-def _projection(dim: int, out: int, hidden: int | None) -> nn.Module:
-    """Into the contrastive space: linear, or a two-layer MLP (SimCLR's projection head)."""
-    if hidden is None:
-        return nn.Linear(dim, out, bias=False)
-    return nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, out, bias=False))
-
-
-@dataclass
-class HeadsConfig:
-    """Heads on top of the decoder besides the LM head."""
-
-    # image-text contrastive projections to a shared D-dim space (retrieval, CLIP's loss); None: none
-    contrastive_dim: int | None = None
-    # hidden width of two-layer (MLP) contrastive projections; None: linear projections (CLIP's).
-    # An MLP helps when the towers are locked (LiT) and only the projections learn.
-    contrastive_hidden: int | None = None
-    # the text side of the contrastive space: the last real token (CLIP), or the mean over the
-    # text's tokens, which holds more of the text when the decoder is locked and trained to generate
-    text_pool: Literal["last", "mean"] = "last"
-    # image-text matching: a binary head on the fused [image; text] representation
-    itm: bool = False
-    # > 0: a CTC head on the audio encoder's tokens (Graves et al. 2006); on rows with a transcript
-    # (ctc_targets) its loss is added to the LM loss with this weight, which teaches the encoder
-    # token-aligned features far sooner than the decoder's cross-attention alone (joint CTC-attention)
-    ctc_weight: float = 0.0
-    # one classification head per task, with its labels (filled from the training data by the trainer)
-    classes: dict[str, list[str]] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.contrastive_dim is not None and self.contrastive_dim <= 0:
-            raise ValueError(f"heads.contrastive_dim must be positive, got {self.contrastive_dim}")
-        if self.ctc_weight < 0:
-            raise ValueError(f"heads.ctc_weight must be non-negative, got {self.ctc_weight}")
-        if self.contrastive_hidden is not None and self.contrastive_hidden <= 0:
-            raise ValueError(f"heads.contrastive_hidden must be positive, got {self.contrastive_hidden}")
-        for task, labels in self.classes.items():
-            if not _TASK_NAME.match(task):
-                raise ValueError(f"heads.classes: task name {task!r} must be letters, digits, _ or -")
-            if len(labels) < 2 or len(set(labels)) != len(labels):
-                raise ValueError(f"heads.classes.{task}: needs at least 2 distinct labels, got {labels}")
-
+from .heads import HeadsConfig, projection
 
 @dataclass
 class MultimodalTransformer:
@@ -196,8 +151,8 @@ class MultimodalTransformerModel(nn.Module):
         if heads.contrastive_dim is not None:
             if image_dim is None:
                 raise ValueError("heads.contrastive_dim needs an image encoder")
-            self.image_proj = _projection(image_dim, heads.contrastive_dim, heads.contrastive_hidden)
-            self.text_proj = _projection(dim, heads.contrastive_dim, heads.contrastive_hidden)
+            self.image_proj = projection(image_dim, heads.contrastive_dim, heads.contrastive_hidden)
+            self.text_proj = projection(dim, heads.contrastive_dim, heads.contrastive_hidden)
             self.logit_scale = nn.Parameter(torch.tensor(logit_scale_init()))
         if heads.itm:
             self.itm_head = nn.Linear(dim, 2)
@@ -222,7 +177,7 @@ class MultimodalTransformerModel(nn.Module):
         `media_mask` {modality: (B,) bool} marks the rows that have it, where some do not (their
         batch rows are padding): memory of a row's missing modality is masked out of its attention.
         """
-        text = self.decoder.embed(input_ids)
+        text = self.decoder.embed_tokens(input_ids)
         mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         inputs = self._media_inputs(pixel_values, media)
         if not inputs:
@@ -405,6 +360,10 @@ class MultimodalTransformerModel(nn.Module):
     def label_smoothing(self) -> float:
         return self.config.label_smoothing
 
+    def embed_tokens(self, input_ids: Tensor) -> Tensor:
+        """Token ids (B, T) -> the decoder's input embeddings (B, T, C) (a decode step's new tokens)."""
+        return self.decoder.embed_tokens(input_ids)
+
     def new_cache(self, batch: int, max_len: int, context_len: int | None = None) -> DecodeCache:
         """An empty decode cache (nn/cache.py) for `batch` rows of `max_len` slots."""
         return self.decoder.transformer.new_cache(batch, max_len, context_len)
@@ -418,8 +377,9 @@ class MultimodalTransformerModel(nn.Module):
         """
         T, L = x.shape[1], key_mask.shape[1]
         input_pos = torch.arange(start, start + T, device=x.device)
-        return self.decoder(x, positions, causal_mask(key_mask, start, T, L), input_pos=input_pos, context=context,
-                            cache=cache)
+        h = self.decoder.hidden(x, positions, causal_mask(key_mask, start, T, L), input_pos=input_pos,
+                                context=context, cache=cache)
+        return self.decoder.head(h)
 
     @torch.no_grad()
     def generate(self, input_ids: Tensor, attention_mask: Tensor | None = None,

@@ -3,8 +3,9 @@
 log-mel (B, M, 2S) -> `AudioEncoder` (conv stem, sinusoidal table, pre-LN stack) -> memory (B, S, C);
 tokens (B, T) -> embeddings + learned positions -> causal pre-LN stack with cross attention -> tied head.
 What is Whisper-specific lives in configuration and in hub/whisper.py (its k_proj has no bias: see there).
-Decoding runs through the generation engine (generation/, `EncoderDecoderAdapter`): the encoder
-once, the decoder's self-attention K/V cached per step and the cross-attention K/V once, at prefill. Legend: B batch, M mels, S audio positions, T tokens, C dim, V vocab.
+Decoding runs through the generation engine (generation/; the model has its interface itself): the
+encoder once, the decoder's self-attention K/V cached per step and the cross-attention K/V once, at
+prefill. Positions are the cache slots (Whisper's learned table), so prompts are not left-padded. Legend: B batch, M mels, S audio positions, T tokens, C dim, V vocab.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from torch import Tensor, nn
 
 from ..modalities.audio import AudioEncoder, AudioEncoderConfig, AudioProcessorConfig
 from ..nn import TransformerConfig, TransformerDecoder
+from ..nn.cache import DecodeCache
+from ..nn.sequence import Embedded
 from .base import PretrainedModel
 from ..objectives import IGNORE_INDEX
 
@@ -62,6 +65,7 @@ class Whisper(PretrainedModel):
     """`model(input_features, decoder_input_ids).logits`, `encode`, `generate`, as WhisperForConditionalGeneration."""
 
     config_class = WhisperConfig
+    num_media_tokens = 0  # the audio is memory the decoder cross-attends to, not prefix positions
 
     def __init__(self, config: WhisperConfig) -> None:
         super().__init__(config)
@@ -107,6 +111,37 @@ class Whisper(PretrainedModel):
             loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
         return WhisperOutput(loss, logits, encoder_outputs)
 
+    # ---- the generation interface (generation/interface.py) ------------------------------------
+    @property
+    def max_seq_len(self) -> int:
+        return self.config.decoder.max_seq_len
+
+    @property
+    def eos_token_id(self) -> int | None:
+        return self.config.eos_token_id
+
+    def embed_tokens(self, input_ids: Tensor) -> Tensor:
+        return self.tok_embed(input_ids)
+
+    def embed(self, input_ids: Tensor, attention_mask: Tensor | None = None, *, input_features: Tensor | None = None,
+              encoder_outputs: Tensor | None = None) -> Embedded:
+        """The decoder's tokens, and the memory: `encoder_outputs`, or input_features encoded once."""
+        if encoder_outputs is None:
+            if input_features is None:
+                raise ValueError(f"{type(self).__name__} needs input_features (or encoder_outputs)")
+            encoder_outputs = self.encode(input_features)
+        mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        return Embedded(self.tok_embed(input_ids), mask, encoder_outputs)
+
+    def new_cache(self, batch: int, max_len: int, context_len: int | None = None) -> DecodeCache:
+        return self.decoder.new_cache(batch, max_len, context_len)
+
+    def decode_step(self, x: Tensor, positions: Tensor, key_mask: Tensor, start: int,
+                    context: Tensor | None = None, *, cache: DecodeCache) -> Tensor:
+        input_pos = torch.arange(start, start + x.shape[1], device=x.device)
+        h = self.decoder(x, context, attention_mask=key_mask, input_pos=input_pos, cache=cache)
+        return self.lm_head(h[:, -1:])
+
     @torch.no_grad()
     def generate(self, input_features: Tensor | None = None, decoder_input_ids: Tensor | None = None,
                  max_new_tokens: int = 64, eos_token_id: int | None = None, suppress_tokens: Sequence[int] = (),
@@ -120,7 +155,6 @@ class Whisper(PretrainedModel):
         `encoder_outputs` (B, S, C) stand for input_features already encoded.
         """
         from ..generation import generate
-        from ..generation.adapters import EncoderDecoderAdapter
 
         if encoder_outputs is None and input_features is None:
             raise ValueError("pass input_features (or encoder_outputs)")
@@ -132,6 +166,6 @@ class Whisper(PretrainedModel):
             ids = torch.full((B, 1), self.config.decoder_start_token_id, dtype=torch.long, device=device)
         eos = self.config.eos_token_id if eos_token_id is None else eos_token_id
         # the engine refuses a prompt longer than max_target_positions and caps the new tokens to the rest
-        return generate(EncoderDecoderAdapter(self), ids, max_new_tokens=max_new_tokens,
+        return generate(self, ids, max_new_tokens=max_new_tokens,
                         eos_token_id=eos, pad_token_id=eos, suppress_tokens=list(suppress_tokens) or None,
                         use_cache=use_cache, **options, **media)

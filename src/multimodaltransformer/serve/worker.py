@@ -1,15 +1,14 @@
-"""The model worker: one thread owns the model and batches decode steps across requests.
+"""The model worker: one thread owns the model and schedules requests onto one running batch.
 
 Jobs wait in a bounded queue (full: the HTTP layer answers 429). Between two decode steps the
-worker admits waiting jobs into the running batch, up to `max_batch` rows: their prompts are
-prefilled together into a scratch cache whose rows then join the batch's cache right before the
-current slot. Every row keeps its own slot mask and positions, so rows that started at different
-times decode side by side (continuous batching); each row has its own sampling settings, seed,
-stop strings and budget. A finished, cancelled or timed-out row leaves the batch at once (its
-cache row is dropped). Beam search runs a job on its own between steps, through `generate`;
-so do callables (embeddings, and the transcriptions of speech models, which have no batch).
-The worker never touches asyncio: results go through each job's `emit` callback.
-Legend: N batch rows, L cache slots, S prefill length, H heads, D head dim, V vocabulary.
+worker admits waiting jobs into the running batch, up to `max_batch` rows; the batch's decode
+state (prefill, joining rows to the cache, steps, dropping rows) is generation/batching.py's
+`ContinuousBatch`, and each row picks its tokens with the engine's processors and `choose`
+(generation/search.py). Each row has its own sampling settings, seed, stop strings and budget;
+a finished, cancelled or timed-out row leaves the batch at once. Beam search runs a job on its
+own between steps, through `generate`; so do callables (embeddings, and the transcriptions of
+speech models, which have no batch). The worker never touches asyncio: results go through each
+job's `emit` callback. Legend: N batch rows, V vocabulary.
 """
 
 from __future__ import annotations
@@ -26,9 +25,9 @@ import torch
 from torch import Tensor
 
 from ..generation import GenerationConfig, generate
-from ..generation.fastpath import few_row_matmuls
+from ..generation.batching import ContinuousBatch
+from ..generation.search import choose
 from ..generation.streaming import StopStrings, decode_fn
-from ..nn.cache import DecodeCache, KVCache, LayerCache
 from .jobs import Job, Row
 
 __all__ = ["Job", "ModelWorker"]
@@ -43,14 +42,14 @@ class ModelWorker:
         self.tok = model.tokenizer
         self.device = next(model.parameters()).device
         self.rows: list[Row] = []
-        # a speech model (no decode_step) only runs exclusive work: transcriptions (serve/speech.py)
-        self.generative = hasattr(model, "decode_step")
+        # chat needs the generation interface and a TextTokenizer (its EOS, pad and prompt format);
+        # a speech model (Whisper) only runs exclusive work: transcriptions (serve/speech.py)
+        self.generative = hasattr(model, "decode_step") and hasattr(self.tok, "eos_id")
         if self.generative:
             self.decode = decode_fn(self.tok)
             self.eos = torch.tensor([self.tok.eos_id])
-            self.L = 2 * model.max_seq_len  # cache slots: any row needs at most max_seq_len of them
-        self.cache: DecodeCache | None = None  # the running batch's, owned here (nn/cache.py)
-        self.slot = 0
+            self.batch = ContinuousBatch(model)  # the running rows' decode state (their cache)
+            self.last = torch.zeros(0, dtype=torch.long)  # (N,) each row's newest token
         self.steps = 0  # decode steps run (for stats)
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="mmt-model-worker", daemon=True)
@@ -90,13 +89,12 @@ class ModelWorker:
 
     # ---- the loop -------------------------------------------------------------------------------
     def _loop(self) -> None:
-        fast = self.generative and self.device.type == "cpu"  # decode steps take fastpath.py's kernel
         while not self._stop.is_set():
             self._take(block=not self.rows and not self.waiting)
             self._admit()
             if self.rows:
                 try:
-                    with torch.inference_mode(), few_row_matmuls(fast):
+                    with torch.inference_mode():
                         self._step()
                 except Exception as e:  # a bug must not leave requests hanging: fail the batch, go on
                     traceback.print_exc()
@@ -158,134 +156,46 @@ class ModelWorker:
         cross = getattr(getattr(self.model, "fusion_config", None), "type", "") in ("cross", "gated")
         return job.signature if cross else ()
 
-    # ---- caches -------------------------------------------------------------------------------------
+    # ---- decoding: the cache is generation/batching.py's; rows, tokens and text are the worker's ----
     def _prefill(self, jobs: list[Job]) -> None:
-        model, dev = self.model, self.device
-        T = max(j.input_ids.shape[1] for j in jobs)
-        ids = torch.full((len(jobs), T), self.tok.pad_id, dtype=torch.long, device=dev)
-        mask = torch.zeros((len(jobs), T), dtype=torch.bool, device=dev)
-        for r, j in enumerate(jobs):
-            ids[r, T - j.input_ids.shape[1]:] = j.input_ids[0].to(dev)
-            mask[r, T - j.input_ids.shape[1]:] = True
-        media = {}
-        for key in jobs[0].inputs:
-            media[key] = torch.cat([j.inputs[key] for j in jobs]).to(dev)
-        x, key_mask, context = model.embed(ids, mask, **media)[:3]
-        S = x.shape[1]
-        new = model.new_cache(len(jobs), S, None if context is None else context.shape[1])  # a scratch cache
-        positions = (key_mask.long().cumsum(-1) - 1).clamp(min=0)
-        logits = model.decode_step(x, positions, key_mask, 0, context=context, cache=new)[:, -1].float()  # (b, V)
-        expand = torch.tensor([r for r, j in enumerate(jobs) for _ in range(j.n)], device=dev)
-        self._merge(new, key_mask[expand], positions[expand, -1:] + 1, expand, S)
-        for r, j in enumerate(jobs):
+        media = {key: torch.cat([j.inputs[key] for j in jobs]) for key in jobs[0].inputs}
+        logits = self.batch.add([j.input_ids for j in jobs], media, [j.n for j in jobs], self.tok.pad_id)
+        for j in jobs:
             cfg = GenerationConfig(max_new_tokens=j.max_new_tokens, do_sample=j.temperature > 0,
                                    temperature=j.temperature or 1.0, top_p=j.top_p, top_k=j.top_k,
                                    repetition_penalty=j.repetition_penalty)
             j.completion_tokens = [0] * j.n
             for i in range(j.n):
                 self.rows.append(Row(j, i, cfg, self.eos, self.decode))
-        self._choose(logits[expand])
+        self._choose(logits)
 
-    def _merge(self, new: DecodeCache, key_mask: Tensor, next_pos: Tensor, expand: Tensor, S: int) -> None:
-        """Add prefilled rows (their self-attention K/V in slots 0..S) at slots slot-S..slot of the batch."""
-        first = not self.rows
-        if first:
-            self.slot = S
-        else:
-            if self.slot + 1 > self.L - 1:
-                self._compact()
-            if S > self.slot:  # make room on the left: shift the running rows right
-                self._shift(S - self.slot)
-        start = self.slot - S
-        b = expand.shape[0]
-        layers = []
-        for c in new.layers:
-            k = c.self_attn.k
-            rows = KVCache(b, k.shape[1], self.L, k.shape[3], k.dtype, self.device)
-            rows.k[:, :, start:self.slot] = k.index_select(0, expand)
-            rows.v[:, :, start:self.slot] = c.self_attn.v.index_select(0, expand)
-            cross = None if c.cross_attn is None else c.cross_attn.select(expand)  # one length for every row
-            layers.append(LayerCache(rows, cross))
-        joined = DecodeCache(layers, self.L)
-        self.cache = joined if first else self.cache.concat(joined)
-        slots = torch.zeros(b, self.L, dtype=torch.bool, device=self.device)
-        slots[:, start:self.slot] = key_mask
-        if first:
-            self.slots, self.next_pos = slots, next_pos
-        else:
-            self.slots, self.next_pos = torch.cat([self.slots, slots]), torch.cat([self.next_pos, next_pos])
-
-    def _shift(self, d: int) -> None:
-        """Move every running row's slots d to the right (room for a longer prompt on the left).
-
-        Only called with slot + d = S <= max_seq_len < L, so nothing falls off the end."""
-        for buf in self.cache.self_buffers():
-            buf[:, :, d:self.slot + d] = buf[:, :, :self.slot].clone()
-            buf[:, :, :d] = 0
-        self.slots[:, d:self.slot + d] = self.slots[:, :self.slot].clone()
-        self.slots[:, :d] = False
-        self.slot += d
-
-    def _compact(self) -> None:
-        """Drop the leading slots no running row uses (the cache would otherwise run out)."""
-        used = self.slots.any(0).nonzero()
-        c0 = int(used[0]) if used.numel() else self.slot
-        if c0 == 0:
-            return
-        for buf in self.cache.self_buffers():
-            buf[:, :, :self.slot - c0] = buf[:, :, c0:self.slot].clone()
-            buf[:, :, self.slot - c0:] = 0
-        self.slots[:, :self.slot - c0] = self.slots[:, c0:self.slot].clone()
-        self.slots[:, self.slot - c0:] = False
-        self.slot -= c0
+    def _step(self) -> None:
+        self.steps += 1
+        self._choose(self.batch.step(self.last))
 
     def _drop(self, keep: list[int]) -> None:
         """Keep only these batch rows (finished ones leave)."""
-        if not keep:
-            self.rows, self.cache, self.slot = [], None, 0
-            return
-        idx = torch.tensor(keep, device=self.device)
-        self.cache = self.cache.select(idx)
-        self.slots, self.next_pos = self.slots[idx], self.next_pos[idx]
-        self.last = self.last[idx]
+        self.batch.keep(keep)
         self.rows = [self.rows[i] for i in keep]
-
-    # ---- decoding -----------------------------------------------------------------------------------
-    def _step(self) -> None:
-        if self.slot + 1 > self.L - 1:
-            self._compact()
-        x = self.model.decoder.embed(self.last[:, None])  # (N, 1, C)
-        self.slots[:, self.slot] = True
-        logits = self.model.decode_step(x, self.next_pos, self.slots, self.slot, cache=self.cache)[:, -1].float()
-        self.slot += 1
-        self.next_pos += 1
-        self.steps += 1
-        self._choose(logits)
+        self.last = self.last[keep] if keep else self.last[:0]
 
     def _choose(self, logits: Tensor) -> None:
         """Pick each row's next token from its logits (N_new or N, V), emit text, retire finished rows.
 
         Called after a prefill with the new rows' logits (they are the batch's last rows) and
-        after a step with every row's."""
+        after a step with every row's. Each row has its own processors and generator."""
         n_new = logits.shape[0]
         rows = self.rows[len(self.rows) - n_new:]
         tokens = torch.empty(n_new, dtype=torch.long)
         now = time.monotonic()
         for r, (row, scores) in enumerate(zip(rows, logits)):
-            ids = torch.tensor([row.history])
-            s = scores[None].clone()
-            for p in row.processors:
-                s = p(ids, s)
-            if row.generator is not None:
-                t = int(torch.multinomial(s.softmax(-1), 1, generator=row.generator))
-            else:
-                t = int(s.argmax(-1))
+            t = int(choose(row.processors, torch.tensor([row.history]), scores[None].clone(),
+                           row.generator is not None, row.generator))
             tokens[r] = t
             row.history.append(t)
             row.produced += 1
             row.finish = self._advance(row, t, now)
-        new_last = tokens.to(self.device)
-        self.last = new_last if n_new == len(self.rows) else torch.cat([self.last, new_last])
+        self.last = tokens if n_new == len(self.rows) else torch.cat([self.last, tokens])
         keep = [i for i, row in enumerate(self.rows) if row.finish is None]
         if len(keep) < len(self.rows):
             self._drop(keep)

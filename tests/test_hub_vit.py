@@ -58,3 +58,22 @@ def test_convert_round_trip(checkpoint, tmp_path):
     with torch.no_grad():
         assert torch.equal(a(pv).last_hidden_state, b(pv).last_hidden_state)
         assert torch.equal(a(pv).pooler_output, b(pv).pooler_output)
+
+
+def test_one_vit_serves_the_image_modality_and_hf():
+    """The library's image encoder is the same ViT (nn/vit.py) as the imported HF one, configured
+    without [CLS] or pooler: its output is the stack over patches + their fixed 2-D positions."""
+    import torch
+
+    from multimodaltransformer.modalities.image import ViTConfig, ViTEncoder
+    from multimodaltransformer.nn.position import sincos_2d_table
+    from multimodaltransformer.nn.vit import ViT
+
+    enc = ViTEncoder(ViTConfig(image_size=32, patch_size=8, dim=16, depth=1, heads=2, patch_positions="sincos")).eval()
+    assert isinstance(enc, ViT) and issubclass(VisionTransformer, ViT)
+    assert enc.cls_token is None and enc.pooler is None and "pos_embed" not in enc.state_dict()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        patches = enc.patch_embed(x).flatten(2).transpose(1, 2)
+        expected = enc.transformer(patches + sincos_2d_table(4, 4, 16)[None])
+        assert torch.allclose(enc(x), expected, atol=1e-6)

@@ -7,17 +7,17 @@ Legend: B batch, N patches, C model dim, P patch size.
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch import Tensor, nn
+from torch import Tensor
 
-from ..nn import TransformerConfig, TransformerStack
-from ..nn.position import sincos_2d_table
+from ..nn import TransformerConfig
+from ..nn.vit import ViT, VisionTransformerConfig
 from .base import MediaBytes, MediaError, Modality, register
 
 
@@ -109,39 +109,18 @@ class ViTConfig(TransformerConfig):
         return (self.image_size // self.patch_size) ** 2
 
 
-def conv_stem(channels: int, dim: int, patch_size: int) -> nn.Sequential:
-    """log2(P) stride-2 3x3 conv + BN + ReLU layers (widths growing to dim/2), then a 1x1 to dim."""
-    layers: list[nn.Module] = []
-    steps = patch_size.bit_length() - 1
-    c_in = channels
-    for i in range(steps):
-        c_out = max(16, dim // 2 ** (steps - i))
-        layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
-        c_in = c_out
-    layers.append(nn.Conv2d(c_in, dim, 1))
-    return nn.Sequential(*layers)
-
-
-class ViTEncoder(nn.Module):
-    """pixel_values (B, 3, H, W) -> patch features (B, N, C)."""
+class ViTEncoder(ViT):
+    """pixel_values (B, 3, H, W) -> patch features (B, N, C): the one ViT (nn/vit.py) with no [CLS]
+    and no pooler, its patches placed by `cfg.patch_positions`."""
 
     def __init__(self, cfg: ViTConfig) -> None:
-        super().__init__()
+        stack = TransformerConfig(**{f.name: getattr(cfg, f.name) for f in fields(TransformerConfig)})
+        super().__init__(VisionTransformerConfig(stack, cfg.image_size, cfg.patch_size, cfg.channels, stem=cfg.stem,
+                                                 cls_token=False, patch_positions=cfg.patch_positions, pooler="none"))
         self.cfg = cfg
-        if cfg.stem == "linear":
-            self.patch_embed = nn.Conv2d(cfg.channels, cfg.dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
-        else:
-            self.patch_embed = conv_stem(cfg.channels, cfg.dim, cfg.patch_size)
-        if cfg.patch_positions == "learned":
-            self.pos_embed = nn.Parameter(torch.randn(1, cfg.num_patches, cfg.dim) * 0.02)
-        else:  # a function of the config: not saved with the weights
-            side = cfg.image_size // cfg.patch_size
-            self.register_buffer("pos_embed", sincos_2d_table(side, side, cfg.dim)[None], persistent=False)
-        self.transformer = TransformerStack(cfg)
 
     def forward(self, pixel_values: Tensor) -> Tensor:
-        x = self.patch_embed(pixel_values).flatten(2).transpose(1, 2)  # (B, N, C)
-        return self.transformer(x + self.pos_embed)
+        return self.patch_tokens(pixel_values)
 
 
 IMAGE = register(Modality("image", "pixel_values", ViTConfig, lambda cfg: ImageProcessor(cfg.image_size), ViTEncoder,

@@ -48,15 +48,12 @@ def load_state_strict(model: nn.Module, state: dict[str, Tensor], source: str | 
     model.load_state_dict(state, strict=False)
 
 
-class PretrainedModel(nn.Module):
-    """Base of models built from one config dataclass (`config_class`), with save/load."""
+class SavesPretrained:
+    """save_pretrained / from_pretrained for a module built from one config dataclass
+    (`config_class`) held as `self.config`, with an optional `self.tokenizer`."""
 
     config_class: ClassVar[type]
-
-    def __init__(self, config: Any) -> None:
-        super().__init__()
-        self.config = config
-        self.tokenizer: Tokenizer | None = None
+    tokenizer: Tokenizer | None = None
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Write config.json + model.safetensors (+ tokenizer.json when a tokenizer is attached)."""
@@ -72,6 +69,15 @@ class PretrainedModel(nn.Module):
         if (directory / TOKENIZER_FILE).is_file():
             model.tokenizer = Tokenizer.from_file(str(directory / TOKENIZER_FILE))
         return model.to(map_location).eval()
+
+
+class PretrainedModel(SavesPretrained, nn.Module):
+    """Base of models built from one config dataclass (`config_class`), with save/load."""
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        self.config = config
+        self.tokenizer: Tokenizer | None = None
 
 
 def write_config(model: nn.Module, directory: str | Path) -> None:

@@ -50,16 +50,14 @@ class ComposedConfig:
 
 
 class VisionTokens(nn.Module):
-    """Patch tokens (B, N, C) of a ViT-like encoder; the [CLS] token of HF-style ViTs is dropped."""
+    """Patch tokens (B, N, C) of the image encoder; the [CLS] token of HF-style ViTs is dropped."""
 
     def __init__(self, encoder: nn.Module) -> None:
         super().__init__()
         self.encoder = encoder
 
     def forward(self, pixel_values: Tensor) -> Tensor:
-        if isinstance(self.encoder, VisionTransformer):
-            return self.encoder(pixel_values).last_hidden_state[:, 1:]
-        return self.encoder(pixel_values)
+        return self.encoder.patch_tokens(pixel_values)  # the one ViT (nn/vit.py), whichever its configuration
 
 
 def _vision_parts(model: nn.Module, source: str) -> tuple[nn.Module, dict[str, Any], ImageProcessor]:

@@ -3,8 +3,10 @@
 import pytest
 import torch
 
+
 from multimodaltransformer.data import ManifestDataset, TrainCollator, read_manifest
 from multimodaltransformer.hub import compose, load_pretrained
+from multimodaltransformer.models import MultimodalTransformerModel
 from multimodaltransformer.models.composed import ComposedConfig, ComposedModel
 from multimodaltransformer.nn.lora import LoRAConfig, LoRALinear, count_parameters
 
@@ -65,6 +67,14 @@ def test_save_and_load_pretrained_round_trip(parts, shapes_dir, tmp_path):
     px = batch["pixel_values"][:1]
     assert torch.equal(loaded.generate(ids, pixel_values=px, max_new_tokens=5),
                        loaded.generate(ids, pixel_values=px, max_new_tokens=5, use_cache=False))
+    assert not isinstance(loaded, MultimodalTransformerModel)  # composed of parts, not a subclass of ours
+    # saved when the LM was wrapped (decoder.lm.*): still loads, to the same logits
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(tmp_path / "model.safetensors"))
+    save_file({k.replace("decoder.", "decoder.lm.", 1) if k.startswith("decoder.") else k: v.contiguous()
+               for k, v in state.items()}, str(tmp_path / "model.safetensors"))
+    torch.testing.assert_close(load_pretrained(tmp_path)(batch).logits, model(batch).logits, atol=0, rtol=0)
 
 
 def test_trained_encoder_as_vision_source(parts, tiny_model, tmp_path, shapes_dir):

@@ -10,7 +10,8 @@ import torch
 from multimodaltransformer.config import ConfigError
 from multimodaltransformer.data import read_manifest
 from multimodaltransformer.evaluate import pair_features, retrieval_scores
-from multimodaltransformer.models.multimodal import HeadsConfig, MultimodalTransformerModel, last_token
+from multimodaltransformer.models.multimodal import HeadsConfig, MultimodalTransformerModel
+from multimodaltransformer.nn.sequence import last_token
 from multimodaltransformer.train.refit import refit_contrastive
 from multimodaltransformer.train.trainer import train
 

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from .data.collate import ExampleDataset, MediaCache, collate_examples, collate_media, media_of, pair_text, prompt_batch
 from .data.manifest import TRANSCRIPTION_TASKS, Example
+from .generation import generate, stream
 from .metrics import bleu, cider, classification_report, exact_match, normalize_answer, recall_at_k, rouge_l, vqa_accuracy, wer
 
 RETRIEVAL_TASKS = ("retrieval",)
@@ -98,15 +99,13 @@ def _generate(model: Any, chunk: Sequence[Example], max_new_tokens: int, generat
     device = next(model.parameters()).device
     media = _media(model, chunk)
     if on_text is not None:
-        from .generation import stream
-
         text = ""
         for delta in stream(model, ids.to(device), mask.to(device), **media, **gen_kwargs):
             delta = delta if text else delta.lstrip()
             text += delta
             on_text(delta)
         return [text.strip()]
-    gen = model.generate(ids.to(device), attention_mask=mask.to(device), **media, **gen_kwargs)
+    gen = generate(model, ids.to(device), mask.to(device), **media, **gen_kwargs)
     return [tok.decode(row[ids.shape[1]:].tolist()) for row in gen]
 
 

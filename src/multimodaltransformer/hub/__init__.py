@@ -28,6 +28,7 @@ from ..models.composed import ComposedConfig, ComposedModel
 from ..models.gpt2 import GPT2
 from ..models.llama import Llama
 from ..models.lm import DecoderLM, read_chat_template
+from ..models.core import MultimodalLM
 from ..models.multimodal import MultimodalTransformerModel
 from ..models.vit import VisionTransformer
 from ..models.whisper import Whisper
@@ -141,7 +142,7 @@ def load_model(path: str | Path, device: str = "auto", speech: bool = False) -> 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_pretrained(path, map_location=device)
-    if not (isinstance(model, MultimodalTransformerModel) or speech and isinstance(model, Whisper)):
+    if not (isinstance(model, MultimodalLM) or speech and isinstance(model, Whisper)):  # ours or composed
         raise ConfigError(f"{path}: a {type(model).__name__} does not answer prompts about images; "
                           "use a model trained or composed by this library")
     if model.tokenizer is None:

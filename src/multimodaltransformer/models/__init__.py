@@ -7,12 +7,13 @@ from .decoder import DecoderConfig, GPTDecoder
 from .gpt2 import GPT2, GPT2Config
 from .llama import Llama, LlamaConfig
 from .lm import DecoderLM, DecoderLMConfig
+from .core import MultimodalLM
 from .multimodal import ModelOutput, MultimodalTransformer, MultimodalTransformerModel
 from .vit import VisionTransformer, VisionTransformerConfig
 from .whisper import Whisper, WhisperConfig, WhisperOutput
 
 __all__ = [
-    "DecoderConfig", "GPTDecoder", "ModelOutput", "MultimodalTransformer", "MultimodalTransformerModel",
+    "DecoderConfig", "GPTDecoder", "ModelOutput", "MultimodalLM", "MultimodalTransformer", "MultimodalTransformerModel",
     "PretrainedModel", "BERT", "BERTConfig", "mean_pool", "CLIP", "CLIPConfig", "CLIPOutput", "CLIPTextConfig",
     "CLIPTextEncoder", "DecoderLM", "DecoderLMConfig", "GPT2", "GPT2Config", "Llama", "LlamaConfig",
     "VisionTransformer", "VisionTransformerConfig",

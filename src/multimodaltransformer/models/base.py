@@ -58,8 +58,8 @@ class SavesPretrained:
     def save_pretrained(self, directory: str | Path) -> None:
         """Write config.json + model.safetensors (+ tokenizer.json when a tokenizer is attached)."""
         directory = write_model_dir(self, directory)
-        if self.tokenizer is not None:
-            self.tokenizer.save(str(directory / TOKENIZER_FILE))
+        if self.tokenizer is not None:  # a tokenizers.Tokenizer, or the TextTokenizer training wraps it in
+            getattr(self.tokenizer, "tokenizer", self.tokenizer).save(str(directory / TOKENIZER_FILE))
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "PretrainedModel":

@@ -25,7 +25,9 @@ from ..modalities.image import ImageProcessor, ViTConfig, ViTEncoder
 from ..modalities.text import TextTokenizer
 from ..nn.lora import LoRAConfig, apply_lora, merge_lora
 from .base import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, load_state_strict
-from .multimodal import HeadsConfig, MultimodalTransformerModel
+from .core import MultimodalLM
+from .heads import HeadsConfig
+from .multimodal import MultimodalTransformerModel
 from .vit import VisionTransformer, VisionTransformerConfig
 
 Component = Literal["vision", "projector", "language"]
@@ -102,29 +104,31 @@ def _build_language(cfg: dict[str, Any]) -> nn.Module:
     return cls(from_dict(cls.config_class, cfg, "language"))
 
 
-class ComposedModel(MultimodalTransformerModel):
-    """Same interface as MultimodalTransformerModel (forward, generate, save_pretrained)."""
+class ComposedModel(MultimodalLM):
+    """Same interface as MultimodalTransformerModel (forward, generate, save_pretrained), composed of
+    pretrained parts: VisionTokens over an image encoder, an early-fusion projector, a DecoderLM."""
 
     def __init__(self, config: ComposedConfig, vision: nn.Module | None, language: nn.Module,
                  tokenizer: TextTokenizer | None = None, image_processor: ImageProcessor | None = None) -> None:
-        nn.Module.__init__(self)
-        self.config = config
         for name in ("tok_embed", "transformer", "lm_head"):
             if not hasattr(language, name):
                 raise ConfigError(f"language: {type(language).__name__} is not a decoder LM (no {name})")
-        self.decoder = language  # a DecoderLM offers the decoder interface itself (embed_tokens, hidden, head)
-        self.fusion_config = FusionConfig("early", projector=config.projector)
-        self._build_heads(HeadsConfig(), None, language.tok_embed.weight.shape[1])
-        self.tokenizer = tokenizer
-        self.image_encoder = self.fusion = self.image_processor = None
-        self._num_media = 0
+        dim = language.tok_embed.weight.shape[1]
+        image_encoder = fusion = None
+        n_media = 0
         if vision is not None:
-            self.image_encoder = VisionTokens(vision)
+            image_encoder = VisionTokens(vision)
             with torch.no_grad():
                 probe = torch.zeros(1, 3, *(2 * [self._image_size(vision)]))
-                n_media, media_dim = self.image_encoder(probe).shape[1:]
-            self._num_media = int(n_media)
-            self.fusion = EarlyFusion(int(media_dim), language.tok_embed.weight.shape[1], config.projector)
+                n_media, media_dim = image_encoder(probe).shape[1:]
+            fusion = EarlyFusion(int(media_dim), dim, config.projector)
+        # the DecoderLM is the decoder itself: it offers the decoder interface (embed_tokens, hidden, head)
+        super().__init__(language, FusionConfig("early", projector=config.projector), HeadsConfig(), dim,
+                         image_encoder=image_encoder, fusion=fusion)
+        self.config = config
+        self.tokenizer = tokenizer
+        self._num_media = int(n_media)
+        if vision is not None:
             self.image_processor = image_processor or ImageProcessor(**(config.image or {}))
         parts = {"vision": self.image_encoder, "projector": self.fusion, "language": self.decoder}
         for name in config.freeze:

@@ -23,7 +23,7 @@ from ..nn.cache import DecodeCache
 from ..nn.sequence import Embedded, causal_mask
 from .base import PretrainedModel
 from ..objectives import IGNORE_INDEX
-from .multimodal import ModelOutput
+from .core import ModelOutput
 
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
 

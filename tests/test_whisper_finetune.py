@@ -78,3 +78,15 @@ def test_bad_finetune_sources_are_clear_errors(tmp_path):
     MultimodalTransformerModel(MultimodalTransformer()).save_pretrained(tmp_path / "mm")
     with pytest.raises(ConfigError, match="cannot be fine-tuned as it is"):
         finetune_model(FinetuneConfig(source=str(tmp_path / "mm")))
+
+
+def test_lora_targets_may_be_patterns(whisper_dir):
+    """`*` patterns pick layers by place: the decoder's query projections only, not the encoder's."""
+    from multimodaltransformer.nn.lora import LoRAConfig, LoRALinear, apply_lora
+
+    model = load_pretrained(whisper_dir)
+    names = apply_lora(model, LoRAConfig(rank=2, target_modules=["decoder.*q_proj", "encoder.*.1.attn.v_proj"]))
+    assert names and all(n.startswith("decoder.") and n.endswith("q_proj") or n.endswith("blocks.1.attn.v_proj")
+                         for n in names)
+    assert any(n.startswith("encoder.") for n in names)
+    assert sum(isinstance(m, LoRALinear) for m in model.modules()) == len(names)

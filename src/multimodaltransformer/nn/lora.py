@@ -6,6 +6,8 @@ adapted model begins exactly equal to its base. Only A and B train; `merge_lora`
 
 from __future__ import annotations
 
+import fnmatch
+
 import math
 from dataclasses import dataclass, field
 
@@ -18,7 +20,8 @@ class LoRAConfig:
     rank: int = 8
     alpha: float = 16.0
     dropout: float = 0.0
-    # Linear layers whose qualified name ends with one of these (e.g. "q_proj", "mlp.fc1").
+    # Linear layers whose qualified name ends with one of these (e.g. "q_proj", "mlp.fc1"), or
+    # matches one with `*` ("decoder.*q_proj": only the decoder's)
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
 
     def __post_init__(self) -> None:
@@ -63,7 +66,8 @@ class LoRALinear(nn.Module):
 
 
 def _matches(name: str, targets: list[str]) -> bool:
-    return any(name == t or name.endswith("." + t) for t in targets)
+    """`name` is a target, ends with ".target", or matches a target with `*` (fnmatch: "decoder.*q_proj")."""
+    return any(fnmatch.fnmatchcase(name, t) if "*" in t else name == t or name.endswith("." + t) for t in targets)
 
 
 def apply_lora(model: nn.Module, cfg: LoRAConfig) -> list[str]:

@@ -314,3 +314,18 @@ def test_web_page_records_from_the_microphone_in_headless_chromium(model):
             assert page.locator(".error").count() == 0, page.inner_text("#log")
             assert page.locator(".user audio").count() == 1
             browser.close()
+
+
+def test_load_image_refuses_images_over_max_pixels_from_the_header():
+    import io as _io
+
+    from PIL import Image as _Image
+
+    from multimodaltransformer.modalities.base import MediaError
+    from multimodaltransformer.modalities.image import load_image
+
+    buf = _io.BytesIO()
+    _Image.new("RGB", (20, 30), "red").save(buf, format="PNG")
+    with pytest.raises(MediaError, match="20x30 pixels, over the limit of 500"):
+        load_image(buf.getvalue(), "upload", max_pixels=500)
+    assert load_image(buf.getvalue(), "upload", max_pixels=600).size == (20, 30)

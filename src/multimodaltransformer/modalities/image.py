@@ -21,9 +21,10 @@ from ..nn.vit import ViT, VisionTransformerConfig
 from .base import MediaBytes, MediaError, Modality, register
 
 
-def load_image(source: str | Path | bytes, name: str | None = None) -> Image.Image:
+def load_image(source: str | Path | bytes, name: str | None = None, max_pixels: int | None = None) -> Image.Image:
     """Decode an image file, or a file's bytes (named `name` in errors), fully (so corruption
-    surfaces here, not later) as RGB."""
+    surfaces here, not later) as RGB. `max_pixels`: refuse larger images from their header, before
+    any pixel is decoded (decompression bombs from untrusted input)."""
     if isinstance(source, bytes):
         fp, name = io.BytesIO(source), name or "<bytes>"
     else:
@@ -32,10 +33,15 @@ def load_image(source: str | Path | bytes, name: str | None = None) -> Image.Ima
         if not fp.is_file():
             raise MediaError(f"image file not found: {fp}")
     try:
-        with Image.open(fp) as im:
+        with Image.open(fp) as im:  # reads the header only
+            w, h = im.size
+            if max_pixels is not None and (w <= 0 or h <= 0 or w * h > max_pixels):
+                raise MediaError(f"image {name} is {w}x{h} pixels, over the limit of {max_pixels} pixels")
             im.load()
             return im.convert("RGB")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        if isinstance(e, MediaError):
+            raise
         reason = "not a known image format, or damaged" if isinstance(e, UnidentifiedImageError) else e
         raise MediaError(f"cannot read image {name}: {reason}") from e
 

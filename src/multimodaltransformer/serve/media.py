@@ -13,17 +13,17 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import re
 import urllib.request
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import Tensor
 
 from ..modalities.audio import decode_audio
 from ..modalities.base import MediaError
+from ..modalities.image import load_image
 
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,",
                        re.IGNORECASE)
@@ -111,18 +111,9 @@ def image_bytes(url: str, policy: MediaPolicy) -> bytes:
 
 
 def decode_image(data: bytes, policy: MediaPolicy) -> Image.Image:
-    """Bytes -> an RGB image, refusing non-images, truncated files and decompression bombs."""
+    """Bytes -> an RGB image, refusing non-images, truncated files and decompression bombs
+    (modalities/image.py decodes; its errors become a 400)."""
     try:
-        im = Image.open(io.BytesIO(data))  # reads the header only
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise MediaRejected(f"not a readable image ({type(e).__name__})") from None
-    except Image.DecompressionBombError as e:
-        raise MediaRejected(f"image refused: {e}") from None
-    w, h = im.size
-    if w <= 0 or h <= 0 or w * h > policy.max_pixels:
-        raise MediaRejected(f"image of {w}x{h} pixels exceeds the limit of {policy.max_pixels} pixels")
-    try:
-        im.load()
-        return im.convert("RGB")
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # truncated, corrupt
-        raise MediaRejected(f"image could not be decoded ({e})") from None
+        return load_image(data, "in the request", max_pixels=policy.max_pixels)
+    except MediaError as e:
+        raise MediaRejected(str(e)) from None

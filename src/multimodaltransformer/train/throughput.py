@@ -253,6 +253,9 @@ def throughput_report(model: nn.Module, totals: dict[str, float], device: torch.
     of all processes), against this machine's measured matmul peak for `precision`, times `world`."""
     if totals["seconds"] <= 0:
         return None
+    if not hasattr(getattr(model, "decoder", None), "hidden"):  # not a MultimodalLM (Whisper): no FLOPs model,
+        return ThroughputReport(tokens=int(totals["tokens"]), samples=int(totals["samples"]),  # so no MFU
+                                seconds=totals["seconds"], peak_dtype=precision)
     peak = measure_matmul_peak(device, DTYPES[precision]) * world
     seq = max(1.0, totals["tokens"] / max(totals["rows"], 1.0))  # positions per sequence, image tokens included
     return ThroughputReport(tokens=int(totals["tokens"]), samples=int(totals["samples"]), seconds=totals["seconds"],

@@ -5,7 +5,8 @@
 
 SpokenShapes clips are drawn afresh (`--split test --seed 4242`: images, sentences, voices, rates and
 noise the training run never saw); LibriVox is the five read clips with transcripts of the Debian
-package pocketsphinx-testdata. Decoding is the server's (serve/speech.py `Transcriber`: greedy, KV
+package pocketsphinx-testdata (its five "cards" clips, spoken card names, are a second natural-speech
+set, for choosing settings without looking at LibriVox). Decoding is the server's (serve/speech.py `Transcriber`: greedy, KV
 cache, special tokens suppressed). WER after lower-casing and stripping punctuation (metrics.wer,
 equal to jiwer); clips of silence are scored apart (an empty transcript is right).
 """
@@ -28,7 +29,8 @@ from multimodaltransformer.modalities.audio import load_audio
 from multimodaltransformer.serve.speech import Transcriber
 from multimodaltransformer.train.build import resolve_source
 
-LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
+PSDATA = Path("/usr/share/pocketsphinx/test/data")  # Debian pocketsphinx-testdata
+LIBRIVOX, CARDS = PSDATA / "librivox", PSDATA / "cards"
 
 
 def librivox_words(text: str) -> str:
@@ -53,12 +55,13 @@ def spokenshapes(transcribe: Transcriber, split: str, n: int, seed: int) -> dict
             "examples": [[r, h] for r, h in zip(refs[:5], hyps[:5])]}
 
 
-def librivox(transcribe: Transcriber) -> dict[str, float]:
-    lines = (LIBRIVOX / "transcription").read_text().splitlines()
+def read_speech(transcribe: Transcriber, directory: Path, transcripts: str) -> dict[str, float]:
+    """Clips of natural speech with sphinx-style transcripts: `<s> words </s> (clip id)` per line."""
+    lines = (directory / transcripts).read_text().splitlines()
     truth = {line.split("(")[-1].strip(" )\n"): " ".join(line.split("</s>")[0].replace("<s>", "").split()).lower()
              for line in lines if line.strip()}
     hyps, refs = [], []
-    for clip in sorted(LIBRIVOX.glob("*.wav")):
+    for clip in sorted(directory.glob("*.wav")):
         hyps.append(librivox_words(transcribe(load_audio(clip), 120)[0]))
         refs.append(truth[clip.stem])
     return {"clips": len(refs), "wer": wer(hyps, refs)}
@@ -78,7 +81,8 @@ def main() -> None:
     t0 = time.perf_counter()
     result = {"model": a.model, f"spokenshapes_{a.split}": spokenshapes(transcribe, a.split, a.n, a.seed)}
     if LIBRIVOX.is_dir():
-        result["librivox"] = librivox(transcribe)
+        result["librivox"] = read_speech(transcribe, LIBRIVOX, "transcription")  # read English (the test)
+        result["cards"] = read_speech(transcribe, CARDS, "cards.transcription")  # spoken card names (a check)
     else:
         print(f"no {LIBRIVOX}: apt-get install pocketsphinx-testdata for the LibriVox WER", file=sys.stderr)
     result["seconds"] = round(time.perf_counter() - t0, 1)

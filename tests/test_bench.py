@@ -45,3 +45,24 @@ def test_markdown_table_shows_vqa_by_type_and_dashes_for_the_missing():
     assert cells["VQA exist"] == "0.750" and cells["VQA position"] == "-" and cells["VQA relation"] == "0.250"
     assert cells["match acc"] == "0.900" and cells["caption BLEU-4"] == "-" and cells["params (M)"] == "2.50"
     assert len(cells) == len(COLUMNS) + 4
+
+
+@pytest.mark.slow
+def test_bench_video_compares_the_encoders_on_clips_and_their_reversals(tmp_path):
+    pytest.importorskip("av")
+    from multimodaltransformer.cli import main
+
+    tiny = ["--set", f"data.cache_dir={tmp_path / 'cache'}",
+            "--set", "data.train=motion:split=train,n=12,seed=0,questions=10",
+            "--set", "data.val=motion:split=val,n=4,seed=0",
+            "--set", "model.media={video: {image_size: 48, patch_size: 16, dim: 32, depth: 1, heads: 2, frames: 4, "
+                     "tubelet: 2}}",
+            "--set", "model.decoder={dim: 32, depth: 1, heads: 2, max_seq_len: 160}",
+            "--set", "train.batch_size=4", "--set", "train.max_steps=3", "--set", "train.warmup_steps=1"]
+    assert main(["bench", "video", "--out", str(tmp_path / "b"), "--minutes", "0.02", "--eval-n", "10", *tiny]) == 0
+    rows = json.loads((tmp_path / "b" / "video.json").read_text())
+    assert [r["attention"] for r in rows] == ["divided", "mean"]
+    assert all(r["video_qa_accuracy"] is not None and r["reversed_direction"] is not None for r in rows)
+    reversed_clips = list((tmp_path / "b" / "reversed").glob("*.mp4"))
+    assert reversed_clips and "| reversed clips: direction |" in (tmp_path / "b" / "video.md").read_text()
+    assert main(["bench", "video", "--out", str(tmp_path / "c"), "--encoders", "joint"]) == 2

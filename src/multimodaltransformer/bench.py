@@ -1,4 +1,5 @@
-"""`mmt bench fusion`: every fusion method, and single- vs multi-task, under one ShapesWorld budget.
+"""`mmt bench fusion`: every fusion method, and single- vs multi-task, under one ShapesWorld budget;
+`mmt bench video`: the space-time video encoder against the frame mean, on MovingShapes.
 
 Each method trains the `bench-fusion` config's model for the same wall time on the same data
 and is scored on the same held-out images. Out come one table (printed, and as Markdown and
@@ -21,10 +22,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
 from tqdm import tqdm
 
 from .config import ConfigError
-from .data.manifest import read_manifest
+from .data.manifest import Example, read_manifest
 from .data.sources import resolve_source
 from .evaluate import evaluate
 from .nn.lora import count_parameters
@@ -138,3 +140,71 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- mmt bench video
+
+OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
+VIDEO_TYPES = ["direction", "order", "moving", "count_moving"]  # the questions that need time
+VIDEO_COLUMNS = [("video_qa_accuracy", "video QA"), *[(f"qa_{t}", t) for t in VIDEO_TYPES],
+                 ("video_caption_exact_match", "caption EM"), ("reversed_direction", "reversed clips: direction")]
+
+
+def reversed_direction_examples(examples: list[Example], folder: Path) -> list[Example]:
+    """The `direction` questions, each about its clip re-encoded with the frames in reverse order, and
+    the opposite direction as its target: a model that reads time answers them as well as the originals."""
+    from .data.motion import write_video
+    from .modalities.video import load_video
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for ex in examples:
+        if ex.task != "video_qa" or ex.meta.get("question_type") != "direction" or ex.target not in OPPOSITE:
+            continue
+        clip = folder / Path(str(ex.video)).name
+        if not clip.is_file():
+            write_video(clip, [Image.fromarray(f) for f in load_video(ex.video)[::-1]])
+        out.append(replace(ex, video=clip, target=OPPOSITE[ex.target]))
+    return out
+
+
+def run_video_bench(out: str | Path = "runs/bench-video", minutes: float = 3.0,
+                    attentions: tuple[str, ...] = ("divided", "mean"), config: str = "video",
+                    overrides: list[str] | None = None, eval_n: int = 150, eval_seed: int = 1,
+                    progress: bool = True) -> list[dict[str, Any]]:
+    """Train the video config with each encoder (divided space-time attention, the frame mean) for the
+    same wall time, score each on the same held-out clips and on their time-reversed direction clips."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    base = load_run_config(config, [f"train.time_budget_minutes={minutes}", *(overrides or [])])
+    test = read_manifest(resolve_source(f"motion:split=test,n={eval_n},seed={eval_seed}", base.data.cache_dir,
+                                        progress))
+    backwards = reversed_direction_examples(test, out / "reversed")
+    rows = []
+    for attention in attentions:
+        run = load_run_config(config, [f"train.time_budget_minutes={minutes}", *(overrides or []),
+                                       f"model.media.video.attention={attention}"])
+        tqdm.write(f"\n== video encoder: {attention} attention, {minutes:g} min")
+        model = train(run, out / attention, progress=progress)
+        summary = json.loads((out / attention / "train_summary.json").read_text())
+        report, _ = evaluate(model, test, progress=progress)
+        by_type = report.get("video_qa_accuracy_by_type") or {}
+        rev = evaluate(model, backwards, progress=progress)[0] if backwards else {}
+        rows.append({"attention": attention, "parameters": count_parameters(model)[1], "steps": summary["steps"],
+                     "steps_per_s": summary["steps"] / summary["train_seconds"],
+                     "video_qa_accuracy": report.get("video_qa_accuracy"),
+                     **{f"qa_{t}": by_type.get(t) for t in VIDEO_TYPES},
+                     "video_caption_exact_match": report.get("video_caption_exact_match"),
+                     "reversed_direction": rev.get("video_qa_accuracy"), "by_type": by_type})
+        (out / "video.json").write_text(json.dumps(rows, indent=2) + "\n")
+    head = ["encoder", *[name for _, name in VIDEO_COLUMNS], "params (M)", "steps", "steps/s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["attention"], *["-" if r.get(k) is None else f"{r[k]:.3f}" for k, _ in VIDEO_COLUMNS],
+                 f"{r['parameters'] / 1e6:.2f}", str(r["steps"]), f"{r['steps_per_s']:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    table = "\n".join(lines)
+    (out / "video.md").write_text(f"# Video encoders ({minutes:g} min each, {eval_n} test clips, "
+                                  f"{len(backwards)} reversed direction clips)\n\n{table}\n")
+    tqdm.write("\n" + table + f"\n\nwrote {out / 'video.md'}, {out / 'video.json'}")
+    return rows

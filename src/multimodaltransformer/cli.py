@@ -78,7 +78,7 @@ def _cmd_generate(a: argparse.Namespace) -> None:
         print(f"wrote {len(preds)} predictions to {out}")
         return
     reads = list(getattr(model, "processors", None) or ({"image": 1} if model.image_processor else {}))
-    media = {name: Path(p) for name, p in (("image", a.image), ("audio", a.audio)) if p}
+    media = {name: Path(p) for name, p in (("image", a.image), ("audio", a.audio), ("video", a.video)) if p}
     if a.prompt is None and "audio" not in media:
         raise ConfigError("give --prompt TEXT (with --image PATH), --audio PATH, or --data MANIFEST --out PRED.jsonl")
     if reads == ["image"] and not media:
@@ -89,7 +89,7 @@ def _cmd_generate(a: argparse.Namespace) -> None:
     for name, path in media.items():
         if name not in reads:
             raise ConfigError(f"this model has no {name} encoder (it reads {', '.join(reads) or 'text only'})")
-        if not path.is_file():
+        if not (path.is_file() or (name == "video" and path.is_dir())):
             raise MediaError(f"{name} file not found: {path}")
     ex = Example(id="cli", task="generate", prompt=a.prompt or "", target=None, text=a.text,
                  source=" ".join(f"--{n} {p}" for n, p in media.items()) or "--prompt", **media)
@@ -169,10 +169,20 @@ def _cmd_bench_fusion(a: argparse.Namespace) -> None:
                      eval_n=a.eval_n, eval_seed=a.eval_seed)
 
 
+def _cmd_bench_video(a: argparse.Namespace) -> None:
+    from .bench import run_video_bench
+
+    attentions = tuple(x.strip() for x in a.encoders.split(","))
+    if bad := [x for x in attentions if x not in ("divided", "mean")]:
+        raise ConfigError(f"--encoders: unknown {bad}; choose from divided, mean")
+    run_video_bench(a.out, minutes=a.minutes, attentions=attentions, config=a.config, overrides=a.set,
+                    eval_n=a.eval_n, eval_seed=a.eval_seed)
+
+
 def _cmd_demo(a: argparse.Namespace) -> None:
     from .demo import run_demo
 
-    run_demo(a.out or ("runs/demo" if a.recipe == "image" else "runs/demo-speech"), budget_minutes=a.budget_minutes, config=a.config, overrides=a.set, serve=not a.no_serve,
+    run_demo(a.out or ("runs/demo" if a.recipe == "image" else f"runs/demo-{a.recipe}"), budget_minutes=a.budget_minutes, config=a.config, overrides=a.set, serve=not a.no_serve,
              eval_n=a.eval_n, eval_seed=a.eval_seed, port=a.port, recipe=a.recipe)
 
 
@@ -202,6 +212,17 @@ def _cmd_data_spoken(a: argparse.Namespace) -> None:
     print(f"wrote {path}")
 
 
+def _cmd_data_motion(a: argparse.Namespace) -> None:
+    from .data import motion
+
+    if a.n <= 0:
+        raise ConfigError(f"--n must be positive, got {a.n}")
+    if a.questions < 0:
+        raise ConfigError(f"--questions must be non-negative, got {a.questions}")
+    path = motion.generate(a.out, split=a.split, n=a.n, seed=a.seed, questions_per_clip=a.questions)
+    print(f"wrote {path} ({a.n} clips in {Path(a.out) / 'videos'})")
+
+
 def _add_data_commands(sub: Any) -> None:
     data = sub.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
     s = data.add_parser("shapes", help="write a ShapesWorld split (images + manifest.jsonl)")
@@ -226,12 +247,21 @@ def _add_data_commands(sub: Any) -> None:
     sh.set_defaults(func=_cmd_data_shard)
     sp = data.add_parser("spoken", help="write a SpokenShapes split: ShapesWorld images, their captions and "
                          "questions spoken by eSpeak NG (16 kHz WAV), ASR and spoken-VQA manifest records")
-    sp.add_argument("--split", choices=["train", "val", "test", "novel"], default="train")
-    sp.add_argument("--n", type=int, default=1000, help="number of images")
-    sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument("--questions", type=int, default=2, help="spoken questions per image")
-    sp.add_argument("--out", required=True)
+    _split_args(sp, "images", questions=2, what="spoken questions per image")
     sp.set_defaults(func=_cmd_data_spoken)
+    mo = data.add_parser("motion", help="write a MovingShapes split: 16-frame MP4 clips of shapes that move, "
+                         "appear or disappear, with video caption and video QA manifest records")
+    _split_args(mo, "clips", questions=3, what="questions per clip")
+    mo.set_defaults(func=_cmd_data_motion)
+
+
+def _split_args(p: argparse.ArgumentParser, unit: str, questions: int, what: str) -> None:
+    """The arguments of a built-in generator: split, how many, seed, questions, where."""
+    p.add_argument("--split", choices=["train", "val", "test", "novel"], default="train")
+    p.add_argument("--n", type=int, default=1000, help=f"number of {unit}")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--questions", type=int, default=questions, help=what)
+    p.add_argument("--out", required=True)
 
 
 def _model_args(sp: argparse.ArgumentParser) -> None:
@@ -247,6 +277,8 @@ def _add_generate_command(sub: Any) -> None:
     _model_args(g)
     g.add_argument("--image")
     g.add_argument("--audio", help="a speech clip (WAV; FLAC, OGG ... with soundfile) for models with an audio encoder")
+    g.add_argument("--video", help="a clip (MP4, WebM, AVI, GIF, animated PNG ..., or a folder of frames) for models "
+                   "with a video encoder")
     g.add_argument("--prompt", help="the text prompt (with --audio it may be left out: a transcript or a spoken question)")
     g.add_argument("--text", help="optional input text placed before the prompt")
     g.add_argument("--data", help="manifest.jsonl to predict")
@@ -300,13 +332,23 @@ def _add_run_commands(sub: Any) -> None:
     bf.add_argument("--eval-n", type=int, default=300, help="test images to score")
     bf.add_argument("--eval-seed", type=int, default=1)
     bf.set_defaults(func=_cmd_bench_fusion)
+    bv = bench.add_parser("video", help="divided space-time attention vs the frame mean on MovingShapes, same budget")
+    bv.add_argument("--out", default="runs/bench-video")
+    bv.add_argument("--minutes", type=float, default=3.0, help="training wall time per encoder")
+    bv.add_argument("--encoders", default="divided,mean", help="comma-separated: divided, mean")
+    bv.add_argument("--config", default="video", help="YAML file or packaged config name")
+    bv.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    bv.add_argument("--eval-n", type=int, default=150, help="test clips to score")
+    bv.add_argument("--eval-seed", type=int, default=1)
+    bv.set_defaults(func=_cmd_bench_video)
 
-    d = sub.add_parser("demo", help="generate ShapesWorld (or SpokenShapes), train, evaluate, show predictions")
-    d.add_argument("recipe", nargs="?", choices=["image", "speech"], default="image",
-                   help="image: captions, VQA ... on ShapesWorld (default); speech: ASR and spoken VQA on SpokenShapes")
-    d.add_argument("--out", help="where the run goes (default runs/demo, or runs/demo-speech)")
+    d = sub.add_parser("demo", help="generate ShapesWorld (SpokenShapes, MovingShapes), train, evaluate, show predictions")
+    d.add_argument("recipe", nargs="?", choices=["image", "speech", "video"], default="image",
+                   help="image: captions, VQA ... on ShapesWorld (default); speech: ASR and spoken VQA on SpokenShapes; "
+                   "video: video captions and video QA on MovingShapes")
+    d.add_argument("--out", help="where the run goes (default runs/demo, or runs/demo-speech, runs/demo-video)")
     d.add_argument("--budget-minutes", type=float, default=9.0, help="training wall-time budget")
-    d.add_argument("--config", help="YAML file or packaged config name (default: the recipe's, demo or speech)")
+    d.add_argument("--config", help="YAML file or packaged config name (default: the recipe's, demo, speech or video)")
     d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     d.add_argument("--eval-n", type=int, default=500, help="test / novel images to evaluate")
     d.add_argument("--eval-seed", type=int, default=1)

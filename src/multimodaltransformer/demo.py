@@ -1,9 +1,10 @@
-"""`mmt demo [image|speech]`: ShapesWorld (or SpokenShapes) end to end on a CPU, with no downloads.
+"""`mmt demo [image|speech|video]`: ShapesWorld (SpokenShapes, MovingShapes) end to end on a CPU, no downloads.
 
 Generate data (cached) -> train within a time budget -> evaluate on held-out `test` and on
 `novel` (unseen colour-shape pairs) -> print a table and example predictions -> metrics.json.
 The image recipe trains configs/demo.yaml on ShapesWorld; the speech recipe configs/speech.yaml
-on SpokenShapes (ASR and spoken VQA, scored on held-out voices' clips) and ShapesWorld.
+on SpokenShapes (ASR and spoken VQA, scored on held-out voices' clips) and ShapesWorld; the video
+recipe configs/video.yaml on MovingShapes (video captions and video QA about motion and time).
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from .data.manifest import read_manifest
 from .data.sources import resolve_source
 from .evaluate import evaluate
 from .report import HEADLINE, SplitResult, write_run_report
-
-# recipe -> (its packaged config, the built-in source of its held-out splits, its report's title)
-RECIPES = {"image": ("demo", "shapes", "ShapesWorld"), "speech": ("speech", "spoken", "SpokenShapes")}
 from .train.config import load_run_config
 from .train.trainer import train
+
+# recipe -> (its packaged config, the built-in source of its held-out splits, its report's title)
+RECIPES = {"image": ("demo", "shapes", "ShapesWorld"), "speech": ("speech", "spoken", "SpokenShapes"),
+           "video": ("video", "motion", "MovingShapes")}
 
 
 def run_demo(out: str | Path = "runs/demo", budget_minutes: float = 9.0, config: str | None = None,
@@ -39,21 +41,24 @@ def run_demo(out: str | Path = "runs/demo", budget_minutes: float = 9.0, config:
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
     if recipe == "speech":
         eval_n = max(1, eval_n // 3)  # three clips an image
+    elif recipe == "video":
+        eval_n = max(1, eval_n // 2)  # four examples a clip
     splits = {s: resolve_source(f"{source}:split={s},n={eval_n},seed={eval_seed}", run.data.cache_dir)
               for s in ("test", "novel")}
     model = train(run, out)
     from .serve.examples import save_examples  # held-out images + questions for the chat page to start from
 
     save_examples(out / "model", read_manifest(splits["test"]))
+    # the tasks it learned (None: every task of its training data, as the held-out splits have them)
     trained = ({t for s in run.multitask.tasks for t in s.tasks or []} if run.multitask
-               else set(run.data.tasks or ()) or {"caption", "vqa", "classify"})
+               else set(run.data.tasks) if run.data.tasks else None)
     summary = json.loads((out / "train_summary.json").read_text())
 
     metrics: dict = {}
     results: dict[str, SplitResult] = {}
-    first_image = read_manifest(splits["test"])[0].image
+    first = read_manifest(splits["test"])[0]
     for split, manifest in splits.items():
-        examples = [e for e in read_manifest(manifest) if e.task in trained]  # the tasks it learned
+        examples = [e for e in read_manifest(manifest) if trained is None or e.task in trained]
         metrics[split], preds = evaluate(model, examples, batch_size=256, progress=True)
         results[split] = SplitResult(examples, preds, metrics[split])  # for report.html
         with (out / f"predictions-{split}.jsonl").open("w") as f:
@@ -76,8 +81,10 @@ def run_demo(out: str | Path = "runs/demo", budget_minutes: float = 9.0, config:
     if recipe == "speech":
         clip = next(e.audio for e in read_manifest(splits["test"]) if e.audio is not None)
         tqdm.write(f"try:   mmt generate {out / 'model'} --audio {clip}")
+    elif recipe == "video":
+        tqdm.write(f"try:   mmt generate {out / 'model'} --video {first.video} --prompt \"{first.prompt}\"")
     else:
-        tqdm.write(f"try:   mmt generate {out / 'model'} --image {first_image} --prompt \"describe the image.\"")
+        tqdm.write(f"try:   mmt generate {out / 'model'} --image {first.image} --prompt \"describe the image.\"")
     if serve:
         from .serve import free_port, serve as serve_model
 
@@ -101,11 +108,12 @@ def _table(metrics: dict) -> str:
 def _show_examples(examples: list, preds: list[str], images: int = 3) -> None:
     shown: list = []
     for ex, p in zip(examples, preds):
-        if ex.image is not None and ex.image not in shown:
+        media = ex.image if ex.image is not None else ex.video
+        if media is not None and media not in shown:
             if len(shown) == images:
                 break
-            shown.append(ex.image)
-            tqdm.write(f"\n{ex.image}")
+            shown.append(media)
+            tqdm.write(f"\n{media}")
         mark = "ok " if p.strip().lower() == (ex.target or "").lower() else "XX "
         prompt = f"{ex.prompt} [{ex.text}]" if ex.text else ex.prompt
         if ex.audio is not None:  # a spoken prompt: its clip's name

@@ -22,6 +22,8 @@ from .generation import generate, stream
 from .metrics import bleu, cider, classification_report, exact_match, normalize_answer, recall_at_k, rouge_l, vqa_accuracy, wer
 
 RETRIEVAL_TASKS = ("retrieval",)
+CAPTION_TASKS = ("caption", "video_caption")  # scored as captions: {task}_exact_match, _bleu4 ...
+QA_TASKS = ("vqa", "video_qa")  # scored by the VQA accuracy: {task}_accuracy, {task}_accuracy_by_type
 MAX_REPORT_LABELS = 50  # tasks with more distinct targets than this get no per-label report
 
 
@@ -184,23 +186,23 @@ def score(examples: Sequence[Example], predictions: Sequence[str]) -> dict[str, 
     for task, idx in sorted(by_task.items()):
         preds = [predictions[i] for i in idx]
         targets = [examples[i].target or "" for i in idx]
-        if task == "caption":
-            result["caption_exact_match"] = exact_match(preds, targets)
+        if task in CAPTION_TASKS:
+            result[f"{task}_exact_match"] = exact_match(preds, targets)
             refs = [examples[i].meta.get("references") or [examples[i].target or ""] for i in idx]
             norm_refs = [[normalize_answer(r) for r in rs] for rs in refs]
             norm_preds = [normalize_answer(p) for p in preds]
-            result["caption_bleu4"] = bleu(norm_preds, [list(s) for s in zip(*_pad_refs(norm_refs))])
-            result["caption_cider"] = cider(norm_preds, norm_refs)
-            result["caption_rouge_l"] = rouge_l(norm_preds, norm_refs)
-        elif task == "vqa":
+            result[f"{task}_bleu4"] = bleu(norm_preds, [list(s) for s in zip(*_pad_refs(norm_refs))])
+            result[f"{task}_cider"] = cider(norm_preds, norm_refs)
+            result[f"{task}_rouge_l"] = rouge_l(norm_preds, norm_refs)
+        elif task in QA_TASKS:
             answers = [examples[i].meta.get("answers") or examples[i].target or "" for i in idx]
-            result["vqa_accuracy"] = vqa_accuracy(preds, answers)
+            result[f"{task}_accuracy"] = vqa_accuracy(preds, answers)
             types: dict[str, list[int]] = defaultdict(list)
             for j, i in enumerate(idx):
                 if "question_type" in examples[i].meta:
                     types[examples[i].meta["question_type"]].append(j)
             if types:
-                result["vqa_accuracy_by_type"] = {
+                result[f"{task}_accuracy_by_type"] = {
                     t: vqa_accuracy([preds[j] for j in js], [answers[j] for j in js]) for t, js in sorted(types.items())}
         elif task in TRANSCRIPTION_TASKS:
             result[f"{task}_wer"] = wer([normalize_answer(p) for p in preds], [normalize_answer(t) for t in targets])

@@ -21,12 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from PIL import Image
+
 from .data.manifest import Example
 from .metrics import normalize_answer
 from .train.tracking import LOG_FILE, TENSORBOARD_DIR
 
-HEADLINE = ("vqa_accuracy", "asr_wer", "caption_exact_match", "caption_bleu4", "caption_cider", "classify_accuracy",
-            "match_accuracy", "retrieval_r1")
+HEADLINE = ("vqa_accuracy", "video_qa_accuracy", "asr_wer", "caption_exact_match", "video_caption_exact_match",
+            "caption_bleu4", "caption_cider", "classify_accuracy", "match_accuracy", "retrieval_r1")
 KNOWN_SPLITS = {"test": "held-out images", "novel": "unseen colour-shape pairs"}  # ShapesWorld's eval splits
 MAX_SIDE = 256  # larger images are shrunk before inlining, so a report of photos stays a few MB
 NO_CHARTS = "Charts need matplotlib: <code>pip install matplotlib</code> adds them."
@@ -60,17 +63,35 @@ class Answer:
 
 
 def image_cards(split: SplitResult, images: int) -> list[tuple[Path | bytes, list[Answer]]]:
-    """The first `images` distinct images of the split that have predictions, each with its answers."""
+    """The first `images` distinct images (or videos, as a strip of frames) of the split that have
+    predictions, each with its answers."""
     cards: dict[Any, list[Answer]] = {}
     for ex, pred in zip(split.examples, split.predictions):
-        if pred is None or ex.image is None:
+        media = ex.image if ex.image is not None else ex.video
+        if pred is None or media is None:
             continue
-        key = ex.image if isinstance(ex.image, Path) else bytes(ex.image)
+        key = media if isinstance(media, Path) else bytes(media)
         if key not in cards and len(cards) == images:
             continue
         prompt = f"{ex.prompt} “{ex.text}”" if ex.text else ex.prompt
         cards.setdefault(key, []).append(Answer(ex.task, prompt, pred, ex.target))
-    return list(cards.items())
+    videos = {str(ex.video) for ex in split.examples if ex.image is None and ex.video is not None}
+    return [(frame_strip(key) if str(key) in videos else key, answers) for key, answers in cards.items()]
+
+
+def frame_strip(video: Path | bytes, frames: int = 4) -> bytes:
+    """A video as one PNG of `frames` frames side by side, first to last (b"" if unreadable)."""
+    from .modalities.base import MediaError
+    from .modalities.video import load_video, sample_indices
+
+    try:
+        clip = load_video(video)
+    except MediaError:
+        return b""
+    strip = np.concatenate([clip[i] for i in sample_indices(len(clip), frames)], axis=1)
+    buf = io.BytesIO()
+    Image.fromarray(strip).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 # ----------------------------------------------------------------------------- the page
@@ -138,7 +159,8 @@ def _metrics_section(splits: Mapping[str, SplitResult], charts: bool) -> str:
         f"<td>{_fmt(m[k])}</td>" if k in m else "<td>–</td>" for m in scalars.values()) + "</tr>" for k in keys)
     html_ = [f"<section><h2>Metrics</h2><table><tr><th>metric</th>{head}</tr>{rows}</table>"]
     if charts:
-        by_type = {n: s.metrics.get("vqa_accuracy_by_type") or {} for n, s in splits.items()}
+        by_type = {n: s.metrics.get("vqa_accuracy_by_type") or s.metrics.get("video_qa_accuracy_by_type") or {}
+                   for n, s in splits.items()}
         types = sorted({t for m in by_type.values() for t in m})
         if types:
             html_.append(_img(_bars(types, {n: [m.get(t) for t in types] for n, m in by_type.items()},
@@ -180,7 +202,6 @@ def _card(image: Path | bytes, answers: list[Answer]) -> str:
 
 def image_data_url(image: Path | bytes, max_side: int = MAX_SIDE) -> str | None:
     """The image as a data: URL (None if it cannot be read); larger than `max_side` pixels: shrunk first."""
-    from PIL import Image
 
     try:
         data = image.read_bytes() if isinstance(image, Path) else bytes(image)
@@ -311,8 +332,6 @@ def log_predictions_to_tensorboard(log_dir: str | Path, split: SplitResult, imag
         from torch.utils.tensorboard import SummaryWriter  # ImportError when tensorboard is not installed
     except ImportError:
         return False
-    import numpy as np
-    from PIL import Image
 
     cards = image_cards(split, images)
     if not cards:

@@ -10,8 +10,10 @@ some rows of a batch have that modality.
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -72,6 +74,28 @@ class MediaCache:
                     raise DataError(f"{ex.source}: {e}") from e
             out[name] = self.items[key]
         return out
+
+    def prefetch(self, examples: Sequence[Example]) -> None:
+        """Prepare the examples' media over the machine's cores (threads: decoding and resizing release
+        the GIL), so that thousands of clips do not wait in line. Failures are left for `__call__`,
+        which raises them with the example's line (or lets the caller skip it)."""
+        todo = {(name, str(src)): (name, src) for ex in examples for name, src in media_of(ex).items()
+                if name in self.processors and (name, str(src)) not in self.items}
+        workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8)
+        if len(todo) < 64 or workers < 2:
+            return
+
+        def prepare(item: tuple[str, Any]) -> Tensor | None:
+            name, src = item
+            try:
+                return self.processors[name].prepare(src, str(src))
+            except (MediaError, DataError):
+                return None
+
+        with ThreadPoolExecutor(workers) as pool:
+            for key, x in zip(todo, pool.map(prepare, todo.values())):
+                if x is not None:
+                    self.items[key] = x
 
 
 def collate_media(items: list[dict[str, Tensor]], processors: Mapping[str, Processor]) -> dict[str, Any]:
@@ -185,6 +209,7 @@ class ManifestDataset(Dataset):
         self.examples: list[Example] = []
         self.skipped: list[str] = []
         truncated = 0
+        self._media.prefetch(examples)
         for ex in examples:
             try:
                 self._media(ex)

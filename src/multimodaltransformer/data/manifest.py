@@ -2,7 +2,8 @@
 
 One example per line:
   {"id": str, "task": str, "prompt": str, "target": str,
-   "image": path relative to the manifest (optional), "audio": path (optional), "text": str (optional)}
+   "image": path relative to the manifest (optional), "audio": path (optional), "video": path
+   (optional), "text": str (optional)}
 Other keys are kept in `Example.meta`. Every error names the file and line.
 """
 
@@ -27,6 +28,7 @@ class Example:
     target: str | None
     image: Path | None = None
     audio: Path | None = None
+    video: Path | None = None
     text: str | None = None
     source: str = ""  # "manifest.jsonl:LINE", for error messages
     meta: dict[str, Any] = field(default_factory=dict)
@@ -34,13 +36,14 @@ class Example:
 
 TRANSCRIPTION_TASKS = ("asr", "transcribe", "transcription")  # a clip's transcript is the target
 
-_STR_FIELDS = ("id", "task", "prompt", "target", "text", "image", "audio")
+MEDIA_FIELDS = ("image", "audio", "video")  # the manifest fields that name a file
+_STR_FIELDS = ("id", "task", "prompt", "target", "text", *MEDIA_FIELDS)
 
 
 def example_from_row(row: Any, where: str, require_target: bool = False, image: Any = None, audio: Any = None,
-                     default_id: str | None = None) -> Example:
+                     default_id: str | None = None, video: Any = None) -> Example:
     """Validate one row (a manifest line's object, a shard's json, a dataset row) into an Example;
-    `image` / `audio` are the row's media, already resolved (a path, or bytes held in memory)."""
+    `image` / `audio` / `video` are the row's media, already resolved (a path, or bytes held in memory)."""
     if not isinstance(row, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
     if default_id is not None and row.get("id") is None:
@@ -55,7 +58,7 @@ def example_from_row(row: Any, where: str, require_target: bool = False, image: 
             raise DataError(f"{where}: field {key!r} must be a string, got {type(row[key]).__name__}")
     meta = {k: v for k, v in row.items() if k not in _STR_FIELDS}
     return Example(id=row["id"], task=row["task"], prompt=row.get("prompt") or "", target=row.get("target"),
-                   image=image, audio=audio, text=row.get("text"), source=where, meta=meta)
+                   image=image, audio=audio, video=video, text=row.get("text"), source=where, meta=meta)
 
 
 def _parse(line: str, where: str, root: Path, require_target: bool) -> Example:
@@ -64,7 +67,7 @@ def _parse(line: str, where: str, root: Path, require_target: bool) -> Example:
     except json.JSONDecodeError as e:
         raise DataError(f"{where}: invalid JSON ({e.msg})") from e
     paths = {}
-    for key in ("image", "audio"):
+    for key in MEDIA_FIELDS:
         value = row.get(key) if isinstance(row, dict) else None
         if value and isinstance(value, str):
             p = Path(value)
@@ -72,7 +75,8 @@ def _parse(line: str, where: str, root: Path, require_target: bool) -> Example:
             if not p.is_file():
                 raise DataError(f"{where}: {key} file not found: {p}")
             paths[key] = p
-    return example_from_row(row, where, require_target, paths.get("image"), paths.get("audio"))
+    return example_from_row(row, where, require_target, paths.get("image"), paths.get("audio"),
+                            video=paths.get("video"))
 
 
 def read_manifest(path: str | Path, require_target: bool = True, skip_bad: bool = False) -> list[Example]:

@@ -109,6 +109,31 @@ def plan_drawing(objs: list[Obj], rng: random.Random) -> Drawing:
     return Drawing(bg, tuple(placed), rng.getrandbits(64))
 
 
+def draw_shape(canvas: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float,
+               fill: tuple[int, ...]) -> None:
+    """One shape of half-extent `r` centred at (cx, cy), in the canvas's own (supersampled) pixels."""
+    if shape == "circle":
+        canvas.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+    elif shape == "square":
+        q = r * 0.85
+        canvas.rectangle([cx - q, cy - q, cx + q, cy + q], fill=fill)
+    elif shape == "triangle":
+        canvas.polygon([(cx, cy - r), (cx + r, cy + r * 0.8), (cx - r, cy + r * 0.8)], fill=fill)
+    elif shape == "diamond":
+        canvas.polygon([(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)], fill=fill)
+    elif shape == "cross":
+        t = r * 0.38
+        canvas.rectangle([cx - r, cy - t, cx + r, cy + t], fill=fill)
+        canvas.rectangle([cx - t, cy - r, cx + t, cy + r], fill=fill)
+
+
+def finish(im: Image.Image, noise_seed: int) -> Image.Image:
+    """A supersampled drawing downsampled to IMAGE_SIZE (anti-aliasing), with mild seeded noise."""
+    x = np.asarray(im.resize((IMAGE_SIZE, IMAGE_SIZE), Image.LANCZOS), dtype=np.float32)
+    noise = np.random.default_rng(noise_seed).normal(0.0, 3.0, x.shape)  # seeded, unlike PIL's
+    return Image.fromarray(np.clip(x + noise, 0, 255).round().astype(np.uint8))
+
+
 def draw(d: Drawing) -> Image.Image:
     """Draw the scene supersampled, then downsample (anti-aliasing) and add mild noise."""
     S = IMAGE_SIZE * _SS
@@ -118,23 +143,8 @@ def draw(d: Drawing) -> Image.Image:
     for o, jitter, fill in d.objects:
         r = SIZES[o.size] / 2
         dx = (col_w / 2 - r - 1) * jitter * 0.8
-        cx, cy, r = (o.column * col_w + col_w / 2 + dx) * _SS, o.y * _SS, r * _SS
-        if o.shape == "circle":
-            canvas.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
-        elif o.shape == "square":
-            q = r * 0.85
-            canvas.rectangle([cx - q, cy - q, cx + q, cy + q], fill=fill)
-        elif o.shape == "triangle":
-            canvas.polygon([(cx, cy - r), (cx + r, cy + r * 0.8), (cx - r, cy + r * 0.8)], fill=fill)
-        elif o.shape == "diamond":
-            canvas.polygon([(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)], fill=fill)
-        elif o.shape == "cross":
-            t = r * 0.38
-            canvas.rectangle([cx - r, cy - t, cx + r, cy + t], fill=fill)
-            canvas.rectangle([cx - t, cy - r, cx + t, cy + r], fill=fill)
-    im = np.asarray(im.resize((IMAGE_SIZE, IMAGE_SIZE), Image.LANCZOS), dtype=np.float32)
-    noise = np.random.default_rng(d.noise_seed).normal(0.0, 3.0, im.shape)  # seeded, unlike PIL's
-    return Image.fromarray(np.clip(im + noise, 0, 255).round().astype(np.uint8))
+        draw_shape(canvas, o.shape, (o.column * col_w + col_w / 2 + dx) * _SS, o.y * _SS, r * _SS, fill)
+    return finish(im, d.noise_seed)
 
 
 def render(objs: list[Obj], rng: random.Random) -> Image.Image:

@@ -6,6 +6,7 @@ A source is one of
     shapes:split=train,n=2000,seed=0[,questions=3][,tasks=caption+vqa+retrieval]
     reviews:split=train,n=2000,seed=0
     spoken:split=train,n=1000,seed=0[,questions=2]  (SpokenShapes: ShapesWorld spoken by eSpeak NG)
+    motion:split=train,n=1000,seed=0[,questions=3]  (MovingShapes: 16-frame MP4 clips of moving shapes)
   WebDataset shards: `wds:URLS`, a path or pattern ending in .tar    shards.read_shards
     (`dir/shard-{000000..000009}.tar`), or a folder with shards.json
   a Hugging Face `save_to_disk` folder: `hf:DIR` (a DatasetDict's    hf.read_hf_dataset
@@ -20,6 +21,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from .manifest import DataError, Example, read_manifest
 
@@ -88,15 +90,28 @@ def _reviews(spec: str, a: Spec, root: Path, progress: bool) -> Path:
     return out / "manifest.jsonl"
 
 
-def _spoken(spec: str, a: Spec, root: Path, progress: bool) -> Path:
-    from . import shapes, spoken
+def _generated(spec: str, a: Spec, root: Path, progress: bool, dataset: str, module: Any, questions: str) -> Path:
+    """A split of a generator built on ShapesWorld (`module.generate`), cached under root/dataset."""
+    from .shapes import SPLITS
 
-    _check_split(spec, a["split"], shapes.SPLITS)
-    out = root / "spokenshapes" / f"{a['split']}-n{a['n']}-seed{a['seed']}-q{a['questions']}"
-    if not _is_current(out, spoken.VERSION):
-        spoken.generate(out, split=a["split"], n=int(a["n"]), seed=int(a["seed"]),  # type: ignore[arg-type]
-                        questions_per_image=int(a["questions"]), progress=progress)
+    _check_split(spec, a["split"], SPLITS)
+    out = root / dataset / f"{a['split']}-n{a['n']}-seed{a['seed']}-q{a['questions']}"
+    if not _is_current(out, module.VERSION):
+        module.generate(out, split=a["split"], n=int(a["n"]), seed=int(a["seed"]), progress=progress,
+                        **{questions: int(a["questions"])})
     return out / "manifest.jsonl"
+
+
+def _spoken(spec: str, a: Spec, root: Path, progress: bool) -> Path:
+    from . import spoken
+
+    return _generated(spec, a, root, progress, "spokenshapes", spoken, "questions_per_image")
+
+
+def _motion(spec: str, a: Spec, root: Path, progress: bool) -> Path:
+    from . import motion
+
+    return _generated(spec, a, root, progress, "movingshapes", motion, "questions_per_clip")
 
 
 # Each built-in: its keys with their defaults (a default's type is the value's type), and its builder.
@@ -104,6 +119,7 @@ BUILTINS: dict[str, tuple[Spec, Callable[[str, Spec, Path, bool], Path]]] = {
     "shapes": ({"split": "train", "n": 1000, "seed": 0, "questions": 3, "tasks": "all"}, _shapes),
     "reviews": ({"split": "train", "n": 2000, "seed": 0}, _reviews),
     "spoken": ({"split": "train", "n": 1000, "seed": 0, "questions": 2}, _spoken),
+    "motion": ({"split": "train", "n": 1000, "seed": 0, "questions": 3}, _motion),
 }
 
 

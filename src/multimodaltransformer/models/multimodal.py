@@ -54,7 +54,7 @@ class MultimodalTransformer:
             self.media[name] = cfg if isinstance(cfg, spec.config) else from_dict(spec.config, cfg, f"media.{name}")
         if self.num_media_tokens >= self.decoder.max_seq_len:
             raise ValueError(f"decoder.max_seq_len {self.decoder.max_seq_len} leaves no room for text after "
-                             f"{self.num_media_tokens} image tokens")
+                             f"{self.num_media_tokens} media tokens")
 
     @property
     def modalities(self) -> dict[str, Any]:

@@ -1,12 +1,13 @@
 """The HTTP server: OpenAI-compatible routes over one `ModelWorker`, and the web chat page.
 
 Routes: POST /v1/chat/completions (plain or `stream: true` server-sent events ending in
-`data: [DONE]`; a speech model answers an `input_audio` clip with its transcript, serve/speech.py),
+`data: [DONE]`; media come as `image_url`, `input_audio` and `video_url` parts; a speech model
+answers an `input_audio` clip with its transcript, serve/speech.py),
 POST /v1/embeddings (models with a contrastive space), GET /v1/models, GET /health, GET / (the
 chat page), GET /v1/examples (what the model takes and does, and the example images with suggested
 questions saved in MODEL_DIR/examples, serve/examples.py), GET /examples/NAME (only the images listed
 there). Every error is a 4xx/5xx with OpenAI's error body; no model work runs on the event loop
-(images are decoded in a thread, decoding happens in the worker).
+(media are decoded in a thread, decoding happens in the worker).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..modalities.text import encode_prompt
 from .examples import load_examples
-from .media import MediaPolicy, MediaRejected, decode_image, image_bytes, input_audio
+from .media import MediaPolicy, MediaRejected, decode_image, decode_video, image_bytes, input_audio, video_bytes
 from .schemas import (AssistantMessage, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice,
                       ChunkChoice, Delta, Embedding, EmbeddingRequest, EmbeddingResponse, ExampleCard, ExampleList,
                       ModelCard, ModelKind, ModelList, Usage, error)
@@ -50,7 +51,7 @@ class ServerConfig:
     max_batch: int = 16
     queue_size: int = 64
     request_timeout_s: float = 120.0
-    max_body_bytes: int = 32 * 1024 * 1024
+    max_body_bytes: int = 72 * 1024 * 1024  # room for a video of MediaPolicy.max_video_bytes, base64-encoded
     default_max_tokens: int = 64
     media: MediaPolicy = field(default_factory=MediaPolicy)
 
@@ -291,8 +292,19 @@ def _audio_features(part: Any, model: Any, policy: MediaPolicy) -> dict[str, tor
     return {"input_features": proc.collate([proc.prepare(wave, "input_audio")]).to(px_device(model))}
 
 
+def _video_features(url: str, model: Any, policy: MediaPolicy) -> dict[str, torch.Tensor]:
+    """A `video_url` -> {"pixel_values_videos": (1, T, 3, H, W)} for the model (runs in a thread)."""
+    proc = model.processors["video"]
+    try:
+        frames = decode_video(video_bytes(url, policy), proc, policy)
+    except MediaRejected as e:
+        raise APIError(400, str(e), param="messages") from None
+    return {"pixel_values_videos": proc.collate([frames]).to(px_device(model))}
+
+
 async def _make_job(req: ChatCompletionRequest, model: Any, cfg: ServerConfig) -> tuple[Job, int]:
-    hears = "audio" in getattr(model, "processors", {})
+    takes = getattr(model, "processors", {})
+    hears = "audio" in takes
     try:  # a model that hears may be asked by a clip alone (a spoken question; a clip to transcribe)
         conv = build_conversation(req.messages, require_prompt=not hears)
         stops = req.stops()
@@ -300,9 +312,13 @@ async def _make_job(req: ChatCompletionRequest, model: Any, cfg: ServerConfig) -
         raise APIError(400, str(e), param="messages") from None
     if conv.has_audio and not hears:
         raise APIError(400, "this model takes no audio (input_audio)", param="messages")
+    if conv.video_url and "video" not in takes:
+        raise APIError(400, "this model takes no video (video_url)", param="messages")
     if not conv.prompt and not conv.has_audio:
         raise APIError(400, "the last user message has no text: ask something", param="messages")
     media = await asyncio.to_thread(_audio_features, conv.audio, model, cfg.media) if conv.has_audio else {}
+    if conv.video_url:
+        media |= await asyncio.to_thread(_video_features, conv.video_url, model, cfg.media)
     pixel_values = await asyncio.to_thread(_pixels, conv.image_url, model, cfg.media) if conv.image_url else None
     tok = model.tokenizer
     ids = encode_prompt(tok, conv.prompt, conv.context)
@@ -336,8 +352,8 @@ async def _make_speech_job(req: ChatCompletionRequest, transcriber: Transcriber,
     if conv.audio is None:
         raise APIError(400, "this speech model transcribes audio: send an input_audio content part",
                        param="messages")
-    if conv.image_url:
-        raise APIError(400, "this speech model takes no images", param="messages")
+    if conv.image_url or conv.video_url:
+        raise APIError(400, "this speech model takes no images or video, only an input_audio clip", param="messages")
     if req.n > 1 or req.num_beams > 1:
         raise APIError(400, "a speech model gives one greedy transcript: n and num_beams must be 1", param="n")
     try:

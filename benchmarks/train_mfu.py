@@ -65,6 +65,7 @@ def run_config(args: argparse.Namespace) -> None:
         trainer.dist = dd.init_distributed(run.train.device)
         trainer._setup(False)
     stream, model = trainer.streams[0], trainer.model
+    runner = torch.compile(model) if args.compile else model
     batches = [next(it) for it in [stream.loader(0, 1, [0])] for _ in range(args.warmup + args.steps)]
     batches = [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in b.items()} for b in batches]
     positions = [float(b["attention_mask"].sum()) + model.num_media_tokens * b["input_ids"].shape[0] for b in batches]
@@ -82,7 +83,7 @@ def run_config(args: argparse.Namespace) -> None:
 
         def step(b: dict) -> None:
             with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-                loss = stream_loss(model, stream.cfg, b, g)
+                loss = stream_loss(runner, stream.cfg, b, g)
             loss.float().backward()
             trainer.opt.step()
             trainer.opt.zero_grad(set_to_none=True)

@@ -192,6 +192,13 @@ def _cmd_convert(a: argparse.Namespace) -> None:
     print(f"wrote {convert(a.path, a.out)}")
 
 
+def _cmd_classify(a: argparse.Namespace) -> None:
+    from .classify import classify_file, format_predictions
+
+    predictions = classify_file(a.model, a.image, k=a.top, task=a.task, prompt=a.prompt, device=a.device)
+    print(format_predictions(predictions, as_json=a.json))
+
+
 def _cmd_chat(a: argparse.Namespace) -> None:
     import torch
 
@@ -221,6 +228,13 @@ def _cmd_data_motion(a: argparse.Namespace) -> None:
         raise ConfigError(f"--questions must be non-negative, got {a.questions}")
     path = motion.generate(a.out, split=a.split, n=a.n, seed=a.seed, questions_per_clip=a.questions)
     print(f"wrote {path} ({a.n} clips in {Path(a.out) / 'videos'})")
+
+
+def _cmd_data_fashion(a: argparse.Namespace) -> None:
+    from .data import fashion
+
+    path = fashion.generate(a.out, split=a.split, n=a.n, seed=a.seed, idx=a.idx)
+    print(f"wrote {path}")
 
 
 def _add_data_commands(sub: Any) -> None:
@@ -253,6 +267,16 @@ def _add_data_commands(sub: Any) -> None:
                          "appear or disappear, with video caption and video QA manifest records")
     _split_args(mo, "clips", questions=3, what="questions per clip")
     mo.set_defaults(func=_cmd_data_motion)
+    fa = data.add_parser("fashion", help="write a Fashion-MNIST split from its IDX files: 28x28 PNG images, "
+                         "classify, caption and vqa manifest records")
+    fa.add_argument("--idx", help="folder of the IDX files, .gz or raw (default: the Debian package "
+                    "dataset-fashion-mnist's, /usr/share/datasets/fashion-mnist)")
+    fa.add_argument("--split", choices=["train", "test"], default="train")
+    fa.add_argument("--n", type=int, help="a seeded random subset of this many images, every class in it "
+                    "(default: the whole split)")
+    fa.add_argument("--seed", type=int, default=0)
+    fa.add_argument("--out", required=True)
+    fa.set_defaults(func=_cmd_data_fashion)
 
 
 def _bench_args(p: argparse.ArgumentParser, config: str, per: str, eval_n: int, unit: str,
@@ -359,13 +383,25 @@ def _add_run_commands(sub: Any) -> None:
 
 
 def _add_model_commands(sub: Any) -> None:
-    """convert, chat."""
-    c = sub.add_parser("convert", help="write a Hugging Face (gpt2, bert, vit, clip, whisper, llama), GGUF "
+    """convert, classify, chat."""
+    c = sub.add_parser("convert", help="write a Hugging Face (gpt2, bert, vit, clip, whisper, llama, resnet), GGUF "
                        "(llama) or saved checkpoint in this library's format")
     c.add_argument("path", help="a directory with config.json + model.safetensors (or pytorch_model.bin), "
-                   "or a .gguf file")
+                   "a .gguf file, or an EfficientNet-Lite .pth state dict")
     c.add_argument("out", help="output directory (config.json + model.safetensors + tokenizer.json)")
     c.set_defaults(func=_cmd_convert)
+
+    k = sub.add_parser("classify", help="the top classes of an image, by a model with a classification head")
+    k.add_argument("model", help="a model directory: converted EfficientNet or ResNet, or one trained here "
+                   "with classification heads")
+    k.add_argument("--image", required=True, help="the image file")
+    k.add_argument("--top", type=int, default=5, help="how many classes to print (default 5)")
+    k.add_argument("--json", action="store_true", help="one JSON list [{index, label, score}] on stdout")
+    k.add_argument("--task", help="which classification head, for a model with several")
+    k.add_argument("--prompt", help="the text a multimodal model's head reads with the image "
+                   "(default: ShapesWorld's classify prompt)")
+    k.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (auto: cuda if available)")
+    k.set_defaults(func=_cmd_classify)
 
     ch = sub.add_parser("chat", help="chat in the terminal with a decoder LM that has a chat template")
     ch.add_argument("model", help="a .gguf file (llama family), a Hugging Face directory or a converted one")

@@ -7,6 +7,8 @@ A source is one of
     reviews:split=train,n=2000,seed=0
     spoken:split=train,n=1000,seed=0[,questions=2]  (SpokenShapes: ShapesWorld spoken by eSpeak NG)
     motion:split=train,n=1000,seed=0[,questions=3]  (MovingShapes: 16-frame MP4 clips of moving shapes)
+    fashion:split=train,n=60000,seed=0[,idx=DIR]    (Fashion-MNIST from its IDX files; n=0: the whole
+                                                     split; idx: default the Debian package's folder)
   WebDataset shards: `wds:URLS`, a path or pattern ending in .tar    shards.read_shards
     (`dir/shard-{000000..000009}.tar`), or a folder with shards.json
   a Hugging Face `save_to_disk` folder: `hf:DIR` (a DatasetDict's    hf.read_hf_dataset
@@ -18,6 +20,7 @@ split across ranks; manifests and built-ins are read whole (the trainer slices t
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -114,12 +117,27 @@ def _motion(spec: str, a: Spec, root: Path, progress: bool) -> Path:
     return _generated(spec, a, root, progress, "movingshapes", motion, "questions_per_clip")
 
 
+def _fashion(spec: str, a: Spec, root: Path, progress: bool) -> Path:
+    from . import fashion
+
+    _check_split(spec, a["split"], fashion.SPLITS)
+    name = f"{a['split']}-n{a['n'] or 'all'}-seed{a['seed']}"
+    if a["idx"]:  # other files, another cache
+        name += "-" + hashlib.sha1(str(Path(str(a["idx"])).expanduser().resolve()).encode()).hexdigest()[:8]
+    out = root / "fashion-mnist" / name
+    if not _is_current(out, fashion.VERSION):
+        fashion.generate(out, split=a["split"], n=int(a["n"]) or None, seed=int(a["seed"]),  # type: ignore[arg-type]
+                         idx=str(a["idx"]) or None, progress=progress)
+    return out / "manifest.jsonl"
+
+
 # Each built-in: its keys with their defaults (a default's type is the value's type), and its builder.
 BUILTINS: dict[str, tuple[Spec, Callable[[str, Spec, Path, bool], Path]]] = {
     "shapes": ({"split": "train", "n": 1000, "seed": 0, "questions": 3, "tasks": "all"}, _shapes),
     "reviews": ({"split": "train", "n": 2000, "seed": 0}, _reviews),
     "spoken": ({"split": "train", "n": 1000, "seed": 0, "questions": 2}, _spoken),
     "motion": ({"split": "train", "n": 1000, "seed": 0, "questions": 3}, _motion),
+    "fashion": ({"split": "train", "n": 0, "seed": 0, "idx": ""}, _fashion),
 }
 
 

@@ -29,10 +29,12 @@ from ..models.gpt2 import GPT2
 from ..models.llama import Llama
 from ..models.lm import DecoderLM, read_chat_template
 from ..models.core import MultimodalLM
+from ..models.efficientnet import EfficientNet
 from ..models.multimodal import MultimodalTransformerModel
+from ..models.resnet import ResNetClassifier
 from ..models.vit import VisionTransformer
 from ..models.whisper import Whisper
-from . import bert, clip, gpt2, llama, vit, whisper
+from . import bert, clip, gpt2, llama, resnet, vit, whisper
 from .ctranslate2 import is_ctranslate2, whisper_to_hf
 from .mapping import CheckpointError, map_weights
 
@@ -40,12 +42,13 @@ __all__ = ["CheckpointError", "FAMILIES", "OWN_MODELS", "compose", "convert", "l
 
 # Hugging Face `model_type` -> mapping module.
 FAMILIES: dict[str, ModuleType] = {"gpt2": gpt2, "bert": bert, "vit": vit, "clip": clip, "whisper": whisper,
-                                 "llama": llama}
+                                 "llama": llama, "resnet": resnet}
 # Our own `model_type` -> model class with `from_pretrained`.
 OWN_MODELS: dict[str, Any] = {
     "multimodaltransformer": MultimodalTransformerModel, "mmt-gpt2": GPT2, "mmt-bert": BERT,
     "mmt-vit": VisionTransformer, "mmt-clip": CLIP, "mmt-composed": ComposedModel,
-    "mmt-whisper": Whisper, "mmt-llama": Llama,
+    "mmt-whisper": Whisper, "mmt-llama": Llama, "mmt-resnet": ResNetClassifier,
+    "mmt-efficientnet": EfficientNet,
 }
 
 
@@ -93,13 +96,18 @@ def load_pretrained(path: str | Path, map_location: str | torch.device = "cpu") 
     """A Hugging Face directory (config.json + weights) or one of ours -> this library's model, in eval mode.
 
     The tokenizer, when the directory has one, is attached as `model.tokenizer`. A single .gguf file
-    (llama family) loads too, with its tokenizer and chat template (hub/gguf.py).
+    (llama family) loads too, with its tokenizer and chat template (hub/gguf.py), and so does a .pth
+    state dict of EfficientNet-Lite (hub/efficientnet.py; any other .pth is a CheckpointError).
     """
     directory = Path(path)
     if directory.suffix == ".gguf" and directory.is_file():
         from .gguf import load_gguf
 
         return load_gguf(directory).to(map_location)
+    if directory.suffix == ".pth" and directory.is_file():
+        from .efficientnet import load_pth
+
+        return load_pth(directory).to(map_location)
     if not directory.is_dir():
         raise FileNotFoundError(f"{directory}: not a model directory")
     if is_ctranslate2(directory):  # faster-whisper's format: renamed to Hugging Face's, then mapped

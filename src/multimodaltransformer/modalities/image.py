@@ -1,5 +1,5 @@
-"""Images: the processor (file or PIL image -> normalised tensor), the ViT encoder, and their
-registration as the "image" modality (`pixel_values`).
+"""Images: the processor (file or PIL image -> normalised tensor), the encoder (a ViT, or a CNN by
+`encoder:`, modalities/cnn.py), and their registration as the "image" modality (`pixel_values`).
 
 Legend: B batch, N patches, C model dim, P patch size.
 """
@@ -13,12 +13,52 @@ from typing import Literal
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
 from ..nn import TransformerConfig
+from ..nn.resnet import ResNetConfig
 from ..nn.vit import ViT, VisionTransformerConfig
 from .base import MediaBytes, MediaError, Modality, register
+from .cnn import CNNEncoder, ImageEncoder, check_cnn, cnn_channels, cnn_tokens, unused_cnn_configs
+
+
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # 16-bit PNG / TIFF / PGM greyscale (I: older Pillow)
+_ALPHA = ("RGBA", "LA", "PA", "RGBa")
+_EXIF_ORIENTATION = 0x0112
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation tag (phones store photos sideways and set it); a broken EXIF
+    block is ignored rather than failing a readable photo."""
+    try:
+        if image.getexif().get(_EXIF_ORIENTATION, 1) in (1, None):
+            return image
+        return ImageOps.exif_transpose(image)
+    except (OSError, SyntaxError, ValueError, TypeError, KeyError):
+        return image
+
+
+def _sixteen_to_l(image: Image.Image) -> Image.Image:
+    """16-bit greyscale -> 8-bit L over the full range (v / 257, so 65535 -> 255); Pillow's own
+    conversion clips at 255, which turns most of a 16-bit photo white."""
+    x = np.asarray(image).astype(np.float32)  # uint16 (either byte order) or int32
+    return Image.fromarray(np.clip(np.rint(x / 257.0), 0, 255).astype(np.uint8))
+
+
+def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+    """Any PIL image as upright 8-bit RGB: EXIF orientation applied, transparency (alpha, a palette's
+    or a colour key) composited onto `background` instead of dropped (the colour under a transparent
+    pixel is arbitrary, often black), 16-bit greyscale scaled down; CMYK, 1-bit, L, P by Pillow."""
+    image = _upright(image)
+    if image.mode == "RGB" and "transparency" not in image.info:
+        return image
+    if image.mode in _SIXTEEN_BIT:
+        image = _sixteen_to_l(image)
+    if image.mode in _ALPHA or "transparency" in image.info:
+        base = Image.new("RGBA", image.size, (*background, 255))
+        return Image.alpha_composite(base, image.convert("RGBA")).convert("RGB")
+    return image.convert("RGB")
 
 
 def load_image(source: str | Path | bytes, name: str | None = None, max_pixels: int | None = None) -> Image.Image:
@@ -38,7 +78,8 @@ def load_image(source: str | Path | bytes, name: str | None = None, max_pixels: 
             if max_pixels is not None and (w <= 0 or h <= 0 or w * h > max_pixels):
                 raise MediaError(f"image {name} is {w}x{h} pixels, over the limit of {max_pixels} pixels")
             im.load()
-            return im.convert("RGB")
+            rgb = to_rgb(im)
+            return im.copy() if rgb is im else rgb  # `im` is closed on leaving the block
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         if isinstance(e, MediaError):
             raise
@@ -63,7 +104,7 @@ class ImageProcessor:
             image = load_image(image.data, image.name)
         elif not isinstance(image, Image.Image):
             image = load_image(image)
-        image = image.convert("RGB")
+        image = to_rgb(image)  # a PIL image given directly may be any mode, or sideways
         if image.size != (self.image_size, self.image_size):
             image = image.resize((self.image_size, self.image_size), Image.BICUBIC)
         return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
@@ -98,9 +139,17 @@ class ViTConfig(TransformerConfig):
     # patch positions: "learned" vectors (ViT), or the fixed 2-D sin/cos table of the patch's row
     # and column (MAE), which tells every patch where it is from the first step on
     patch_positions: Literal["learned", "sincos"] = "learned"
+    # "vit": the fields above; a CNN (modalities/cnn.py): its sub-config below, its last feature map
+    # flattened to tokens (the transformer and patch fields are then unused)
+    encoder: ImageEncoder = "vit"
+    resnet: ResNetConfig | None = None  # with encoder "resnet"; None: ResNet-50's layout
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if unused_cnn_configs(self):
+            raise ValueError(f"image: {unused_cnn_configs(self)} set, but encoder is {self.encoder!r}")
+        if self.encoder != "vit":
+            return check_cnn(self)
         if self.patch_positions not in ("learned", "sincos"):
             raise ValueError(f"patch_positions must be 'learned' or 'sincos', got {self.patch_positions!r}")
         if self.patch_positions == "sincos" and self.dim % 4:
@@ -113,6 +162,16 @@ class ViTConfig(TransformerConfig):
     @property
     def num_patches(self) -> int:
         return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def media_dim(self) -> int:
+        """C of the encoder's tokens: the ViT's dim, or the CNN's last width."""
+        return self.dim if self.encoder == "vit" else cnn_channels(self)
+
+    @property
+    def num_tokens(self) -> int:
+        """N tokens per image: the ViT's patches, or the CNN's feature map h * w."""
+        return self.num_patches if self.encoder == "vit" else cnn_tokens(self)
 
 
 class ViTEncoder(ViT):
@@ -129,5 +188,10 @@ class ViTEncoder(ViT):
         return self.patch_tokens(pixel_values)
 
 
-IMAGE = register(Modality("image", "pixel_values", ViTConfig, lambda cfg: ImageProcessor(cfg.image_size), ViTEncoder,
-                          lambda cfg: cfg.dim, lambda cfg: cfg.num_patches))
+def build_image_encoder(cfg: ViTConfig) -> ViTEncoder | CNNEncoder:
+    """The encoder `cfg.encoder` names: pixel_values (B, 3, H, W) -> tokens (B, N, cfg.media_dim)."""
+    return ViTEncoder(cfg) if cfg.encoder == "vit" else CNNEncoder(cfg)
+
+
+IMAGE = register(Modality("image", "pixel_values", ViTConfig, lambda cfg: ImageProcessor(cfg.image_size),
+                          build_image_encoder, lambda cfg: cfg.media_dim, lambda cfg: cfg.num_tokens))

@@ -193,6 +193,8 @@ class VideoConfig(ViTConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.encoder != "vit":
+            raise ValueError(f"the video encoder is a ViT over frames: encoder {self.encoder!r} is for images only")
         if self.attention not in ("divided", "mean"):
             raise ValueError(f"video attention must be 'divided' or 'mean', got {self.attention!r}")
         if self.frames < 1 or self.tubelet < 1 or self.frames % self.tubelet:

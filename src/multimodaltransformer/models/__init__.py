@@ -9,6 +9,7 @@ from .llama import Llama, LlamaConfig
 from .lm import DecoderLM, DecoderLMConfig
 from .core import MultimodalLM
 from .multimodal import ModelOutput, MultimodalTransformer, MultimodalTransformerModel
+from .resnet import ResNetClassifier, ResNetClassifierConfig, ResNetOutput
 from .vit import VisionTransformer, VisionTransformerConfig
 from .whisper import Whisper, WhisperConfig, WhisperOutput
 
@@ -16,6 +17,7 @@ __all__ = [
     "DecoderConfig", "GPTDecoder", "ModelOutput", "MultimodalLM", "MultimodalTransformer", "MultimodalTransformerModel",
     "PretrainedModel", "BERT", "BERTConfig", "mean_pool", "CLIP", "CLIPConfig", "CLIPOutput", "CLIPTextConfig",
     "CLIPTextEncoder", "DecoderLM", "DecoderLMConfig", "GPT2", "GPT2Config", "Llama", "LlamaConfig",
+    "ResNetClassifier", "ResNetClassifierConfig", "ResNetOutput",
     "VisionTransformer", "VisionTransformerConfig",
     "Whisper", "WhisperConfig", "WhisperOutput",
 ]

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from ..config import ConfigError, from_dict, to_dict
 from ..fusion import EarlyFusion, FusionConfig
-from ..modalities.image import ImageProcessor, ViTConfig, ViTEncoder
+from ..modalities.image import ImageProcessor, ViTConfig, build_image_encoder
 from ..modalities.text import TextTokenizer
 from ..nn.lora import LoRAConfig, apply_lora, merge_lora
 from .base import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, load_state_strict
@@ -90,7 +90,7 @@ def _hf_image_processor(directory: Path, size: int) -> ImageProcessor:
 def _build_vision(cfg: dict[str, Any]) -> nn.Module:
     kind, rest = cfg["kind"], {k: v for k, v in cfg.items() if k != "kind"}
     if kind == "vit-encoder":
-        return ViTEncoder(from_dict(ViTConfig, rest, "vision"))
+        return build_image_encoder(from_dict(ViTConfig, rest, "vision"))  # a trained model's ViT or CNN
     return VisionTransformer(from_dict(VisionTransformerConfig, rest, "vision"))
 
 

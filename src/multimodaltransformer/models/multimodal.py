@@ -18,7 +18,7 @@ from torch import nn
 
 from ..fusion import FusionConfig, build_fusion, decoder_overrides, num_prefix_tokens
 from ..modalities.base import MODALITIES
-from ..modalities.image import ImageProcessor, ViTConfig, ViTEncoder
+from ..modalities.image import ImageProcessor, ViTConfig, build_image_encoder
 from ..modalities.text import TOKENIZER_FILE, TextTokenizer
 from .base import WEIGHTS_FILE, load_state_strict, read_model_config
 from .core import ModelOutput, MultimodalLM
@@ -84,8 +84,8 @@ class MultimodalTransformerModel(MultimodalLM):
         decoder = decoder or GPTDecoder(replace(config.decoder, **decoder_overrides(config.fusion)))
         C = config.decoder.dim
         if config.image is not None:
-            image_encoder = image_encoder or ViTEncoder(config.image)
-            fusion = fusion or build_fusion(config.fusion, config.image.dim, C)
+            image_encoder = image_encoder or build_image_encoder(config.image)  # a ViT or a CNN
+            fusion = fusion or build_fusion(config.fusion, config.image.media_dim, C)
         else:
             image_encoder = fusion = None
         media = {}
@@ -103,7 +103,7 @@ class MultimodalTransformerModel(MultimodalLM):
                 raise ValueError("heads.ctc_weight needs an audio encoder (model.media.audio)")
             ctc_dim = MODALITIES["audio"].media_dim(config.media["audio"])
         super().__init__(decoder, config.fusion, config.heads, C, image_encoder=image_encoder, fusion=fusion,
-                         image_dim=config.image.dim if config.image else None, media=media, ctc_dim=ctc_dim,
+                         image_dim=config.image.media_dim if config.image else None, media=media, ctc_dim=ctc_dim,
                          vocab_size=config.decoder.vocab_size)
         self.config = config
         self.image_processor = ImageProcessor(config.image.image_size) if config.image else None

@@ -2,7 +2,9 @@
 
 `Chat(model).send(text)` renders the conversation with the model's Jinja chat template (as HF
 `apply_chat_template(messages, add_generation_prompt=True)` does), prefills it, and yields the
-answer piece by piece. `run_terminal_chat` is the REPL behind `mmt chat`.
+answer piece by piece. `ImageChat(model, image)` talks about one image with a model that sees
+images (trained or composed by this library), prompted as `mmt serve` prompts it: the question,
+after the earlier turns as "role: text" lines. `run_terminal_chat` is the REPL behind `mmt chat`.
 Each turn re-runs the whole conversation (no KV cache across turns); when it no longer fits the
 model's context, the oldest exchanges are forgotten.
 """
@@ -15,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import IO, Any
 
 import torch
@@ -79,6 +82,8 @@ class Chat:
     Generation stops at the model's EOS ids or after `options.max_new_tokens`.
     """
 
+    strip_leading = False  # drop the answer's leading spaces (ImageChat: our models answer after <sep>)
+
     def __init__(self, model: Any, system: str | None = None, options: SamplingOptions | None = None,
                  template: str | None = None) -> None:
         name = type(model).__name__
@@ -113,8 +118,10 @@ class Chat:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
     def _fit(self) -> list[int]:
-        """Prompt ids that leave room for the answer, forgetting the oldest exchanges if needed."""
-        max_len = self.model.config.transformer.max_seq_len
+        return self._fit_within(self.model.config.transformer.max_seq_len)
+
+    def _fit_within(self, max_len: int) -> list[int]:
+        """Prompt ids that leave room for the answer in `max_len`, forgetting the oldest exchanges if needed."""
         alone = len(self.prompt_ids(self.history[:-len(self.messages)] + self.messages[-1:]))
         if alone >= max_len:  # the new message does not fit even on its own: refuse it, keep the history
             self.messages.pop()
@@ -134,23 +141,73 @@ class Chat:
         answer = ""
         try:
             with closing(stream(self.model, torch.tensor([ids], device=device), tokenizer=self.tokenizer,
-                                generation_config=self.generation)) as deltas:
+                                generation_config=self.generation, **self._media())) as deltas:
                 for delta in deltas:
+                    delta = delta if answer or not self.strip_leading else delta.lstrip()
                     answer += delta
                     yield delta
         finally:  # also on interruption: the partial answer stays in the history
             self.messages.append({"role": "assistant", "content": answer})
+
+    def _media(self) -> dict[str, torch.Tensor]:
+        """Media inputs of every turn (none: a text chat)."""
+        return {}
 
     def ask(self, text: str) -> str:
         """`send` without streaming: the whole answer."""
         return "".join(self.send(text))
 
 
+def context_text(messages: list[Message]) -> str | None:
+    """Earlier turns as the text a multimodal model reads before the question: "role: content" lines
+    (the serving template formats a request's history the same way)."""
+    lines = [f"{m['role']}: {m['content'].strip()}" for m in messages if m["content"].strip()]
+    return "\n".join(lines) or None
+
+
+class ImageChat(Chat):
+    """A conversation about one image with a model that sees images (`image_processor`, no chat
+    template): each turn is `<bos> [earlier turns] question <sep>` after the image's tokens, as
+    `mmt serve` builds it from the same messages, answered by the generation engine's `stream`."""
+
+    strip_leading = True
+
+    def __init__(self, model: Any, image: str | Path, system: str | None = None,
+                 options: SamplingOptions | None = None) -> None:
+        from .modalities.image import load_image
+
+        name = type(model).__name__
+        if getattr(model, "image_processor", None) is None or not hasattr(model, "num_media_tokens"):
+            raise ConfigError(f"a {name} takes no images: --image needs a model trained or composed by this library")
+        if getattr(model, "tokenizer", None) is None:
+            raise ConfigError(f"this {name} has no tokenizer: chat needs one")
+        self.model, self.tokenizer, self.system = model, model.tokenizer, system
+        self.options = options or SamplingOptions()
+        self.generation = self.options.generation_config([self.tokenizer.eos_id])
+        device = next(model.parameters()).device
+        self.pixel_values = model.image_processor(load_image(image))[None].to(device)  # (1, 3, H, W)
+        self.messages = []
+
+    def prompt_ids(self, messages: list[Message] | None = None) -> list[int]:
+        """The last message as the question, the ones before it as context."""
+        from .modalities.text import encode_prompt
+
+        messages = self.history if messages is None else messages
+        return encode_prompt(self.tokenizer, messages[-1]["content"], context_text(messages[:-1]))
+
+    def _fit(self) -> list[int]:
+        return self._fit_within(self.model.max_seq_len - self.model.num_media_tokens)
+
+    def _media(self) -> dict[str, torch.Tensor]:
+        return {"pixel_values": self.pixel_values}
+
+
 def run_terminal_chat(model: Any, system: str | None = None, options: SamplingOptions | None = None,
-                      stdin: IO[str] | None = None, stdout: IO[str] | None = None) -> None:
-    """Read a line, stream the answer. /reset starts over, /exit (or EOF, Ctrl-C at the prompt) leaves;
-    Ctrl-C during an answer stops that answer."""
-    chat = Chat(model, system, options)
+                      stdin: IO[str] | None = None, stdout: IO[str] | None = None,
+                      image: str | Path | None = None) -> None:
+    """Read a line, stream the answer (about `image`, with a model that sees images). /reset starts
+    over, /exit (or EOF, Ctrl-C at the prompt) leaves; Ctrl-C during an answer stops that answer."""
+    chat = ImageChat(model, image, system, options) if image is not None else Chat(model, system, options)
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     interactive = stdin is sys.stdin and stdin.isatty()
     if interactive:

@@ -10,34 +10,9 @@ from typing import Any
 
 from .config import ConfigError
 from .data.manifest import DataError
+from .data.cli import add_data_commands
+from .export.cli import add_export_commands
 from .modalities.base import MediaError
-
-
-def _cmd_data_shapes(a: argparse.Namespace) -> None:
-    from .data import shapes
-
-    try:
-        tasks = shapes.check_tasks(a.tasks.split("+")) if a.tasks else None
-    except ValueError as e:
-        raise ConfigError(str(e)) from e
-    path = shapes.generate(a.out, split=a.split, n=a.n, seed=a.seed, questions_per_image=a.questions, tasks=tasks)
-    print(f"wrote {path}")
-
-
-def _cmd_data_reviews(a: argparse.Namespace) -> None:
-    from .data import reviews
-
-    path = reviews.generate(a.out, split=a.split, n=a.n, seed=a.seed)
-    print(f"wrote {path}")
-
-
-def _cmd_data_shard(a: argparse.Namespace) -> None:
-    from .data.shards import INFO, write_shards
-
-    paths = write_shards(a.manifest, a.out, shard_size=a.shard_size)
-    out = paths[0].parent
-    info = json.loads((out / INFO).read_text())
-    print(f"wrote {info['samples']} samples in {len(paths)} shard(s) to {out}")
 
 
 def _cmd_train(a: argparse.Namespace) -> None:
@@ -207,76 +182,7 @@ def _cmd_chat(a: argparse.Namespace) -> None:
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
     options = SamplingOptions(max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p, seed=a.seed)
-    run_terminal_chat(load_pretrained(a.model, map_location=device), system=a.system, options=options)
-
-
-def _cmd_data_spoken(a: argparse.Namespace) -> None:
-    from .data import spoken
-
-    if a.n <= 0:
-        raise ConfigError(f"--n must be positive, got {a.n}")
-    path = spoken.generate(a.out, split=a.split, n=a.n, seed=a.seed, questions_per_image=a.questions)
-    print(f"wrote {path}")
-
-
-def _cmd_data_motion(a: argparse.Namespace) -> None:
-    from .data import motion
-
-    if a.n <= 0:
-        raise ConfigError(f"--n must be positive, got {a.n}")
-    if a.questions < 0:
-        raise ConfigError(f"--questions must be non-negative, got {a.questions}")
-    path = motion.generate(a.out, split=a.split, n=a.n, seed=a.seed, questions_per_clip=a.questions)
-    print(f"wrote {path} ({a.n} clips in {Path(a.out) / 'videos'})")
-
-
-def _cmd_data_fashion(a: argparse.Namespace) -> None:
-    from .data import fashion
-
-    path = fashion.generate(a.out, split=a.split, n=a.n, seed=a.seed, idx=a.idx)
-    print(f"wrote {path}")
-
-
-def _add_data_commands(sub: Any) -> None:
-    data = sub.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
-    s = data.add_parser("shapes", help="write a ShapesWorld split (images + manifest.jsonl)")
-    s.add_argument("--split", choices=["train", "val", "test", "novel"], default="train")
-    s.add_argument("--n", type=int, default=1000, help="number of images")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--questions", type=int, default=3, help="questions per image")
-    s.add_argument("--tasks", help="tasks to write, plus-separated (default: all of "
-                   "caption+vqa+classify+retrieval+match)")
-    s.add_argument("--out", required=True)
-    s.set_defaults(func=_cmd_data_shapes)
-    r = data.add_parser("reviews", help="write a synthetic review-sentiment split (text only, manifest.jsonl)")
-    r.add_argument("--split", choices=["train", "val", "test"], default="train")
-    r.add_argument("--n", type=int, default=2000, help="number of reviews")
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--out", required=True)
-    r.set_defaults(func=_cmd_data_reviews)
-    sh = data.add_parser("shard", help="write a manifest as WebDataset tar shards (+ shards.json)")
-    sh.add_argument("manifest", help="manifest.jsonl (or its folder)")
-    sh.add_argument("--out", required=True, help="output directory (replaced if it holds older shards)")
-    sh.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
-    sh.set_defaults(func=_cmd_data_shard)
-    sp = data.add_parser("spoken", help="write a SpokenShapes split: ShapesWorld images, their captions and "
-                         "questions spoken by eSpeak NG (16 kHz WAV), ASR and spoken-VQA manifest records")
-    _split_args(sp, "images", questions=2, what="spoken questions per image")
-    sp.set_defaults(func=_cmd_data_spoken)
-    mo = data.add_parser("motion", help="write a MovingShapes split: 16-frame MP4 clips of shapes that move, "
-                         "appear or disappear, with video caption and video QA manifest records")
-    _split_args(mo, "clips", questions=3, what="questions per clip")
-    mo.set_defaults(func=_cmd_data_motion)
-    fa = data.add_parser("fashion", help="write a Fashion-MNIST split from its IDX files: 28x28 PNG images, "
-                         "classify, caption and vqa manifest records")
-    fa.add_argument("--idx", help="folder of the IDX files, .gz or raw (default: the Debian package "
-                    "dataset-fashion-mnist's, /usr/share/datasets/fashion-mnist)")
-    fa.add_argument("--split", choices=["train", "test"], default="train")
-    fa.add_argument("--n", type=int, help="a seeded random subset of this many images, every class in it "
-                    "(default: the whole split)")
-    fa.add_argument("--seed", type=int, default=0)
-    fa.add_argument("--out", required=True)
-    fa.set_defaults(func=_cmd_data_fashion)
+    run_terminal_chat(load_pretrained(a.model, map_location=device), a.system, options, image=a.image)
 
 
 def _bench_args(p: argparse.ArgumentParser, config: str, per: str, eval_n: int, unit: str,
@@ -288,15 +194,6 @@ def _bench_args(p: argparse.ArgumentParser, config: str, per: str, eval_n: int, 
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--eval-n", type=int, default=eval_n, help=f"test {unit} to score")
     p.add_argument("--eval-seed", type=int, default=1)
-
-
-def _split_args(p: argparse.ArgumentParser, unit: str, questions: int, what: str) -> None:
-    """The arguments of a built-in generator: split, how many, seed, questions, where."""
-    p.add_argument("--split", choices=["train", "val", "test", "novel"], default="train")
-    p.add_argument("--n", type=int, default=1000, help=f"number of {unit}")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--questions", type=int, default=questions, help=what)
-    p.add_argument("--out", required=True)
 
 
 def _model_args(sp: argparse.ArgumentParser) -> None:
@@ -405,6 +302,7 @@ def _add_model_commands(sub: Any) -> None:
 
     ch = sub.add_parser("chat", help="chat in the terminal with a decoder LM that has a chat template")
     ch.add_argument("model", help="a .gguf file (llama family), a Hugging Face directory or a converted one")
+    ch.add_argument("--image", help="talk about this picture (a model trained or composed by this library)")
     ch.add_argument("--system", help="system message")
     ch.add_argument("--max-new-tokens", type=int, default=256)
     ch.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; > 0 samples (with --top-p)")
@@ -418,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mmt", description="multimodaltransformer: train, evaluate and run "
                                 "multimodal Transformers")
     sub = p.add_subparsers(dest="command", required=True)
-    _add_data_commands(sub)
+    add_data_commands(sub)
     t = sub.add_parser("train", help="train a model from a YAML config")
     t.add_argument("config", help="YAML file, or the name of a packaged config (shapes-tiny, demo, speech)")
     t.add_argument("--out", required=True)
@@ -428,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate_command(sub)
     _add_run_commands(sub)
     _add_model_commands(sub)
+    add_export_commands(sub)  # mmt export, mmt generate --backend onnxruntime
     return p
 
 

@@ -9,7 +9,10 @@ For each image this writes
 - caption: "a photo of an ankle boot";
 - vqa: three questions that follow from the class alone (QUESTION_TYPES): its category
   ("clothing", "footwear" or "bag"), "is this something to wear on the feet?" and "is this a(n) X?"
-  (the true class half of the time, else another one: yes / no balanced).
+  (the true class half of the time, else another one: yes / no balanced);
+- chat (only with `chat=K`): K of CHAT_QUESTIONS ("What is this?", "Describe this image." ...), each
+  answered by a sentence that names the class ("This is an ankle boot."): what a real-image chat
+  model learns to say (configs/fashion-chat.yaml).
 Questions draw from a per-image rng (split, seed, index), so a subset holds the same rows as the
 whole split. IDX: a big-endian header (magic 2051 images / 2049 labels, the count, rows and
 columns for images), then unsigned bytes; `.gz` or raw.
@@ -20,6 +23,7 @@ from __future__ import annotations
 import gzip
 import json
 import random
+import re
 import subprocess
 import zlib
 from pathlib import Path
@@ -45,6 +49,13 @@ DEBIAN_PACKAGE = "dataset-fashion-mnist"
 KNOWN_DIRS = ("/usr/share/datasets/fashion-mnist",)
 SOURCE_URL = "https://github.com/zalandoresearch/fashion-mnist (folder data/fashion)"
 VERSION = 1  # bumped when rows change; info.json records it so stale caches are regenerated
+# The "chat" task (`chat=K`): questions a user asks about a photo, answered in a sentence
+CHAT_QUESTIONS = ("What is this?", "What garment is this?", "What garment is shown in the picture?",
+                  "Describe this image.", "What is in this photo?", "What kind of item is this?",
+                  "What am I looking at?", "Can you tell me what this is?")
+CHAT_ANSWERS = ("This is {}.", "It is {}.", "The picture shows {}.", "This image shows {}.")
+_CLASS_PATTERN = re.compile(r"(?<![\w-])(" + "|".join(re.escape(c) for c in sorted(CLASSES, key=len, reverse=True))
+                            + r")s?(?![\w-])", re.IGNORECASE)
 
 
 def default_idx_dir() -> Path | None:
@@ -132,21 +143,40 @@ def questions(name: str, rng: random.Random) -> list[tuple[str, str, str]]:
             ("identity", f"is this {article(asked)}?", "yes" if asked == name else "no")]
 
 
-def rows(index: int, label: int, split: str, seed: int) -> list[dict]:
-    """The manifest rows of one image (without its image path)."""
+def chat_turns(name: str, k: int, rng: random.Random) -> list[tuple[str, str]]:
+    """`k` (question, answer) pairs of a chat about the image (k <= len(CHAT_QUESTIONS)): distinct
+    questions, each answered by a sentence that names the class as Fashion-MNIST spells it."""
+    asked = rng.sample(CHAT_QUESTIONS, k)
+    return [(q, rng.choice(CHAT_ANSWERS).format(article(name))) for q in asked]
+
+
+def mentioned_classes(text: str) -> list[str]:
+    """The class names `text` mentions, in order ("shirt" inside "t-shirt/top" is not one)."""
+    return [m.group(1).lower() for m in _CLASS_PATTERN.finditer(text)]
+
+
+def rows(index: int, label: int, split: str, seed: int, chat: int = 0) -> list[dict]:
+    """The manifest rows of one image (without its image path); `chat` rows of task "chat" besides."""
     name, uid = CLASSES[label], f"fashion-{split}-{index:05d}"
     out = [{"id": f"{uid}-cls", "task": "classify", "prompt": CLASSIFY_PROMPT, "target": name},
            {"id": f"{uid}-cap", "task": "caption", "prompt": CAPTION_PROMPT, "target": f"a photo of {article(name)}"}]
     rng = random.Random(f"fashion/{split}/{seed}/{index}")  # str seeds are hashed stably (sha512)
     for j, (qtype, q, a) in enumerate(questions(name, rng)):
         out.append({"id": f"{uid}-q{j}", "task": "vqa", "prompt": q, "target": a, "question_type": qtype})
+    if chat:  # drawn after the questions, from their own rng: the rows above stay as they were
+        chat_rng = random.Random(f"fashion-chat/{split}/{seed}/{index}")
+        out += [{"id": f"{uid}-chat{j}", "task": "chat", "prompt": q, "target": a}
+                for j, (q, a) in enumerate(chat_turns(name, chat, chat_rng))]
     return out
 
 
 def generate(out: str | Path, split: Literal["train", "test"] = "train", n: int | None = None, seed: int = 0,
-             idx: str | Path | None = None, progress: bool = True) -> Path:
+             idx: str | Path | None = None, progress: bool = True, chat: int = 0) -> Path:
     """Write OUT/images/*.png and OUT/manifest.jsonl for `n` images of `split` (None: all of them),
-    a seeded stratified subset; `idx`: the IDX files' folder (None: the Debian package's)."""
+    a seeded stratified subset; `idx`: the IDX files' folder (None: the Debian package's); `chat`:
+    that many "chat" rows per image (chat_turns) besides the others."""
+    if not 0 <= chat <= len(CHAT_QUESTIONS):
+        raise DataError(f"chat must be 0-{len(CHAT_QUESTIONS)} (questions per image), got {chat}")
     images, labels, images_path = read_split(idx, split)
     if n is not None and n <= 0:
         raise DataError(f"n must be positive, got {n}")
@@ -163,10 +193,10 @@ def generate(out: str | Path, split: Literal["train", "test"] = "train", n: int 
             rel = f"images/{split}-{i:05d}.png"
             Image.fromarray(images[i]).save(out / rel)
             base = {"image": rel, "split": split, "label": int(labels[i])}
-            for row in rows(i, int(labels[i]), split, seed):
+            for row in rows(i, int(labels[i]), split, seed, chat):
                 f.write(json.dumps({**row, **base}) + "\n")
     tmp.replace(out / "manifest.jsonl")
     (out / "info.json").write_text(json.dumps({"dataset": "fashion-mnist", "version": VERSION, "split": split,
-                                                "n": len(chosen), "seed": seed,
+                                                "n": len(chosen), "seed": seed, "chat": chat,
                                                 "idx": str(images_path.parent)}) + "\n")
     return out / "manifest.jsonl"

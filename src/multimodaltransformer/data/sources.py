@@ -7,8 +7,9 @@ A source is one of
     reviews:split=train,n=2000,seed=0
     spoken:split=train,n=1000,seed=0[,questions=2]  (SpokenShapes: ShapesWorld spoken by eSpeak NG)
     motion:split=train,n=1000,seed=0[,questions=3]  (MovingShapes: 16-frame MP4 clips of moving shapes)
-    fashion:split=train,n=60000,seed=0[,idx=DIR]    (Fashion-MNIST from its IDX files; n=0: the whole
-                                                     split; idx: default the Debian package's folder)
+    fashion:split=train,n=60000,seed=0[,idx=DIR][,chat=K]  (Fashion-MNIST from its IDX files; n=0: the
+                                                     whole split; idx: default the Debian package's
+                                                     folder; chat: K "chat" rows per image)
   WebDataset shards: `wds:URLS`, a path or pattern ending in .tar    shards.read_shards
     (`dir/shard-{000000..000009}.tar`), or a folder with shards.json
   a Hugging Face `save_to_disk` folder: `hf:DIR` (a DatasetDict's    hf.read_hf_dataset
@@ -121,13 +122,13 @@ def _fashion(spec: str, a: Spec, root: Path, progress: bool) -> Path:
     from . import fashion
 
     _check_split(spec, a["split"], fashion.SPLITS)
-    name = f"{a['split']}-n{a['n'] or 'all'}-seed{a['seed']}"
+    name = f"{a['split']}-n{a['n'] or 'all'}-seed{a['seed']}" + (f"-chat{a['chat']}" if a["chat"] else "")
     if a["idx"]:  # other files, another cache
         name += "-" + hashlib.sha1(str(Path(str(a["idx"])).expanduser().resolve()).encode()).hexdigest()[:8]
     out = root / "fashion-mnist" / name
     if not _is_current(out, fashion.VERSION):
         fashion.generate(out, split=a["split"], n=int(a["n"]) or None, seed=int(a["seed"]),  # type: ignore[arg-type]
-                         idx=str(a["idx"]) or None, progress=progress)
+                         idx=str(a["idx"]) or None, progress=progress, chat=int(a["chat"]))
     return out / "manifest.jsonl"
 
 
@@ -137,7 +138,7 @@ BUILTINS: dict[str, tuple[Spec, Callable[[str, Spec, Path, bool], Path]]] = {
     "reviews": ({"split": "train", "n": 2000, "seed": 0}, _reviews),
     "spoken": ({"split": "train", "n": 1000, "seed": 0, "questions": 2}, _spoken),
     "motion": ({"split": "train", "n": 1000, "seed": 0, "questions": 3}, _motion),
-    "fashion": ({"split": "train", "n": 0, "seed": 0, "idx": ""}, _fashion),
+    "fashion": ({"split": "train", "n": 0, "seed": 0, "idx": "", "chat": 0}, _fashion),
 }
 
 

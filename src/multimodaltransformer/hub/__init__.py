@@ -162,13 +162,15 @@ def load_model(path: str | Path, device: str = "auto", speech: bool = False) -> 
 
 def compose(config: ComposedConfig) -> ComposedModel:
     """A model of pretrained parts: the image encoder of `vision_source` (optional), a projector and
-    the decoder LM of `language_source`, each read by `load_pretrained`."""
+    the decoder LM of `language_source`, each read by `load_pretrained` (a `package:NAME` source: the
+    model file an installed package ships, hub/packages.py)."""
     from ..config import ConfigError
+    from .packages import resolve_model_source
 
     if not config.language_source:
         raise ConfigError("compose: give language_source (a decoder LM directory)")
-    vision = load_pretrained(config.vision_source) if config.vision_source else None
-    return ComposedModel.assemble(config, vision, load_pretrained(config.language_source))
+    vision = load_pretrained(resolve_model_source(config.vision_source)) if config.vision_source else None
+    return ComposedModel.assemble(config, vision, load_pretrained(resolve_model_source(config.language_source)))
 
 
 def convert(path: str | Path, out: str | Path) -> Path:

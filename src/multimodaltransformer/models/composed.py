@@ -1,8 +1,9 @@
 """Composition from pretrained parts (the LLaVA / ClipCap recipe): image encoder -> projector -> LM.
 
-Any image encoder `load_pretrained` reads (Hugging Face ViT or CLIP, ours, or the image encoder of
-a trained multimodal model) feeds its patch tokens through a projector into any decoder LM it
-reads (GPT-2, ...), as a prefix to the text. Components can be frozen, and the LM can carry LoRA
+Any image encoder `load_pretrained` reads (Hugging Face ViT or CLIP, ours, an EfficientNet-Lite, or
+the image encoder (ViT or CNN) of a trained multimodal model) feeds its patch tokens (a CNN: its
+final feature map, row by row) through a projector into any decoder LM it reads (GPT-2, Llama ...),
+as a prefix to the text. Components can be frozen, and the LM can carry LoRA
 adapters. The sources are read once; a saved composed model carries its parts' configs and
 rebuilds without them. Legend: B batch, N image tokens, C dims.
 """
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
@@ -26,6 +28,7 @@ from ..modalities.text import TextTokenizer
 from ..nn.lora import LoRAConfig, apply_lora, merge_lora
 from .base import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE, load_state_strict
 from .core import MultimodalLM
+from .efficientnet import EfficientNet, EfficientNetConfig
 from .heads import HeadsConfig
 from .multimodal import MultimodalTransformerModel
 from .vit import VisionTransformer, VisionTransformerConfig
@@ -48,6 +51,14 @@ class ComposedConfig:
     language: dict[str, Any] | None = None
     special_ids: dict[str, int] | None = None
     image: dict[str, Any] | None = None  # ImageProcessor fields
+    # A CNN source (EfficientNet): the side of the square input (None: the resolution its weights
+    # were trained at), and an average pool of its feature map to pool x pool tokens (None: h x w
+    # tokens, 7 x 7 at 224 px). Fewer, coarser tokens make every LM step cheaper.
+    image_size: int | None = None
+    vision_pool: int | None = None
+    # The context this model uses (None: the LM's own). SmolLM2's 8192 positions would make the
+    # server's batched KV cache (2 x context slots a row) and every decode step over it huge.
+    max_seq_len: int | None = None
     model_type: Literal["mmt-composed"] = "mmt-composed"
 
 
@@ -62,10 +73,44 @@ class VisionTokens(nn.Module):
         return self.encoder.patch_tokens(pixel_values)  # the one ViT (nn/vit.py), whichever its configuration
 
 
-def _vision_parts(model: nn.Module, source: str) -> tuple[nn.Module, dict[str, Any], ImageProcessor]:
+class FeatureMapTokens(nn.Module):
+    """A CNN's final feature map (B, C, h, w) -> tokens (B, h*w, C), row-major; with `pool`, averaged
+    down to a pool x pool grid first (B, pool*pool, C)."""
+
+    def __init__(self, network: nn.Module, image_size: int, pool: int | None = None) -> None:
+        super().__init__()
+        self.network, self.image_size, self.pool = network, image_size, pool
+
+    def patch_tokens(self, pixel_values: Tensor) -> Tensor:
+        x = self.network.features(pixel_values)  # (B, C, h, w)
+        if self.pool is not None:
+            x = F.adaptive_avg_pool2d(x, self.pool)  # (B, C, pool, pool)
+        return x.flatten(2).transpose(1, 2)
+
+
+def _efficientnet_parts(model: EfficientNet, config: ComposedConfig) -> tuple[nn.Module, dict[str, Any], ImageProcessor]:
+    """The network without its classifier, and a processor that resizes the whole image (no centre
+    crop: a small photo keeps its edges) and normalises as the weights expect (`preprocess`)."""
+    net_cfg = dataclasses.replace(model.config, num_classes=0, id2label={})
+    network = EfficientNet(net_cfg)
+    network.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("classifier.")})
+    size = config.image_size or net_cfg.image_size
+    pre = net_cfg.preprocess
+    proc = ImageProcessor(size, tuple(pre.mean), tuple(pre.std))  # type: ignore[arg-type]
+    vcfg = {"kind": "efficientnet", "image_size": size, "pool": config.vision_pool, "network": to_dict(net_cfg)}
+    return FeatureMapTokens(network, size, config.vision_pool), vcfg, proc
+
+
+def _vision_parts(model: nn.Module, config: ComposedConfig) -> tuple[nn.Module, dict[str, Any], ImageProcessor]:
     """(encoder, its config with a `kind`, image processor) from whatever load_pretrained returned."""
     from .clip import CLIP
 
+    source = str(config.vision_source)
+    if isinstance(model, EfficientNet):
+        return _efficientnet_parts(model, config)
+    if config.image_size is not None or config.vision_pool is not None:
+        raise ConfigError(f"compose: image_size and vision_pool apply to a CNN vision source (EfficientNet), "
+                          f"not to {source}")
     if isinstance(model, MultimodalTransformerModel) and model.image_encoder is not None:
         enc = model.image_encoder
         return enc, {"kind": "vit-encoder", **to_dict(enc.cfg)}, model.image_processor
@@ -74,8 +119,8 @@ def _vision_parts(model: nn.Module, source: str) -> tuple[nn.Module, dict[str, A
     if isinstance(model, VisionTransformer):
         proc = _hf_image_processor(Path(source), model.config.image_size)
         return model, {"kind": "vision-transformer", **to_dict(model.config)}, proc
-    raise ConfigError(f"{source}: {type(model).__name__} is not an image encoder (use a ViT, CLIP or a "
-                      "trained multimodal model)")
+    raise ConfigError(f"{source}: {type(model).__name__} is not an image encoder (use a ViT, CLIP, an "
+                      "EfficientNet or a trained multimodal model)")
 
 
 def _hf_image_processor(directory: Path, size: int) -> ImageProcessor:
@@ -91,6 +136,9 @@ def _build_vision(cfg: dict[str, Any]) -> nn.Module:
     kind, rest = cfg["kind"], {k: v for k, v in cfg.items() if k != "kind"}
     if kind == "vit-encoder":
         return build_image_encoder(from_dict(ViTConfig, rest, "vision"))  # a trained model's ViT or CNN
+    if kind == "efficientnet":
+        network = EfficientNet(from_dict(EfficientNetConfig, rest["network"], "vision.network"))
+        return FeatureMapTokens(network, rest["image_size"], rest["pool"])
     return VisionTransformer(from_dict(VisionTransformerConfig, rest, "vision"))
 
 
@@ -118,9 +166,11 @@ class ComposedModel(MultimodalLM):
         n_media = 0
         if vision is not None:
             image_encoder = VisionTokens(vision)
-            with torch.no_grad():
+            was_training = image_encoder.training
+            with torch.no_grad():  # in eval mode: a probe must not move BatchNorm's running statistics
                 probe = torch.zeros(1, 3, *(2 * [self._image_size(vision)]))
-                n_media, media_dim = image_encoder(probe).shape[1:]
+                n_media, media_dim = image_encoder.eval()(probe).shape[1:]
+            image_encoder.train(was_training)
             fusion = EarlyFusion(int(media_dim), dim, config.projector)
         # the DecoderLM is the decoder itself: it offers the decoder interface (embed_tokens, hidden, head)
         super().__init__(language, FusionConfig("early", projector=config.projector), HeadsConfig(), dim,
@@ -139,12 +189,15 @@ class ComposedModel(MultimodalLM):
 
     @staticmethod
     def _image_size(vision: nn.Module) -> int:
+        if isinstance(vision, FeatureMapTokens):
+            return vision.image_size
         cfg = getattr(vision, "config", None) or vision.cfg
         return cfg.image_size
 
     @property
     def max_seq_len(self) -> int:
-        return self.decoder.config.transformer.max_seq_len
+        lm = self.decoder.config.transformer.max_seq_len
+        return min(lm, self.config.max_seq_len) if self.config.max_seq_len else lm
 
     @property
     def num_media_tokens(self) -> int:
@@ -171,7 +224,7 @@ class ComposedModel(MultimodalLM):
         """The parts loaded from `vision_source` and `language_source` (hub.compose loads them), assembled."""
         vcfg, proc = None, None
         if vision is not None:
-            vision, vcfg, proc = _vision_parts(vision, config.vision_source)
+            vision, vcfg, proc = _vision_parts(vision, config)
         hf_tok = getattr(language, "tokenizer", None)
         if hf_tok is None:
             raise ConfigError(f"{config.language_source}: the language model has no tokenizer files")

@@ -1,61 +1,27 @@
-"""EfficientNet-Lite (Tan & Le 2019; the TensorFlow "lite" variants) as a saved image classifier.
-
-pixel_values (B, 3, H, W) -> stem: 3x3 stride-2 conv -> stages of MBConv blocks (inverted residuals:
-1x1 expand -> kxk depthwise (stride s) -> 1x1 project, + identity when shape is kept) -> head: 1x1
-conv to 1280 -> feature map (B, C, h, w) -> spatial mean (B, C) -> dropout -> linear -> logits (B, K).
-Every conv is followed by BatchNorm and (except the projection) ReLU6.
-Lite versus B0-B7: ReLU6 instead of swish, no squeeze-excite, and the stem, the head and the repeats
-of the first and last stages are not scaled (`fix_stem_head`).
-Weights trained in TensorFlow need its "SAME" padding (`padding: same`: a stride-2 conv pads one
-more pixel at the bottom/right than at the top/left); PyTorch-trained ones pad symmetrically.
+"""EfficientNet-Lite (Tan & Le 2019; the TensorFlow "lite" variants) as a saved image classifier: the
+network of nn/efficientnet.py (stem, MBConv stages, 1x1 head to 1280), then the feature map's spatial
+mean (B, C) -> dropout -> linear -> logits (B, K).
 Legend: B batch, C channels, H x W pixels, h x w feature map (H / 32), K classes.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..modalities.preprocess import CenterCropProcessor, ImagePreprocessConfig
+from ..nn.efficientnet import EfficientNetNetworkConfig, SamePadConv2d, StageConfig, efficientnet_layers
 from .base import PretrainedModel
 
-__all__ = ["EfficientNet", "EfficientNetConfig", "StageConfig", "efficientnet_lite"]
+__all__ = ["EfficientNet", "EfficientNetConfig", "SamePadConv2d", "StageConfig", "efficientnet_lite"]
 
 
 @dataclass
-class StageConfig:
-    """One row of the stage table: `repeats` MBConv blocks, the first with `stride`."""
-
-    repeats: int
-    kernel: int
-    stride: int
-    expand: int  # inner width = input width * expand (1: no expansion conv)
-    channels: int  # output width before the width multiplier
-
-
-def _b0_stages() -> list[StageConfig]:
-    """EfficientNet-B0's table, which every Lite model scales."""
-    rows = [(1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80), (3, 5, 1, 6, 112),
-            (4, 5, 2, 6, 192), (1, 3, 1, 6, 320)]
-    return [StageConfig(*r) for r in rows]
-
-
-@dataclass
-class EfficientNetConfig:
+class EfficientNetConfig(EfficientNetNetworkConfig):
     """EfficientNet-Lite0 by default; `efficientnet_lite(n)` gives Lite0-4."""
 
-    width_multiplier: float = 1.0
-    depth_multiplier: float = 1.0
-    stages: list[StageConfig] = field(default_factory=_b0_stages)
-    stem_channels: int = 32
-    head_channels: int = 1280
-    fix_stem_head: bool = True  # Lite: stem, head and the first / last stage's repeats unscaled
-    padding: Literal["same", "symmetric"] = "same"  # "same": TensorFlow's, for weights trained there
-    bn_eps: float = 1e-3  # TensorFlow's BatchNorm epsilon (PyTorch's default is 1e-5)
     num_classes: int = 1000  # 0: no classifier (an image encoder: use `features`)
     image_size: int = 224  # the resolution the weights were trained at
     dropout: float = 0.2  # before the classifier
@@ -71,37 +37,14 @@ class EfficientNetConfig:
             raise ValueError(f"efficientnet: id2label keys must be class indices, got {keys}") from e
         if self.id2label and sorted(self.id2label) != list(range(self.num_classes)):
             raise ValueError(f"efficientnet: id2label must name the classes 0..{self.num_classes - 1}")
-        for i, s in enumerate(self.stages):
-            if min(s.repeats, s.kernel, s.stride, s.expand, s.channels) < 1 or s.kernel % 2 == 0:
-                raise ValueError(f"efficientnet: stages[{i}] needs positive values and an odd kernel, got {s}")
-        if not self.stages or self.padding not in ("same", "symmetric"):
-            raise ValueError(f"efficientnet: need stages, and padding 'same' or 'symmetric' (got {self.padding!r})")
-        if self.num_classes < 0 or not 0 <= self.dropout < 1 or min(self.width_multiplier, self.depth_multiplier) <= 0:
-            raise ValueError("efficientnet: need num_classes >= 0, 0 <= dropout < 1 and positive multipliers")
+        super().__post_init__()
+        if self.num_classes < 0 or not 0 <= self.dropout < 1:
+            raise ValueError("efficientnet: need num_classes >= 0 and 0 <= dropout < 1")
 
     @property
     def labels(self) -> list[str]:
         """Class names by index (`LABEL_i` where id2label has none)."""
         return [self.id2label.get(i, f"LABEL_{i}") for i in range(self.num_classes)]
-
-    def width(self, channels: int) -> int:
-        """`channels` times the width multiplier, rounded to a multiple of 8 (never down by over 10%)."""
-        scaled = channels * self.width_multiplier
-        rounded = max(8, int(scaled + 4) // 8 * 8)
-        return rounded + 8 if rounded < 0.9 * scaled else rounded
-
-    def repeats(self, index: int) -> int:
-        """Blocks in stage `index` after the depth multiplier (rounded up)."""
-        fixed = self.fix_stem_head and index in (0, len(self.stages) - 1)
-        reps = self.stages[index].repeats
-        return reps if fixed else int(math.ceil(reps * self.depth_multiplier))
-
-    def stage_widths(self) -> tuple[int, list[int], int]:
-        """(stem width, each stage's output width, head width)."""
-        fixed = self.fix_stem_head
-        stem = self.stem_channels if fixed else self.width(self.stem_channels)
-        head = self.head_channels if fixed else self.width(self.head_channels)
-        return stem, [self.width(s.channels) for s in self.stages], head
 
 
 def efficientnet_lite(n: int = 0, **overrides: Any) -> EfficientNetConfig:
@@ -114,51 +57,6 @@ def efficientnet_lite(n: int = 0, **overrides: Any) -> EfficientNetConfig:
     return EfficientNetConfig(width_multiplier=w, depth_multiplier=d, image_size=size, dropout=p, **overrides)
 
 
-class SamePadConv2d(nn.Conv2d):
-    """A strided conv padded as TensorFlow's "SAME": output ceil(in / stride), the odd pixel at the end."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        pads = []
-        for size, k, s in zip(reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride)):
-            total = max((math.ceil(size / s) - 1) * s + k - size, 0)
-            pads += [total // 2, total - total // 2]  # F.pad order: left, right, top, bottom
-        return super().forward(F.pad(x, pads))
-
-
-class ConvBNAct(nn.Module):
-    """conv (no bias) -> BatchNorm -> ReLU6 (or nothing, for the projection)."""
-
-    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, cfg: EfficientNetConfig,
-                 groups: int = 1, act: bool = True) -> None:
-        super().__init__()
-        if cfg.padding == "same" and stride > 1:
-            self.conv: nn.Conv2d = SamePadConv2d(c_in, c_out, kernel, stride, padding=0, groups=groups, bias=False)
-        else:  # stride 1: SAME is symmetric for odd kernels
-            self.conv = nn.Conv2d(c_in, c_out, kernel, stride, padding=kernel // 2, groups=groups, bias=False)
-        self.bn = nn.BatchNorm2d(c_out, eps=cfg.bn_eps)
-        self.act = nn.ReLU6() if act else nn.Identity()
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.act(self.bn(self.conv(x)))
-
-
-class MBConv(nn.Module):
-    """Inverted residual: 1x1 expand (if expand > 1) -> kxk depthwise -> 1x1 project, + x when shapes match."""
-
-    def __init__(self, c_in: int, c_out: int, stage: StageConfig, stride: int, cfg: EfficientNetConfig) -> None:
-        super().__init__()
-        inner = c_in * stage.expand
-        self.expand = ConvBNAct(c_in, inner, 1, 1, cfg) if stage.expand != 1 else None
-        self.depthwise = ConvBNAct(inner, inner, stage.kernel, stride, cfg, groups=inner)
-        self.project = ConvBNAct(inner, c_out, 1, 1, cfg, act=False)
-        self.residual = stride == 1 and c_in == c_out
-
-    def forward(self, x: Tensor) -> Tensor:
-        y = self.expand(x) if self.expand is not None else x
-        y = self.project(self.depthwise(y))
-        return x + y if self.residual else y
-
-
 class EfficientNet(PretrainedModel):
     """EfficientNet-Lite: `model(pixel_values)` -> logits (B, K); `features(pixel_values)` -> (B, C, h, w).
     As an `ImageClassifier` (classify.py): `classify`, `labels` and `image_processor`."""
@@ -167,16 +65,8 @@ class EfficientNet(PretrainedModel):
 
     def __init__(self, config: EfficientNetConfig) -> None:
         super().__init__(config)
-        stem, widths, head = config.stage_widths()
-        self.stem = ConvBNAct(3, stem, 3, 2, config)
-        stages, c_in = [], stem
-        for i, (stage, c_out) in enumerate(zip(config.stages, widths)):
-            blocks = [MBConv(c_in if j == 0 else c_out, c_out, stage, stage.stride if j == 0 else 1, config)
-                      for j in range(config.repeats(i))]
-            stages.append(nn.Sequential(*blocks))
-            c_in = c_out
-        self.stages = nn.Sequential(*stages)
-        self.head = ConvBNAct(c_in, head, 1, 1, config)
+        self.stem, self.stages, self.head = efficientnet_layers(config)
+        head = config.channels
         self.dropout = nn.Dropout(config.dropout)
         self.classifier = nn.Linear(head, config.num_classes) if config.num_classes else None
         self.channels = head

@@ -18,7 +18,7 @@ from torch import nn
 
 from ..fusion import FusionConfig, build_fusion, decoder_overrides, num_prefix_tokens
 from ..modalities.base import MODALITIES
-from ..modalities.image import ImageProcessor, ViTConfig, build_image_encoder
+from ..modalities.image import ViTConfig, build_image_encoder, image_processor
 from ..modalities.text import TOKENIZER_FILE, TextTokenizer
 from .base import WEIGHTS_FILE, load_state_strict, read_model_config
 from .core import ModelOutput, MultimodalLM
@@ -106,7 +106,7 @@ class MultimodalTransformerModel(MultimodalLM):
                          image_dim=config.image.media_dim if config.image else None, media=media, ctc_dim=ctc_dim,
                          vocab_size=config.decoder.vocab_size)
         self.config = config
-        self.image_processor = ImageProcessor(config.image.image_size) if config.image else None
+        self.image_processor = image_processor(config.image) if config.image else None
         self.media_processors = {name: MODALITIES[name].build_processor(cfg) for name, cfg in config.media.items()}
 
     @property

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..chat import context_text
 from .schemas import AudioPart, ChatMessage, ImagePart, InputAudio, TextPart, VideoPart
 
 
@@ -58,11 +59,7 @@ def build_conversation(messages: list[ChatMessage], require_prompt: bool = True)
     prompt = _text(messages[-1]).strip()
     if not prompt and require_prompt:
         raise TemplateError("the last user message has no text: ask something")
-    lines = []
-    for m in messages[:-1]:
-        text = _text(m).strip()
-        if text:
-            role = "system" if m.role in ("system", "developer") else m.role
-            lines.append(f"{role}: {text}")
-    return Conversation(prompt, "\n".join(lines) or None, images[0].image_url.url if images else None,
+    earlier = [{"role": "system" if m.role in ("system", "developer") else m.role, "content": _text(m)}
+               for m in messages[:-1]]
+    return Conversation(prompt, context_text(earlier), images[0].image_url.url if images else None,
                         audio[0].input_audio if audio else None, videos[0].video_url.url if videos else None)

@@ -1,7 +1,8 @@
 """The model a run trains: a pretrained model fine-tuned as it is (`run.finetune`: Whisper, with
 LoRA), composed from pretrained parts (`run.compose`), or a fresh `MultimodalTransformerModel` with
 a tokenizer trained on the run's text (kept across resumes; rank 0's under torchrun) and heads for
-its streams' objectives and class labels."""
+its streams' objectives and class labels; its CNN image encoder from pretrained weights when
+`model.image.pretrained` names them (train/pretrained.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from ..modalities.text import TextTokenizer
 from ..models.multimodal import MultimodalTransformerModel
 from . import distributed as dd
 from .config import FinetuneConfig, RunConfig
+from .pretrained import load_network, read_pretrained, resolve_source
 from .tasks import TaskStream, class_labels
 
 
@@ -53,26 +55,15 @@ def build_model(run: RunConfig, streams: list[TaskStream], out: Path, resume: bo
     heads = replace(heads, classes={**heads.classes, **labels}, itm=heads.itm or "itm" in objectives,
                     contrastive_dim=heads.contrastive_dim or (64 if "contrastive" in objectives else None))
     mcfg = replace(run.model, decoder=replace(run.model.decoder, vocab_size=tok.vocab_size), heads=heads)
+    pretrained = None
+    if mcfg.image is not None and mcfg.image.pretrained is not None:  # the weights' normalisation, recorded
+        pretrained, image = read_pretrained(mcfg.image)
+        mcfg = replace(mcfg, image=image)
     model = MultimodalTransformerModel(mcfg)
+    if pretrained is not None:
+        load_network(model.image_encoder.network, pretrained, str(mcfg.image.pretrained))
     model.tokenizer = tok
     return model, replace(run, model=mcfg)
-
-
-def resolve_source(source: str) -> str:
-    """A model directory, or `package:NAME`: the directory an installed package ships (NAME.get_model_path())."""
-    if not source.startswith("package:"):
-        return source
-    import importlib
-
-    name = source.removeprefix("package:")
-    try:
-        module = importlib.import_module(name)
-    except ImportError as e:
-        raise ConfigError(f"finetune.source {source}: the package is not installed "
-                          f"(pip install {name.replace('_', '-')})") from e
-    if not hasattr(module, "get_model_path"):
-        raise ConfigError(f"finetune.source {source}: {name} has no get_model_path()")
-    return str(module.get_model_path())
 
 
 def finetune_model(cfg: FinetuneConfig) -> Any:

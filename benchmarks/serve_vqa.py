@@ -13,18 +13,15 @@ path (media decoding, prompt format, batching) end to end.
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from multimodaltransformer.data.manifest import read_manifest
 from multimodaltransformer.data.sources import resolve_source
 from multimodaltransformer.metrics import normalize_answer
-from multimodaltransformer.serve import free_port
 from multimodaltransformer.train.config import default_cache_dir
-from serve_load import start_server  # this folder's load test starts the server the same way
+from serve_load import ask_about_images  # this folder's load test starts the server
 
 
 def main() -> None:
@@ -35,27 +32,9 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=8, help="concurrent requests")
     p.add_argument("--out", help="write the per-question results here (JSON lines)")
     a = p.parse_args()
-    from openai import OpenAI
-
     manifest = resolve_source(f"shapes:split=test,n={a.n},seed={a.seed}", default_cache_dir())
     questions = [e for e in read_manifest(manifest) if e.task == "vqa"]
-    port = free_port(0)
-    server = start_server(a.model, 16, port)  # the server's default batch
-    client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused")
-
-    def ask(e) -> str:
-        url = "data:image/png;base64," + base64.b64encode(Path(e.image).read_bytes()).decode()
-        reply = client.chat.completions.create(model="model", temperature=0, max_tokens=8, messages=[
-            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
-                                         {"type": "text", "text": e.prompt}]}])
-        return reply.choices[0].message.content or ""
-
-    try:
-        with ThreadPoolExecutor(a.workers) as pool:
-            answers = list(pool.map(ask, questions))
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    answers = ask_about_images(a.model, questions, lambda e: e.prompt, max_tokens=8, workers=a.workers)
     right: dict[str, list[bool]] = defaultdict(list)
     rows = []
     for e, answer in zip(questions, answers):

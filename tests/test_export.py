@@ -1,7 +1,9 @@
 """mmt export: Hugging Face directories load in transformers with equal logits (fp32, 1e-5); the ONNX
 decoder (optimum layout) matches PyTorch under onnxruntime (1e-4) at prefill (past 0, left padding)
-and at a decode step (past > 0); the onnxruntime generation loop gives PyTorch's greedy tokens; what
-cannot be exported fails by name, leaving no output behind."""
+and at a decode step (past > 0); the onnxruntime generation loop gives PyTorch's greedy tokens; the
+multimodal model (cross and early fusion) as vision encoder + embeddings + decoder matches PyTorch at
+prefill and decode (1e-4) and `mmt generate --backend onnxruntime` with images answers as with
+PyTorch; what cannot be exported fails by name, leaving no output behind."""
 
 import json
 
@@ -181,9 +183,161 @@ def test_gguf_export_reads_back_in_both_loaders(tmp_path, dtype, atol):
     assert ours.tokenizer.encode("hello world").ids == byte_level_tokenizer().encode("hello world").ids
 
 
-def test_gguf_export_refuses_gpt2(source, tmp_path):
-    if not isinstance(source[0], hf.GPT2LMHeadModel):
-        pytest.skip("llama is exported above")
+def test_gguf_export_refuses_gpt2(tmp_path):
+    tiny("gpt2").save_pretrained(tmp_path / "gpt2")
+    byte_level_tokenizer().save(str(tmp_path / "gpt2" / "tokenizer.json"))
     with pytest.raises(ExportError, match="llama-family"):
-        export(source[1], "gguf", tmp_path / "g.gguf")
+        export(tmp_path / "gpt2", "gguf", tmp_path / "g.gguf")
     assert not (tmp_path / "g.gguf").exists()
+
+
+# ---- the multimodal model: vision_encoder.onnx + embed_tokens.onnx + decoder_model_merged.onnx -----------
+
+def _tiny_multimodal(tokenizer, fusion: str):
+    import dataclasses
+
+    from conftest import tiny_config
+
+    from multimodaltransformer import MultimodalTransformerModel
+    from multimodaltransformer.fusion import FusionConfig
+
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(tiny_config(tokenizer.vocab_size), fusion=FusionConfig(
+        type=fusion, null_tokens=2 if fusion == "cross" else 0))
+    model = perturb(MultimodalTransformerModel(cfg), scale=0.2)  # varied greedy answers, not one repeated token
+    model.tokenizer = tokenizer
+    return model
+
+
+@pytest.fixture(scope="module", params=["cross", "early"])
+def multimodal(request, tokenizer, tmp_path_factory):
+    """(PyTorch model, its directory, its ONNX export) for cross-attention and prefix (early) fusion."""
+    model = _tiny_multimodal(tokenizer, request.param)
+    path = tmp_path_factory.mktemp(f"mm-{request.param}")
+    model.save_pretrained(path / "model")
+    assert main(["export", str(path / "model"), "--format", "onnx", "--out", str(path / "onnx")]) == 0
+    return model, path / "model", path / "onnx"
+
+
+def _pixels(shapes_dir, model, n: int = 2) -> torch.Tensor:
+    from multimodaltransformer.data import read_manifest
+
+    images = sorted({str(e.image) for e in read_manifest(shapes_dir)})[:n]
+    return torch.stack([model.image_processor(p) for p in images])
+
+
+def test_multimodal_onnx_layout_and_export_json(multimodal, shapes_dir):
+    import onnx
+
+    model, _, out = multimodal
+    cross = model.config.fusion.type == "cross"
+    layout = json.loads((out / "export.json").read_text())
+    for name in ("vision_encoder.onnx", "embed_tokens.onnx", "decoder_model_merged.onnx"):
+        onnx.checker.check_model(onnx.load(str(out / name)))
+    names = [i.name for i in onnx.load(str(out / "decoder_model_merged.onnx")).graph.input]
+    assert names == layout["decoder"]["inputs"]
+    assert names[:4] == ["inputs_embeds", "attention_mask", "position_ids",
+                         "encoder_hidden_states" if cross else "past_key_values.0.key"]
+    assert layout["kind"] == "multimodal" and layout["image_processor"]["size"] == 32
+    assert layout["special_token_ids"]["sep"] == model.tokenizer.sep_id
+    pixels = _pixels(shapes_dir, model)
+    feats = ort.InferenceSession(str(out / "vision_encoder.onnx")).run(None, {"pixel_values": pixels.numpy()})[0]
+    with torch.no_grad():
+        fused = model.fusion(model.image_encoder(pixels))
+    ref = fused.memory if cross else fused.prefix
+    assert feats.shape == (2, 16 + 2 * cross, 32) and max_diff(torch.from_numpy(feats), ref) < ONNX_ATOL
+
+
+def test_multimodal_onnx_prefill_and_decode_match_pytorch(multimodal, shapes_dir):
+    from multimodaltransformer.export.ort_multimodal import OrtMultimodalLM
+
+    model, _, out = multimodal
+    ortlm = OrtMultimodalLM(out)
+    pixels = _pixels(shapes_dir, model)
+    ids = torch.randint(6, model.tokenizer.vocab_size, (2, 7))
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    mask[1, :3] = False  # left padding
+    x, key_mask, context = ortlm.embed(ids, mask, pixel_values=pixels)[:3]
+    S = key_mask.shape[1]
+    cache = ortlm.new_cache(2, S + 1)
+    slots = torch.cat([key_mask, torch.ones(2, 1, dtype=torch.bool)], 1)
+    positions = (key_mask.long().cumsum(-1) - 1).clamp(min=0)
+    logits = ortlm.decode_step(x, positions, slots[:, :S], 0, context, cache=cache)[:, S - 7:]  # prefill
+    with torch.no_grad():
+        ref = model(input_ids=ids, attention_mask=mask, pixel_values=pixels).logits
+    assert max_diff(logits[0], ref[0]) < ONNX_ATOL and max_diff(logits[1, 3:], ref[1, 3:]) < ONNX_ATOL
+    nxt = torch.randint(6, model.tokenizer.vocab_size, (2, 1))
+    step = ortlm.decode_step(ortlm.embed_tokens(nxt), positions[:, -1:] + 1, slots, S, cache=cache)  # past S
+    with torch.no_grad():
+        ref2 = model(input_ids=torch.cat([ids, nxt], 1), attention_mask=torch.cat([mask, slots[:, -1:]], 1),
+                     pixel_values=pixels).logits[:, -1:]
+    assert max_diff(step, ref2) < ONNX_ATOL
+
+
+def test_multimodal_greedy_answers_equal_mmt_generate_pytorch(multimodal, shapes_dir, tmp_path, capsys):
+    from multimodaltransformer.data import read_manifest
+
+    model, model_dir, out = multimodal
+    examples = [e for e in read_manifest(shapes_dir) if e.task in ("vqa", "caption")][:6]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps({"id": str(i), "task": e.task, "prompt": e.prompt, "image": str(e.image)})
+                                + "\n" for i, e in enumerate(examples)))
+    answers = {}
+    for backend, directory in (("torch", model_dir), ("onnxruntime", out)):
+        assert main(["generate", str(directory), "--backend", backend, "--data", str(manifest), "--out",
+                     str(tmp_path / f"{backend}.jsonl"), "--max-new-tokens", "8", "--batch-size", "4"]) == 0
+        answers[backend] = [json.loads(line) for line in (tmp_path / f"{backend}.jsonl").read_text().splitlines()]
+    assert answers["onnxruntime"] == answers["torch"]
+    assert len({a["prediction"] for a in answers["torch"]}) > 1  # the answers differ with the images
+    from multimodaltransformer.export.ort_multimodal import OrtMultimodalLM
+    from multimodaltransformer.generation import generate
+
+    ids = torch.randint(6, model.tokenizer.vocab_size, (2, 5))
+    mask = torch.ones_like(ids)
+    mask[0, :2] = 0
+    pixels = _pixels(shapes_dir, model)  # 12 tokens without EOS, so the ids compare where the text may not
+    assert torch.equal(generate(OrtMultimodalLM(out), ids, mask, pixel_values=pixels, max_new_tokens=12,
+                                eos_token_id=[]),
+                       model.generate(ids, mask, pixel_values=pixels, max_new_tokens=12, eos_token_id=[]))
+    printed = []
+    for backend, directory in (("torch", model_dir), ("onnxruntime", out)):
+        assert main(["generate", str(directory), "--backend", backend, "--image", str(examples[0].image),
+                     "--prompt", examples[0].prompt, "--max-new-tokens", "6", "--num-beams", "2"]) == 0
+        printed.append(capsys.readouterr().out.splitlines()[-1])
+    assert printed[0] == printed[1]  # beam search runs through the same engine
+
+
+def test_multimodal_onnx_refusals(tokenizer, multimodal, tmp_path, capsys):
+    model, model_dir, out = multimodal
+    with pytest.raises(ExportError, match="--dtype f32"):
+        export(model_dir, "onnx", tmp_path / "f16", "f16")
+    late = _tiny_multimodal(tokenizer, "late")
+    late.save_pretrained(tmp_path / "late")
+    with pytest.raises(ExportError, match="fusion.type 'late'"):
+        export(tmp_path / "late", "onnx", tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not (tmp_path / ".out.partial").exists()
+    assert main(["generate", str(out), "--backend", "onnxruntime", "--prompt", "what is it?"]) == 2
+    assert "needs an image" in capsys.readouterr().err
+    assert main(["generate", str(out), "--backend", "onnxruntime", "--prompt", "x", "--image", "a.png",
+                 "--audio", "a.wav"]) == 2
+    assert "images only" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fusion", ["gated", "resampler"])
+def test_other_generative_fusions_export_with_equal_greedy_tokens(tokenizer, shapes_dir, tmp_path, fusion):
+    from multimodaltransformer.export.ort_multimodal import OrtMultimodalLM
+    from multimodaltransformer.generation import generate
+
+    model = _tiny_multimodal(tokenizer, fusion)  # perturbed: gated fusion's tanh gates are open
+    model.save_pretrained(tmp_path / "model")
+    ortlm = OrtMultimodalLM(export(tmp_path / "model", "onnx", tmp_path / "onnx"))
+    ids, pixels = torch.randint(6, tokenizer.vocab_size, (2, 5)), _pixels(shapes_dir, model)
+    assert torch.equal(generate(ortlm, ids, pixel_values=pixels, max_new_tokens=8, eos_token_id=[]),
+                       model.generate(ids, pixel_values=pixels, max_new_tokens=8, eos_token_id=[]))
+
+
+def test_a_vision_graph_that_does_not_trace_faithfully_is_refused(tokenizer, tmp_path):
+    _tiny_multimodal(tokenizer, "graph").save_pretrained(tmp_path / "model")  # its message passing differs under onnxruntime
+    with pytest.raises(ExportError, match="graph fusion do not export to ONNX faithfully"):
+        export(tmp_path / "model", "onnx", tmp_path / "onnx")
+    assert not (tmp_path / "onnx").exists() and not (tmp_path / ".onnx.partial").exists()

@@ -58,7 +58,7 @@ def _writer(fmt: str):
     if fmt == "hf":
         from .hf import write
     elif fmt == "onnx":
-        from .onnx import write
+        from .onnx_multimodal import write  # the multimodal model's layout, else onnx.py's decoder LM
     else:
         from .gguf import write
     return write

@@ -20,7 +20,8 @@ def add_export_commands(sub: Any) -> None:
 
     g = sub.choices["generate"]
     g.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
-                   help="onnxruntime: MODEL is an ONNX export (mmt export --format onnx) of a decoder LM")
+                   help="onnxruntime: MODEL is an ONNX export (mmt export --format onnx) of a decoder LM "
+                   "or of a multimodal model (then --image / --data with images)")
     g.set_defaults(func=_backend(g.get_default("func")))
 
 
@@ -38,6 +39,7 @@ def _backend(torch_generate: Any) -> Any:
         from ..generation import GenerationConfig
         from . import ExportError
         from .ort_generate import run_cli
+        from .ort_multimodal import is_multimodal_export, run_multimodal_cli
 
         # the flags named as GenerationConfig fields (--num-beams, --top-p ...), validated as for PyTorch
         kwargs = {f.name: getattr(a, f.name) for f in dataclasses.fields(GenerationConfig)
@@ -47,6 +49,9 @@ def _backend(torch_generate: Any) -> Any:
         except ValueError as e:
             raise ExportError(str(e)) from e
         media = [f"--{n}" for n in ("image", "audio", "video") if getattr(a, n, None)]
+        if is_multimodal_export(a.model):  # vision_encoder + decoder (onnx_multimodal.py)
+            return run_multimodal_cli(a.model, a.prompt, a.text, a.image, a.data, a.out, a.max_new_tokens,
+                                      a.batch_size, kwargs, [m for m in media if m != "--image"])
         run_cli(a.model, a.prompt, a.data, a.out, a.max_new_tokens, a.batch_size, kwargs, media)
 
     return run

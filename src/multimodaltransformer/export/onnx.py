@@ -72,7 +72,8 @@ def write(model: nn.Module, out: Path, dtype: str) -> None:
     """OUT/decoder_model_merged.onnx + config.json, generation_config.json, tokenizer files, export.json."""
     if not isinstance(model, DecoderLM):
         raise ExportError(f"ONNX export of a {type(model).__name__} is not implemented: only decoder-only LMs "
-                          "(gpt2, llama families) are written, in optimum's decoder_model_merged layout")
+                          "(gpt2, llama families), in optimum's decoder_model_merged layout, and the "
+                          "library's MultimodalTransformerModel (onnx_multimodal.py)")
     if dtype not in DTYPES:
         raise ExportError(f"--format onnx takes --dtype f32 or f16, not {dtype}")
     family_of(model)  # the config.json below needs a Hugging Face family

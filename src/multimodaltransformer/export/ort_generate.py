@@ -120,6 +120,17 @@ def generate_texts(model: OrtDecoderLM, prompts: list[str], max_new_tokens: int,
     return out
 
 
+def write_predictions(out: str, examples: list[Any], preds: list[str]) -> None:
+    """PRED.jsonl as `mmt generate --data` writes it with PyTorch (id, prompt, prediction), written whole or not at all."""
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps({"id": ex.id, "prompt": ex.prompt, "prediction": p}) + "\n"
+                           for ex, p in zip(examples, preds)))
+    tmp.replace(path)
+    print(f"wrote {len(preds)} predictions to {path}")
+
+
 def run_cli(model_dir: str, prompt: str | None, data: str | None, out: str | None, max_new_tokens: int,
             batch_size: int, generation_kwargs: dict[str, Any], media: list[str]) -> None:
     """`mmt generate OUT --backend onnxruntime`: one --prompt, or --data MANIFEST --out PRED.jsonl."""
@@ -138,13 +149,7 @@ def run_cli(model_dir: str, prompt: str | None, data: str | None, out: str | Non
             raise ExportError(f"{data}: examples {with_media[:5]} have media; the onnxruntime backend runs "
                               "exported decoder-only LMs (text only)")
         preds = generate_texts(model, [ex.prompt for ex in examples], max_new_tokens, batch_size, **generation_kwargs)
-        path = Path(out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(json.dumps({"id": ex.id, "prompt": ex.prompt, "prediction": p}) + "\n"
-                               for ex, p in zip(examples, preds)))
-        tmp.replace(path)
-        print(f"wrote {len(preds)} predictions to {path}")
+        write_predictions(out, examples, preds)
         return
     if prompt is None:
         raise ExportError("give --prompt TEXT, or --data MANIFEST --out PRED.jsonl")

@@ -89,9 +89,8 @@ def test_transcript_equals_the_model_plain_and_streaming(client, model, tmp_path
         assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
 
 
-def test_multilingual_model_detects_the_language_then_transcribes(tmp_path):
-    """vocab >= 51865 marks a multilingual Whisper: the prompt is <|startoftranscript|>, the most
-    likely language token, <|transcribe|>, <|notimestamps|>."""
+def multilingual_whisper(tmp_path) -> tuple:
+    """A tiny random multilingual Whisper (vocab 51865) with <|en|>, <|de|>, <|haw|>; and its special ids."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
     from test_hub_whisper import tiny
@@ -109,7 +108,13 @@ def test_multilingual_model_detects_the_language_then_transcribes(tmp_path):
     (tmp_path / "added_tokens.json").write_text(json.dumps(ids))
     save(tiny(vocab_size=V, decoder_start_token_id=ids["<|startoftranscript|>"], eos_token_id=ids["<|endoftext|>"],
               bos_token_id=ids["<|endoftext|>"]), tmp_path)
-    model = load_pretrained(tmp_path)
+    return load_pretrained(tmp_path), ids
+
+
+def test_multilingual_model_detects_the_language_then_transcribes(tmp_path):
+    """vocab >= 51865 marks a multilingual Whisper: the prompt is <|startoftranscript|>, the most
+    likely language token, <|transcribe|>, <|notimestamps|>."""
+    model, ids = multilingual_whisper(tmp_path)
     data = wav_bytes(0.25, seed=11)
     (tmp_path / "a.wav").write_bytes(data)
     x = AudioProcessor(model.config.processor_config())(load_audio(tmp_path / "a.wav"))

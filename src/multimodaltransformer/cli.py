@@ -242,7 +242,8 @@ def _add_run_commands(sub: Any) -> None:
 
     sv = sub.add_parser("serve", help="serve a model: OpenAI-compatible API (chat with images or, for Whisper, "
                                       "audio; streaming) + web chat page")
-    sv.add_argument("model", help="a saved model directory (ours, or a Whisper one: it transcribes input_audio)")
+    sv.add_argument("model", help="a saved model directory (ours, or a Whisper one: it transcribes input_audio), "
+                                  "or a decoder LM with a chat template (directory, .gguf or package:NAME): text chat")
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1/ routes")

@@ -142,17 +142,24 @@ def _from_family(directory: Path, raw: dict[str, Any], state: dict[str, Tensor],
     return model.to(map_location).eval()
 
 
-def load_model(path: str | Path, device: str = "auto", speech: bool = False) -> nn.Module:
+def load_model(path: str | Path, device: str = "auto", speech: bool = False, chat: bool = False) -> nn.Module:
     """A model that answers prompts (ours: trained or composed by this library; with `speech`, a
-    Whisper model too, which transcribes) on `device` ("auto": cuda if available), tokenizer checked."""
+    Whisper model too, which transcribes; with `chat`, a decoder LM with a chat template, which
+    chats in text, as `mmt serve` serves it) on `device` ("auto": cuda if available), tokenizer
+    checked. `path` may be a `package:NAME` source (hub/packages.py)."""
     from ..config import ConfigError
+    from .packages import resolve_model_source
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = load_pretrained(path, map_location=device)
-    if not (isinstance(model, MultimodalLM) or speech and isinstance(model, Whisper)):  # ours or composed
+    model = load_pretrained(resolve_model_source(str(path)), map_location=device)
+    lm = chat and isinstance(model, DecoderLM)
+    if not (isinstance(model, MultimodalLM) or speech and isinstance(model, Whisper) or lm):  # ours or composed
         raise ConfigError(f"{path}: a {type(model).__name__} does not answer prompts about images; "
                           "use a model trained or composed by this library")
+    if lm and not model.chat_template:
+        raise ConfigError(f"{path}: this {type(model).__name__} has no chat template (tokenizer_config.json, "
+                          "chat_template.jinja or the GGUF's tokenizer.chat_template): text chat needs one")
     if model.tokenizer is None:
         from ..data.manifest import DataError
 

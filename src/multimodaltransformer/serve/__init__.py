@@ -1,4 +1,5 @@
-"""Serving: an OpenAI-compatible HTTP API (chat with images, streaming, embeddings) and a web chat page.
+"""Serving: an OpenAI-compatible HTTP API (chat with images, streaming, embeddings, audio transcriptions;
+text chat with a decoder LM through its chat template) and a web chat page.
 
 `mmt serve MODEL_DIR` runs `serve`; `create_app` gives the FastAPI app (for tests or your own
 server). fastapi and uvicorn are imported here only: `pip install "multimodaltransformer[serve]"`.
@@ -24,7 +25,7 @@ def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, api_
     if model is None:
         from ..hub import load_model
 
-        model = load_model(str(model_dir), device, speech=True)
+        model = load_model(str(model_dir), device, speech=True, chat=True)
     cfg = ServerConfig(model_name=Path(model_dir).name if model_dir else "model", api_key=api_key,
                        model_dir=Path(model_dir) if model_dir else None,
                        max_batch=max_batch, queue_size=queue_size, request_timeout_s=request_timeout_s,

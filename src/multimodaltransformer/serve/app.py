@@ -2,7 +2,9 @@
 
 Routes: POST /v1/chat/completions (plain or `stream: true` server-sent events ending in
 `data: [DONE]`; media come as `image_url`, `input_audio` and `video_url` parts; a speech model
-answers an `input_audio` clip with its transcript, serve/speech.py),
+answers an `input_audio` clip with its transcript, serve/speech.py; a decoder LM chats in text through
+its chat template, serve/textchat.py),
+POST /v1/audio/transcriptions (speech models, serve/transcriptions.py),
 POST /v1/embeddings (models with a contrastive space), GET /v1/models, GET /health, GET / (the
 chat page), GET /v1/examples (what the model takes and does, and the example images with suggested
 questions saved in MODEL_DIR/examples, serve/examples.py), GET /examples/NAME (only the images listed
@@ -33,6 +35,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Streamin
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..modalities.text import encode_prompt
+from .common import APIError, check_model, json_error, next_event
 from .examples import load_examples
 from .media import MediaPolicy, MediaRejected, decode_image, decode_video, image_bytes, input_audio, video_bytes
 from .schemas import (AssistantMessage, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice,
@@ -40,6 +43,8 @@ from .schemas import (AssistantMessage, ChatCompletion, ChatCompletionChunk, Cha
                       ModelCard, ModelKind, ModelList, Usage, error)
 from .speech import SpeechJob, Transcriber, is_speech_model
 from .template import TemplateError, build_conversation
+from .textchat import ChatTemplatePrompter, is_chat_lm
+from .transcriptions import transcription_router
 from .worker import Job, ModelWorker
 
 
@@ -56,18 +61,6 @@ class ServerConfig:
     media: MediaPolicy = field(default_factory=MediaPolicy)
 
 
-class APIError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
-
-
-def _json_error(status: int, message: str, param: str | None = None, code: str | None = None,
-                headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(error(status, message, param, code), status_code=status, headers=headers)
-
-
 def create_app(model: Any, config: ServerConfig | None = None) -> FastAPI:
     """The app for `model` (a multimodal model with a tokenizer); starts its worker thread."""
     cfg = config or ServerConfig()
@@ -75,6 +68,7 @@ def create_app(model: Any, config: ServerConfig | None = None) -> FastAPI:
         raise ValueError("the model has no tokenizer: serve a saved model directory with tokenizer.json")
     worker = ModelWorker(model, max_batch=cfg.max_batch, queue_size=cfg.queue_size)
     transcriber = Transcriber(model) if is_speech_model(model) else None
+    prompter = ChatTemplatePrompter(model) if is_chat_lm(model) else None  # a decoder LM: its chat template
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -102,8 +96,10 @@ def create_app(model: Any, config: ServerConfig | None = None) -> FastAPI:
     async def page() -> str:
         return (resources.files("multimodaltransformer") / "serve" / "static" / "index.html").read_text()
 
-    _add_chat_route(app, model, cfg, worker, transcriber)
+    _add_chat_route(app, model, cfg, worker, transcriber, prompter)
     _add_embeddings_route(app, model, cfg, worker)
+    app.include_router(transcription_router(model, worker, cfg.model_name, cfg.request_timeout_s,
+                                            cfg.media.max_bytes, transcriber))
     return app
 
 
@@ -111,39 +107,39 @@ def _add_error_handlers(app: FastAPI, cfg: ServerConfig) -> None:
     """Every error in OpenAI's shape; the body size limit and the API key, before any route."""
     @app.exception_handler(APIError)
     async def _api_error(_: Request, e: APIError) -> JSONResponse:
-        return _json_error(e.status, e.message, e.param, e.code, e.headers)
+        return json_error(e.status, e.message, e.param, e.code, e.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:
         first = e.errors()[0] if e.errors() else {}
         loc = [str(x) for x in first.get("loc", ()) if x != "body"]
         if first.get("type") == "json_invalid":
-            return _json_error(400, f"invalid JSON body: {first.get('msg', '')}", code="invalid_json")
+            return json_error(400, f"invalid JSON body: {first.get('msg', '')}", code="invalid_json")
         where = ".".join(loc) or "body"
-        return _json_error(400, f"{where}: {first.get('msg', 'invalid value')}", param=where or None)
+        return json_error(400, f"{where}: {first.get('msg', 'invalid value')}", param=where or None)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, e: StarletteHTTPException) -> JSONResponse:
-        return _json_error(e.status_code, str(e.detail))
+        return json_error(e.status_code, str(e.detail))
 
     @app.exception_handler(Exception)
     async def _crash(_: Request, e: Exception) -> JSONResponse:  # a bug must not leak a traceback
-        return _json_error(500, f"internal error ({type(e).__name__})")
+        return json_error(500, f"internal error ({type(e).__name__})")
 
     @app.middleware("http")
     async def _guard(request: Request, call_next: Any) -> Any:
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > cfg.max_body_bytes):
-            return _json_error(413, f"request body larger than {cfg.max_body_bytes} bytes")
+            return json_error(413, f"request body larger than {cfg.max_body_bytes} bytes")
         if cfg.api_key and request.url.path.startswith("/v1/"):
             if request.headers.get("authorization", "") != f"Bearer {cfg.api_key}":
-                return _json_error(401, "invalid or missing API key (Authorization: Bearer KEY)",
+                return json_error(401, "invalid or missing API key (Authorization: Bearer KEY)",
                                    code="invalid_api_key")
         return await call_next(request)
 
 
 def _add_chat_route(app: FastAPI, model: Any, cfg: ServerConfig, worker: ModelWorker,
-                    transcriber: Transcriber | None) -> None:
+                    transcriber: Transcriber | None, prompter: ChatTemplatePrompter | None) -> None:
     """POST /v1/chat/completions: a job for the worker, answered whole or streamed (SSE)."""
     @app.post("/v1/chat/completions")
     async def chat(req: ChatCompletionRequest, request: Request) -> Any:
@@ -151,7 +147,7 @@ def _add_chat_route(app: FastAPI, model: Any, cfg: ServerConfig, worker: ModelWo
         if transcriber is not None:
             job, prompt_tokens = await _make_speech_job(req, transcriber, cfg)
         else:
-            job, prompt_tokens = await _make_job(req, model, cfg)
+            job, prompt_tokens = await _make_job(req, model, cfg, prompter)
         events: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
         job.emit = lambda i, text, finish, err: loop.call_soon_threadsafe(events.put_nowait, (i, text, finish, err))
@@ -170,7 +166,7 @@ def _add_chat_route(app: FastAPI, model: Any, cfg: ServerConfig, worker: ModelWo
         texts, finish = [""] * n, [None] * n
         try:
             while any(f is None for f in finish):
-                i, text, reason, err = await _next_event(events, request, job)
+                i, text, reason, err = await next_event(events, request, job)
                 if err:
                     raise APIError(504 if "time limit" in err else 500, err)
                 if text:
@@ -266,9 +262,7 @@ def px_device(model: Any) -> torch.device:
 
 
 def _check_model(name: str, cfg: ServerConfig) -> None:
-    if name != cfg.model_name:
-        raise APIError(404, f"model {name!r} not found; this server has {cfg.model_name!r}", param="model",
-                       code="model_not_found")
+    check_model(name, cfg.model_name)
 
 
 def _pixels(url: str, model: Any, policy: MediaPolicy) -> torch.Tensor:
@@ -302,26 +296,18 @@ def _video_features(url: str, model: Any, policy: MediaPolicy) -> dict[str, torc
     return {"pixel_values_videos": proc.collate([frames]).to(px_device(model))}
 
 
-async def _make_job(req: ChatCompletionRequest, model: Any, cfg: ServerConfig) -> tuple[Job, int]:
-    takes = getattr(model, "processors", {})
-    hears = "audio" in takes
-    try:  # a model that hears may be asked by a clip alone (a spoken question; a clip to transcribe)
-        conv = build_conversation(req.messages, require_prompt=not hears)
-        stops = req.stops()
-    except (TemplateError, ValueError) as e:
-        raise APIError(400, str(e), param="messages") from None
-    if conv.has_audio and not hears:
-        raise APIError(400, "this model takes no audio (input_audio)", param="messages")
-    if conv.video_url and "video" not in takes:
-        raise APIError(400, "this model takes no video (video_url)", param="messages")
-    if not conv.prompt and not conv.has_audio:
-        raise APIError(400, "the last user message has no text: ask something", param="messages")
-    media = await asyncio.to_thread(_audio_features, conv.audio, model, cfg.media) if conv.has_audio else {}
-    if conv.video_url:
-        media |= await asyncio.to_thread(_video_features, conv.video_url, model, cfg.media)
-    pixel_values = await asyncio.to_thread(_pixels, conv.image_url, model, cfg.media) if conv.image_url else None
-    tok = model.tokenizer
-    ids = encode_prompt(tok, conv.prompt, conv.context)
+async def _make_job(req: ChatCompletionRequest, model: Any, cfg: ServerConfig,
+                    prompter: ChatTemplatePrompter | None = None) -> tuple[Job, int]:
+    """A chat request -> a worker job: a decoder LM's prompt from its chat template (`prompter`),
+    else ours (`<bos> [context] question <sep>`) after the request's media."""
+    if prompter is not None:
+        try:
+            stops = req.stops()
+        except ValueError as e:
+            raise APIError(400, str(e), param="stop") from None
+        ids, pixel_values, media = prompter.prompt_ids(req.messages), None, {}
+    else:
+        ids, pixel_values, media, stops = await _media_prompt(req, model, cfg)
     n_media = model.num_media_tokens if pixel_values is not None or media else 0
     room = model.max_seq_len - n_media - len(ids)
     if room < 1:
@@ -339,8 +325,31 @@ async def _make_job(req: ChatCompletionRequest, model: Any, cfg: ServerConfig) -
               max_new_tokens=max_tokens or min(cfg.default_max_tokens, room), temperature=req.temperature,
               top_p=req.top_p, top_k=req.top_k, repetition_penalty=req.repetition_penalty, seed=req.seed, n=req.n,
               num_beams=req.num_beams, length_penalty=req.length_penalty, stops=stops,
-              deadline=time.monotonic() + cfg.request_timeout_s)
+              deadline=time.monotonic() + cfg.request_timeout_s, strip=prompter is None)
     return job, len(ids) + n_media
+
+
+async def _media_prompt(req: ChatCompletionRequest, model: Any,
+                        cfg: ServerConfig) -> tuple[list[int], torch.Tensor | None, dict[str, torch.Tensor], list[str]]:
+    """Our models' prompt ids, image pixels, other media inputs and stop strings for a chat request."""
+    takes = getattr(model, "processors", {})
+    hears = "audio" in takes
+    try:  # a model that hears may be asked by a clip alone (a spoken question; a clip to transcribe)
+        conv = build_conversation(req.messages, require_prompt=not hears)
+        stops = req.stops()
+    except (TemplateError, ValueError) as e:
+        raise APIError(400, str(e), param="messages") from None
+    if conv.has_audio and not hears:
+        raise APIError(400, "this model takes no audio (input_audio)", param="messages")
+    if conv.video_url and "video" not in takes:
+        raise APIError(400, "this model takes no video (video_url)", param="messages")
+    if not conv.prompt and not conv.has_audio:
+        raise APIError(400, "the last user message has no text: ask something", param="messages")
+    media = await asyncio.to_thread(_audio_features, conv.audio, model, cfg.media) if conv.has_audio else {}
+    if conv.video_url:
+        media |= await asyncio.to_thread(_video_features, conv.video_url, model, cfg.media)
+    pixel_values = await asyncio.to_thread(_pixels, conv.image_url, model, cfg.media) if conv.image_url else None
+    return encode_prompt(model.tokenizer, conv.prompt, conv.context), pixel_values, media, stops
 
 
 async def _make_speech_job(req: ChatCompletionRequest, transcriber: Transcriber, cfg: ServerConfig) -> tuple[Job, int]:
@@ -371,20 +380,6 @@ async def _make_speech_job(req: ChatCompletionRequest, transcriber: Transcriber,
     return job, transcriber.prompt_len
 
 
-async def _next_event(events: asyncio.Queue, request: Request, job: Job) -> tuple:
-    """The worker's next event; checks for a client that left while waiting."""
-    while True:
-        try:
-            return await asyncio.wait_for(events.get(), timeout=0.5)
-        except asyncio.TimeoutError:
-            if await request.is_disconnected():
-                job.cancelled.set()
-                raise asyncio.CancelledError from None
-            if time.monotonic() > job.deadline + 5:  # the worker never picked it up
-                job.cancelled.set()
-                raise APIError(504, "the request ran past its time limit") from None
-
-
 async def _sse(job: Job, events: asyncio.Queue, request: Request, rid: str, created: int, model: str, n: int,
                prompt_tokens: int, include_usage: bool):
     def chunk(choices: list[ChunkChoice], usage: Usage | None = None) -> str:
@@ -395,7 +390,7 @@ async def _sse(job: Job, events: asyncio.Queue, request: Request, rid: str, crea
         yield chunk([ChunkChoice(index=i, delta=Delta(role="assistant", content="")) for i in range(n)])
         finished = 0
         while finished < n:
-            i, text, reason, err = await _next_event(events, request, job)
+            i, text, reason, err = await next_event(events, request, job)
             if err:
                 yield f"data: {json.dumps(error(504 if 'time limit' in err else 500, err))}\n\n"
                 break

@@ -40,6 +40,7 @@ class Job:
     deadline: float = float("inf")  # time.monotonic() limit
     cancelled: threading.Event = field(default_factory=threading.Event)
     completion_tokens: list[int] = field(default_factory=list)
+    strip: bool = True  # strip the answer's ends (our models answer after <sep>); a chat LM's text is kept as is
 
     @property
     def inputs(self) -> dict[str, Tensor]:
@@ -77,6 +78,8 @@ class Row:
 
     def trim(self, text: str, final: bool = False) -> str:
         """The part of `text` to emit so the whole answer comes out stripped at both ends."""
+        if not self.job.strip:
+            return text
         if not self.started:
             text = text.lstrip()
             self.started = bool(text)

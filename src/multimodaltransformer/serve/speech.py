@@ -6,17 +6,21 @@ thread, then transcribed on the model worker between other work: one encoder pas
 decode with the KV cache (Whisper's default decoding), so `n`, beam search and sampling do not
 apply. The prompt is Whisper's: <|startoftranscript|>, the language (multilingual models detect
 it from the audio, as Whisper's `detect_language` does), <|transcribe|>, <|notimestamps|>.
+POST /v1/audio/transcriptions (transcriptions.py) uses the same prompt (or the language asked for)
+through `encode` and `stream`, which yields the transcript token by token.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from ..generation.streaming import stream
 from ..modalities.audio import AudioProcessor
 from ..models.whisper import Whisper
 from .media import MediaPolicy, input_audio
@@ -57,16 +61,52 @@ class Transcriber:
         """An `input_audio` part -> (N,) float32 at the model's rate, or MediaRejected (runs in a thread)."""
         return input_audio(data, fmt, policy, self.processor.config.sampling_rate, self.max_seconds)
 
+    def language_token(self, language: str | None) -> int | None:
+        """The token of a requested language (ISO 639-1, as OpenAI takes it), None to detect it, or
+        ValueError: an English-only model takes "en" only, a multilingual one its own languages."""
+        if language is None:
+            return None
+        if not self.languages:
+            if language.lower() != "en":
+                raise ValueError(f"language: this English-only Whisper transcribes 'en' only, not {language!r}")
+            return None
+        special = {t.content: i for i, t in self.tok.get_added_tokens_decoder().items()}
+        token = special.get(f"<|{language.lower()}|>")
+        if token not in self.languages:
+            codes = sorted(t[2:-2] for t, i in special.items() if i in self.languages)
+            raise ValueError(f"language: {language!r} is not one of this model's languages ({', '.join(codes)})")
+        return token
+
+    def encode(self, wave: Tensor, language: int | None) -> tuple[Tensor, list[int]]:
+        """The clip's encoder states (once: language detection and decoding) and the decoder prompt."""
+        device = next(self.model.parameters()).device
+        with torch.inference_mode():
+            memory = self.model.encode(self.processor(wave).to(device))
+            prompt = [self.start]
+            if self.languages and language is not None:
+                prompt.append(language)
+            elif self.languages:  # the most likely language after <|startoftranscript|>
+                logits = self.model.decode(torch.tensor([[self.start]], device=device), memory)[0, -1]
+                langs = torch.tensor(self.languages, device=device)
+                prompt.append(int(langs[logits[langs].argmax()]))
+        return memory, prompt + self.tail
+
+    def language_code(self, prompt: list[int]) -> str:
+        """The language a prompt names ("en" for an English-only model)."""
+        return self.tok.id_to_token(prompt[1])[2:-2] if self.languages else "en"
+
+    def stream(self, memory: Tensor, prompt: list[int], max_new_tokens: int) -> Iterator[str]:
+        """The transcript of `encode`'s states as text deltas, token by token (the generation engine's
+        `stream`: the same greedy tokens as `__call__`), not stripped."""
+        limit = self.model.config.decoder.max_seq_len - len(prompt)
+        yield from stream(self.model, torch.tensor([prompt], device=memory.device), tokenizer=self.tok,
+                          max_new_tokens=min(max_new_tokens, limit), suppress_tokens=self.suppress,
+                          eos_token_id=self.eos, pad_token_id=self.eos, encoder_outputs=memory)
+
     @torch.inference_mode()
     def __call__(self, wave: Tensor, max_new_tokens: int) -> tuple[str, int, str]:
-        device = next(self.model.parameters()).device
-        memory = self.model.encode(self.processor(wave).to(device))  # once: language detection and decoding
-        prompt = [self.start]
-        if self.languages:  # the most likely language after <|startoftranscript|>
-            logits = self.model.decode(torch.tensor([[self.start]], device=device), memory)[0, -1]
-            langs = torch.tensor(self.languages, device=device)
-            prompt.append(int(langs[logits[langs].argmax()]))
-        prompt += self.tail
+        memory, prompt = self.encode(wave, None)
+        device = memory.device
         limit = self.model.config.decoder.max_seq_len - len(prompt)
         ids = self.model.generate(decoder_input_ids=torch.tensor([prompt], device=device), encoder_outputs=memory,
                                   max_new_tokens=min(max_new_tokens, limit), suppress_tokens=self.suppress)

@@ -42,12 +42,16 @@ class ModelWorker:
         self.tok = model.tokenizer
         self.device = next(model.parameters()).device
         self.rows: list[Row] = []
-        # chat needs the generation interface and a TextTokenizer (its EOS, pad and prompt format);
-        # a speech model (Whisper) only runs exclusive work: transcriptions (serve/speech.py)
-        self.generative = hasattr(model, "decode_step") and hasattr(self.tok, "eos_id")
+        # chat needs the generation interface and EOS ids: our TextTokenizer's, or a decoder LM's own
+        # (`eos_ids`: Llama 3 has two) with its raw tokenizer; a speech model (Whisper) only runs
+        # exclusive work: transcriptions (serve/speech.py)
+        eos_ids = [self.tok.eos_id] if hasattr(self.tok, "eos_id") else list(getattr(model, "eos_ids", []))
+        self.generative = hasattr(model, "decode_step") and bool(eos_ids)
         if self.generative:
             self.decode = decode_fn(self.tok)
-            self.eos = torch.tensor([self.tok.eos_id])
+            self.eos_ids = frozenset(eos_ids)
+            self.eos = torch.tensor(eos_ids)
+            self.pad_id = getattr(self.tok, "pad_id", eos_ids[0])  # pad slots are masked: any id does
             self.batch = ContinuousBatch(model)  # the running rows' decode state (their cache)
             self.last = torch.zeros(0, dtype=torch.long)  # (N,) each row's newest token
         self.steps = 0  # decode steps run (for stats)
@@ -159,7 +163,7 @@ class ModelWorker:
     # ---- decoding: the cache is generation/batching.py's; rows, tokens and text are the worker's ----
     def _prefill(self, jobs: list[Job]) -> None:
         media = {key: torch.cat([j.inputs[key] for j in jobs]) for key in jobs[0].inputs}
-        logits = self.batch.add([j.input_ids for j in jobs], media, [j.n for j in jobs], self.tok.pad_id)
+        logits = self.batch.add([j.input_ids for j in jobs], media, [j.n for j in jobs], self.pad_id)
         for j in jobs:
             cfg = GenerationConfig(max_new_tokens=j.max_new_tokens, do_sample=j.temperature > 0,
                                    temperature=j.temperature or 1.0, top_p=j.top_p, top_k=j.top_k,
@@ -209,7 +213,7 @@ class ModelWorker:
         if now > job.deadline:
             job.emit(row.index, None, None, "the request ran past its time limit")
             return "timeout"
-        if token == self.tok.eos_id:
+        if token in self.eos_ids:
             row.eos_hit = True
             return self._finish(row, "stop")
         text = row.trim(row.stops.feed(row.detok.push(token)))
@@ -246,10 +250,11 @@ class ModelWorker:
             T = job.input_ids.shape[1]
             job.completion_tokens = []
             for i, row in enumerate(out[:, T:].tolist()):
-                produced = row.index(self.tok.eos_id) if self.tok.eos_id in row else len(row)
+                produced = next((k for k, t in enumerate(row) if t in self.eos_ids), len(row))
                 text = self.decode(row[:produced])
                 stops = StopStrings(job.stops)
-                text = (stops.feed(text) + ("" if stops.stopped else stops.flush())).strip()
+                text = stops.feed(text) + ("" if stops.stopped else stops.flush())
+                text = text.strip() if job.strip else text
                 job.completion_tokens.append(produced)
                 job.emit(i, text, "stop" if produced < len(row) or stops.stopped else "length", None)
         except Exception as e:

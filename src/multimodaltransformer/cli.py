@@ -12,6 +12,7 @@ from .config import ConfigError
 from .data.manifest import DataError
 from .data.cli import add_data_commands
 from .export.cli import add_export_commands
+from .imagine import add_imagine_command
 from .modalities.base import MediaError
 
 
@@ -20,6 +21,13 @@ def _cmd_train(a: argparse.Namespace) -> None:
     from .train.config import load_run_config
     from .train.trainer import train
 
+    from .train.t2i import is_t2i_config, load_t2i_config, train_t2i
+
+    if is_t2i_config(a.config):  # text-to-image: tokenizer, prior, re-ranker (train/t2i.py)
+        if a.resume:
+            raise ConfigError("--resume is not supported for text-to-image runs: each stage saves when it ends")
+        train_t2i(load_t2i_config(a.config, a.set), a.out)
+        return
     run = load_run_config(a.config, a.set)
     if not a.resume and list_checkpoints(Path(a.out) / "checkpoints"):
         raise ConfigError(f"{a.out} already holds checkpoints: pass --resume to continue, or choose another --out")
@@ -155,8 +163,12 @@ def _cmd_bench_video(a: argparse.Namespace) -> None:
 
 
 def _cmd_demo(a: argparse.Namespace) -> None:
-    from .demo import run_demo
+    from .demo import run_demo, run_t2i_demo
 
+    if a.recipe == "t2i":
+        run_t2i_demo(a.out or "runs/demo-t2i", budget_minutes=a.budget_minutes, config=a.config, overrides=a.set,
+                     serve=not a.no_serve, port=a.port)
+        return
     run_demo(a.out or ("runs/demo" if a.recipe == "image" else f"runs/demo-{a.recipe}"), budget_minutes=a.budget_minutes, config=a.config, overrides=a.set, serve=not a.no_serve,
              eval_n=a.eval_n, eval_seed=a.eval_seed, port=a.port, recipe=a.recipe)
 
@@ -266,9 +278,9 @@ def _add_run_commands(sub: Any) -> None:
     bv.set_defaults(func=_cmd_bench_video)
 
     d = sub.add_parser("demo", help="generate ShapesWorld (SpokenShapes, MovingShapes), train, evaluate, show predictions")
-    d.add_argument("recipe", nargs="?", choices=["image", "speech", "video"], default="image",
+    d.add_argument("recipe", nargs="?", choices=["image", "speech", "video", "t2i"], default="image",
                    help="image: captions, VQA ... on ShapesWorld (default); speech: ASR and spoken VQA on SpokenShapes; "
-                   "video: video captions and video QA on MovingShapes")
+                   "video: video captions and video QA on MovingShapes; t2i: text-to-image (VQ-VAE + prior) on ShapesWorld")
     d.add_argument("--out", help="where the run goes (default runs/demo, or runs/demo-speech, runs/demo-video)")
     d.add_argument("--budget-minutes", type=float, default=9.0, help="training wall-time budget")
     d.add_argument("--config", help="YAML file or packaged config name (default: the recipe's, demo, speech or video)")
@@ -328,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_commands(sub)
     _add_model_commands(sub)
     add_export_commands(sub)  # mmt export, mmt generate --backend onnxruntime
+    add_imagine_command(sub)  # mmt imagine (imagine.py)
     return p
 
 

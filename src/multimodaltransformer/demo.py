@@ -119,3 +119,59 @@ def _show_examples(examples: list, preds: list[str], images: int = 3) -> None:
         if ex.audio is not None:  # a spoken prompt: its clip's name
             prompt = f"{prompt} [{Path(str(ex.audio)).name}]".strip()
         tqdm.write(f"  {mark}{ex.task:<8} {prompt:<45} -> {p}" + ("" if mark == "ok " else f"  (want {ex.target})"))
+
+
+def run_t2i_demo(out: str | Path = "runs/demo-t2i", budget_minutes: float = 10.0, config: str | None = None,
+                 overrides: list[str] | None = None, serve: bool = False, port: int = 8000,
+                 samples: int = 8, seed: int = 0) -> dict:
+    """`mmt demo t2i`: train the VQ-VAE, the prior and the re-ranker within the budget (train/t2i.py),
+    then draw images for held-out test-grammar prompts into OUT/samples.png (one row per prompt)."""
+    import random
+
+    from PIL import Image
+
+    from .data import shapes
+    from .imagine import ImagineOptions, Reranker, imagine
+    from .train.t2i import load_t2i_config, train_t2i
+
+    out = Path(out)
+    run = load_t2i_config(config or "t2i", [f"time_budget_minutes={budget_minutes}", *(overrides or [])])
+    for stale in ("model", "tokenizer", "reranker", "samples.png", "metrics.json"):
+        p = out / stale
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    metrics = train_t2i(run, out)
+    from .hub import load_pretrained
+
+    model = load_pretrained(out / "model")
+    reranker = None
+    if (out / "reranker" / "model").is_dir():  # the model directory carries its re-ranker
+        shutil.copytree(out / "reranker" / "model", out / "model" / "reranker", dirs_exist_ok=True)
+        reranker = Reranker.load(out / "model" / "reranker")
+    rng = random.Random(f"t2i-demo/{seed}")
+    prompts = [shapes.caption(shapes.sample_scene(rng, "test")) for _ in range(samples)]
+    rows = imagine(model, prompts, ImagineOptions(n=4, seed=seed, rerank=4 if reranker else 1), reranker,
+                   progress=True)
+    S = model.config.vqvae.image_size
+    sheet = Image.new("RGB", (4 * (S + 2), samples * (S + 2)), (255, 255, 255))
+    for r, images in enumerate(rows):
+        for k, im in enumerate(images):
+            sheet.paste(im, (k * (S + 2), r * (S + 2)))
+    sheet.save(out / "samples.png")
+    (out / "samples.txt").write_text("\n".join(prompts) + "\n")
+    tok = metrics["tokenizer"]
+    tqdm.write(f"\ntokenizer: PSNR {tok['psnr']:.2f} dB, codebook perplexity {tok['perplexity']:.1f}, "
+               f"{tok['codes_used']}/{tok['codebook_size']} codes used (held-out images)")
+    if "prior" in metrics:
+        tqdm.write(f"prior: {metrics['prior']['steps']} steps, held-out loss {metrics['prior']['val_loss']:.3f} "
+                   f"nats/code")
+    tqdm.write(f"trained in {metrics['train_seconds']:.0f}s; samples: {out / 'samples.png'} (prompts in "
+               f"{out / 'samples.txt'}, best of 4 by the re-ranker)" if reranker else "")
+    tqdm.write(f"try:   mmt imagine {out / 'model'} --prompt \"{prompts[0]}\" --n 4 --out {out / 'imagined'}")
+    if serve:
+        from .serve import free_port, serve as serve_model
+
+        port = free_port(port)
+        tqdm.write(f"\nimagine with it: open http://127.0.0.1:{port}/ (imagine tab), or any OpenAI client's "
+                   f"images.generate with base_url http://127.0.0.1:{port}/v1; Ctrl-C stops (--no-serve skips this)")
+        serve_model(out / "model", port=port, model=model)
+    return metrics

@@ -32,7 +32,9 @@ from ..models.core import MultimodalLM
 from ..models.efficientnet import EfficientNet
 from ..models.multimodal import MultimodalTransformerModel
 from ..models.resnet import ResNetClassifier
+from ..models.t2i import TextToImage
 from ..models.vit import VisionTransformer
+from ..models.vqvae import VQVAE
 from ..models.whisper import Whisper
 from . import bert, clip, gpt2, llama, resnet, vit, whisper
 from .ctranslate2 import is_ctranslate2, whisper_to_hf
@@ -48,7 +50,7 @@ OWN_MODELS: dict[str, Any] = {
     "multimodaltransformer": MultimodalTransformerModel, "mmt-gpt2": GPT2, "mmt-bert": BERT,
     "mmt-vit": VisionTransformer, "mmt-clip": CLIP, "mmt-composed": ComposedModel,
     "mmt-whisper": Whisper, "mmt-llama": Llama, "mmt-resnet": ResNetClassifier,
-    "mmt-efficientnet": EfficientNet,
+    "mmt-efficientnet": EfficientNet, "mmt-vqvae": VQVAE, "mmt-t2i": TextToImage,
 }
 
 

@@ -1,5 +1,6 @@
 """Serving: an OpenAI-compatible HTTP API (chat with images, streaming, embeddings, audio transcriptions;
-text chat with a decoder LM through its chat template) and a web chat page.
+text chat with a decoder LM through its chat template; image generation with a text-to-image model)
+and a web chat page.
 
 `mmt serve MODEL_DIR` runs `serve`; `create_app` gives the FastAPI app (for tests or your own
 server). fastapi and uvicorn are imported here only: `pip install "multimodaltransformer[serve]"`.
@@ -7,6 +8,7 @@ server). fastapi and uvicorn are imported here only: `pip install "multimodaltra
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
 from typing import Any
@@ -23,9 +25,15 @@ def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, api_
     from .app import ServerConfig, create_app
 
     if model is None:
-        from ..hub import load_model
+        from ..hub import load_model, load_pretrained
 
-        model = load_model(str(model_dir), device, speech=True, chat=True)
+        if _model_type(model_dir) == "mmt-t2i":  # text-to-image (models/t2i.py): no tokenizer to check
+            import torch
+
+            auto = "cuda" if torch.cuda.is_available() else "cpu"
+            model = load_pretrained(model_dir, map_location=auto if device == "auto" else device)
+        else:
+            model = load_model(str(model_dir), device, speech=True, chat=True)
     cfg = ServerConfig(model_name=Path(model_dir).name if model_dir else "model", api_key=api_key,
                        model_dir=Path(model_dir) if model_dir else None,
                        max_batch=max_batch, queue_size=queue_size, request_timeout_s=request_timeout_s,
@@ -33,6 +41,13 @@ def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, api_
     app = create_app(model, cfg)
     print(f"serving {cfg.model_name} at http://{host}:{port}/  (OpenAI API at http://{host}:{port}/v1)", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+def _model_type(model_dir: str | Path) -> str | None:
+    try:
+        return json.loads(Path(model_dir, "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def free_port(preferred: int = 8000, host: str = "127.0.0.1") -> int:

@@ -5,7 +5,8 @@ Routes: POST /v1/chat/completions (plain or `stream: true` server-sent events en
 answers an `input_audio` clip with its transcript, serve/speech.py; a decoder LM chats in text through
 its chat template, serve/textchat.py),
 POST /v1/audio/transcriptions (speech models, serve/transcriptions.py),
-POST /v1/embeddings (models with a contrastive space), GET /v1/models, GET /health, GET / (the
+POST /v1/embeddings (models with a contrastive space), POST /v1/images/generations (text-to-image
+models, serve/images.py, which answer nothing else), GET /v1/models, GET /health, GET / (the
 chat page), GET /v1/examples (what the model takes and does, and the example images with suggested
 questions saved in MODEL_DIR/examples, serve/examples.py), GET /examples/NAME (only the images listed
 there). Every error is a 4xx/5xx with OpenAI's error body; no model work runs on the event loop
@@ -37,6 +38,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..modalities.text import encode_prompt
 from .common import APIError, check_model, json_error, next_event
 from .examples import load_examples
+from .images import images_router, is_text_to_image, load_reranker
 from .media import MediaPolicy, MediaRejected, decode_image, decode_video, image_bytes, input_audio, video_bytes
 from .schemas import (AssistantMessage, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice,
                       ChunkChoice, Delta, Embedding, EmbeddingRequest, EmbeddingResponse, ExampleCard, ExampleList,
@@ -62,9 +64,10 @@ class ServerConfig:
 
 
 def create_app(model: Any, config: ServerConfig | None = None) -> FastAPI:
-    """The app for `model` (a multimodal model with a tokenizer); starts its worker thread."""
+    """The app for `model` (a multimodal model with a tokenizer, or a text-to-image model); starts its
+    worker thread."""
     cfg = config or ServerConfig()
-    if getattr(model, "tokenizer", None) is None:
+    if getattr(model, "tokenizer", None) is None and not is_text_to_image(model):
         raise ValueError("the model has no tokenizer: serve a saved model directory with tokenizer.json")
     worker = ModelWorker(model, max_batch=cfg.max_batch, queue_size=cfg.queue_size)
     transcriber = Transcriber(model) if is_speech_model(model) else None
@@ -96,6 +99,9 @@ def create_app(model: Any, config: ServerConfig | None = None) -> FastAPI:
     async def page() -> str:
         return (resources.files("multimodaltransformer") / "serve" / "static" / "index.html").read_text()
 
+    if is_text_to_image(model):  # images only: chat, embeddings and transcriptions answer 400
+        app.include_router(images_router(model, worker, cfg.request_timeout_s, load_reranker(cfg.model_dir)))
+        return app
     _add_chat_route(app, model, cfg, worker, transcriber, prompter)
     _add_embeddings_route(app, model, cfg, worker)
     app.include_router(transcription_router(model, worker, cfg.model_name, cfg.request_timeout_s,
@@ -246,6 +252,8 @@ def _add_example_routes(app: FastAPI, cfg: ServerConfig, kind: ModelKind) -> Non
 
 def model_kind(model: Any) -> ModelKind:
     """What `model` takes and does, as the chat page shows it."""
+    if is_text_to_image(model):
+        return ModelKind(inputs=["text"], task="text -> image", output="image")
     if is_speech_model(model):
         return ModelKind(inputs=["audio"], task="speech -> transcript")
     embeddings = getattr(model, "image_proj", None) is not None

@@ -1,7 +1,7 @@
 """The OpenAI-compatible wire format: pydantic models for every request and response.
 
-Field names and shapes follow OpenAI's chat completions and embeddings APIs, so any OpenAI
-client works. Beam-search fields (`num_beams`, `length_penalty`) and `repetition_penalty`,
+Field names and shapes follow OpenAI's chat completions, embeddings and images APIs, so any
+OpenAI client works. Beam-search fields (`num_beams`, `length_penalty`) and `repetition_penalty`,
 `top_k` are extras, as vLLM accepts them, and so is the `video_url` content part (vLLM's form
 beside OpenAI's `image_url` and `input_audio`). Unknown request fields are ignored (clients send
 many); wrong types and out-of-range values are 400s that name the field.
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 MAX_STOP = 4  # OpenAI allows up to 4 stop strings
 
@@ -171,11 +171,46 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
+class ImageRequest(_Request):
+    """POST /v1/images/generations. `model`, `quality`, `style`, `user` are accepted and not used;
+    `seed`, `guidance_scale`, `temperature`, `top_k`, `top_p` and `rerank` are extras (imagine.py)."""
+    prompt: str = Field(max_length=4000)
+    model: str | None = None
+    n: int = Field(1, ge=1, le=10)
+    size: str | None = None  # "WxW"; None: the model's own size
+    response_format: str | None = None  # only "b64_json" is served
+    seed: int | None = None
+    guidance_scale: float | None = Field(None, ge=0.0, le=30.0)  # classifier-free guidance; 1 = none
+    temperature: float = Field(1.0, gt=0.0, le=2.0)
+    top_k: int | None = Field(None, ge=0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    rerank: int = Field(1, ge=1, le=16)  # candidates drawn per image, best kept (MODEL_DIR/reranker)
+
+
+class ImageData(BaseModel):
+    b64_json: str  # a PNG
+    revised_prompt: str | None = None
+
+
+class ImagesResponse(BaseModel):
+    created: int
+    data: list[ImageData]
+
+
 class ModelKind(BaseModel):
-    """What the served model takes and does, e.g. inputs ["image", "text"], task "image + text -> text"."""
+    """What the served model takes and does, e.g. inputs ["image", "text"], task "image + text -> text";
+    a text-to-image model has output "image" (the field is left out for text, as older pages read it)."""
     inputs: list[Literal["image", "audio", "video", "text"]]
     task: str
     embeddings: bool = False  # POST /v1/embeddings works
+    output: Literal["text", "image"] = "text"  # "image": POST /v1/images/generations, no chat
+
+    @model_serializer(mode="wrap")
+    def _drop_text_output(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        body = handler(self)
+        if body.get("output") == "text":
+            del body["output"]
+        return body
 
 
 class ExampleCard(BaseModel):

@@ -1,0 +1,233 @@
+"""Text-to-image: the quantizer, the VQ-VAE, the prior's layout, guided sampling and `mmt imagine`."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from multimodaltransformer.cli import main
+from multimodaltransformer.generation.guidance import ClassifierFreeGuidance
+from multimodaltransformer.hub import load_pretrained
+from multimodaltransformer.imagine import ImagineOptions, imagine, parse_size, read_prompts, run_imagine
+from multimodaltransformer.models.t2i import BOI, BOS, PAD, TextToImage, TextToImageConfig, caption_words
+from multimodaltransformer.models.vqvae import VQVAE, VQVAEConfig
+from multimodaltransformer.nn import TransformerConfig
+from multimodaltransformer.nn.quantize import QuantizerConfig, VectorQuantizer, codebook_usage
+from multimodaltransformer.objectives import IGNORE_INDEX
+
+WORDS = caption_words(["a small red circle left of a large blue square", "a green triangle"])
+
+
+def tiny(seed: int = 0, dropout: float = 0.15) -> TextToImage:
+    torch.manual_seed(seed)
+    cfg = TextToImageConfig(words=WORDS, text_len=12, caption_dropout=dropout,
+                            vqvae=VQVAEConfig(channels=[8, 8, 8], quantizer=QuantizerConfig(codebook_size=32, code_dim=8)),
+                            prior=TransformerConfig(dim=32, depth=2, heads=2, position="learned"))
+    return TextToImage(cfg).eval()
+
+
+# ---- quantizer --------------------------------------------------------------------------------------
+def test_quantizer_picks_the_nearest_code_by_cosine_and_passes_gradients_straight_through() -> None:
+    vq = VectorQuantizer(QuantizerConfig(codebook_size=16, code_dim=4)).eval()
+    z = torch.randn(2, 4, 3, 3, requires_grad=True)
+    q, codes, loss = vq(z)
+    flat = F.normalize(z.detach().permute(0, 2, 3, 1).reshape(-1, 4), dim=-1)
+    naive = torch.tensor([max(range(16), key=lambda k: float(v @ vq.codebook[k])) for v in flat]).view(2, 3, 3)
+    assert torch.equal(codes, naive)
+    assert torch.allclose(q.permute(0, 2, 3, 1).reshape(-1, 4), vq.codebook[codes.flatten()], atol=1e-6)
+    (q.sum() + loss).backward()
+    assert z.grad is not None and z.grad.abs().sum() > 0
+    assert math.isclose(float(loss.detach()), 0.25 * float(F.mse_loss(flat, vq.codebook[codes.flatten()])), rel_tol=1e-5)
+
+
+def test_euclidean_lookup_matches_a_naive_argmin() -> None:
+    vq = VectorQuantizer(QuantizerConfig(codebook_size=8, code_dim=3, cosine=False)).eval()
+    vq.codebook.copy_(torch.randn(8, 3))
+    flat = torch.randn(20, 3)
+    naive = torch.cdist(flat, vq.codebook).argmin(-1)
+    assert torch.equal(vq.lookup(flat), naive)
+
+
+def test_codebook_starts_from_data_follows_its_vectors_and_restarts_dead_codes() -> None:
+    torch.manual_seed(0)
+    vq = VectorQuantizer(QuantizerConfig(codebook_size=4, code_dim=2, cosine=False, decay=0.5, dead_threshold=0.5)).train()
+    data = torch.tensor([[5.0, 0.0], [0.0, 5.0]]).repeat(128, 1) + 0.01 * torch.randn(256, 2)
+    z = data.t().reshape(1, 2, 16, 16)
+    vq(z)
+    assert bool(vq.initialised)
+    assert float(torch.cdist(vq.codebook, data).min(1).values.max()) < 0.05  # every code is a data vector
+    vq.codebook.copy_(torch.tensor([[4.0, 0.0], [0.0, 4.0], [50.0, 50.0], [-50.0, 50.0]]))
+    vq.ema_sum.copy_(vq.codebook)
+    vq.ema_count.fill_(1.0)
+    for _ in range(3):
+        vq(z)
+    # codes 0 and 1 moved to their clusters' means; the two far codes got nothing, died, and restarted on data
+    assert torch.allclose(vq.codebook[:2], torch.tensor([[5.0, 0.0], [0.0, 5.0]]), atol=0.7)
+    assert float(torch.cdist(vq.codebook[2:], data).min(1).values.max()) < 0.05
+
+
+def test_codebook_usage_counts_perplexity_and_dead_codes() -> None:
+    u = codebook_usage(torch.tensor([0, 1, 2, 3] * 5), 8)
+    assert u["codes_used"] == 4 and u["dead_codes"] == 4 and math.isclose(u["perplexity"], 4.0, rel_tol=1e-9)
+
+
+# ---- VQ-VAE -----------------------------------------------------------------------------------------
+def test_vqvae_round_trip_shapes_errors_and_save_load(tmp_path) -> None:
+    vq = tiny().vqvae
+    x = torch.rand(3, 3, 64, 64) * 2 - 1
+    codes = vq.encode(x)
+    assert codes.shape == (3, 8, 8) and codes.dtype == torch.long
+    assert vq.decode(codes).shape == (3, 3, 64, 64)
+    with pytest.raises(ValueError, match="shape"):
+        vq.encode(torch.zeros(1, 3, 32, 32))
+    with pytest.raises(ValueError, match="codes must be in"):
+        vq.decode(torch.full((1, 8, 8), 99))
+    vq.save_pretrained(tmp_path / "vq")
+    again = load_pretrained(tmp_path / "vq")
+    assert isinstance(again, VQVAE) and torch.equal(again.encode(x), codes)
+    with pytest.raises(ValueError, match="divisible"):
+        VQVAEConfig(image_size=60, channels=[8, 8, 8])
+
+
+def test_vqvae_learns_to_reconstruct_a_small_batch() -> None:
+    torch.manual_seed(0)
+    vq = VQVAE(VQVAEConfig(channels=[16, 16], quantizer=QuantizerConfig(codebook_size=64, code_dim=8))).train()
+    x = torch.zeros(8, 3, 64, 64) - 0.8
+    for i in range(8):  # a coloured square per image
+        x[i, i % 3, 8 * i % 48:8 * i % 48 + 16, 16:32] = 0.9
+    opt = torch.optim.Adam(vq.parameters(), lr=3e-3)
+    first = None
+    for _ in range(60):
+        out = vq(x)
+        first = first if first is not None else float(out.recon_loss)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+    assert float(out.recon_loss) < 0.3 * first
+
+
+# ---- the prior's sequence ---------------------------------------------------------------------------
+def test_prompts_become_fixed_length_rows_and_bad_prompts_are_errors() -> None:
+    m = tiny()
+    rows = m.tokenize(["A small red circle.", "a green triangle"])
+    assert rows.shape == (2, 14) and (rows[:, 0] == BOS).all() and (rows[:, -1] == BOI).all()
+    assert int((rows[0, 1:-1] != PAD).sum()) == 4 and int((rows[1, 1:-1] != PAD).sum()) == 3
+    with pytest.raises(ValueError, match="empty prompt"):
+        m.tokenize(["  ."])
+    with pytest.raises(ValueError, match=r"unknown word\(s\) \['purple'\]"):
+        m.tokenize(["a purple circle"])
+    with pytest.raises(ValueError, match="13 words"):
+        m.tokenize(["a red circle " * 4 + "a"])
+
+
+def test_the_loss_is_on_image_codes_only_and_dropout_swaps_in_the_empty_caption() -> None:
+    m = tiny(dropout=0.0)
+    text = m.tokenize(["a red circle", "a blue square"])
+    codes = torch.randint(0, 32, (2, 8, 8))
+    ids = torch.cat([text, codes.flatten(1) + m.config.code_offset], 1)
+    logits = m.prior(ids).logits
+    want = F.cross_entropy(logits[:, text.shape[1] - 1:-1].flatten(0, 1), ids[:, text.shape[1]:].flatten())
+    assert torch.allclose(m.loss(text, codes), want, atol=1e-5)
+    uncond = m.unconditional(2)
+    m_drop = tiny(dropout=0.999999)
+    m_drop.load_state_dict(m.state_dict())
+    assert torch.allclose(m_drop.loss(text, codes), m.loss(uncond, codes), atol=1e-5)
+    assert IGNORE_INDEX < 0
+
+
+def test_guidance_mixes_log_probabilities_of_the_cached_unconditional_rows() -> None:
+    m = tiny()
+    cond = m.tokenize(["a red circle"])
+    uncond = m.unconditional(1)
+    guide = ClassifierFreeGuidance(m.prior, uncond, 2.5, max_new_tokens=5)
+    seq = cond.clone()
+    for step in range(4):
+        scores = m.prior(seq).logits[:, -1].float()
+        got = guide(seq, scores.clone())
+        u = m.prior(torch.cat([uncond, seq[:, cond.shape[1]:]], 1)).logits[:, -1].float()  # uncached reference
+        want = u.log_softmax(-1) + 2.5 * (scores.log_softmax(-1) - u.log_softmax(-1))
+        assert torch.allclose(got, want, atol=1e-4)
+        seq = torch.cat([seq, got.argmax(-1, keepdim=True)], 1)
+    guide.close()
+
+
+def test_sampling_is_seeded_image_codes_only_and_n_differ() -> None:
+    m = tiny()
+    a = m.generate_codes(["a red circle", "a blue square"], n=3, seed=4, guidance=2.0)
+    b = m.generate_codes(["a red circle", "a blue square"], n=3, seed=4, guidance=2.0)
+    assert a.shape == (6, 8, 8) and torch.equal(a, b)
+    assert int(a.min()) >= 0 and int(a.max()) < 32
+    assert not torch.equal(a[0], a[1])
+    c = m.generate_codes(["a red circle"], n=2, seed=5, guidance=1.0, top_k=3, temperature=0.7)
+    assert c.shape == (2, 8, 8)
+
+
+def test_save_load_keeps_the_model_and_its_samples(tmp_path) -> None:
+    m = tiny()
+    m.save_pretrained(tmp_path / "t2i")
+    again = load_pretrained(tmp_path / "t2i")
+    assert isinstance(again, TextToImage) and again.config.words == WORDS
+    assert torch.equal(again.generate_codes(["a red circle"], 2, seed=1), m.generate_codes(["a red circle"], 2, seed=1))
+
+
+# ---- imagine ----------------------------------------------------------------------------------------
+def test_imagine_writes_files_by_prompt_line_and_sample(tmp_path) -> None:
+    tiny().save_pretrained(tmp_path / "t2i")
+    (tmp_path / "p.txt").write_text("a red circle\na small blue square left of a green triangle\n")
+    run_imagine(tmp_path / "t2i", tmp_path / "many", prompts_file=str(tmp_path / "p.txt"),
+                options=ImagineOptions(n=3, seed=0), progress=False)
+    names = sorted(p.name for p in (tmp_path / "many").glob("*.png"))
+    assert names == [f"{i:04d}-{k}.png" for i in range(2) for k in range(3)]
+    run_imagine(tmp_path / "t2i", tmp_path / "one", prompt="a red circle", options=ImagineOptions(n=2), size="128x128",
+                progress=False)
+    assert sorted(p.name for p in (tmp_path / "one").glob("*.png")) == ["0.png", "1.png"]
+    assert Image.open(tmp_path / "one" / "0.png").size == (128, 128)
+    assert json.loads((tmp_path / "one" / "imagine.json").read_text())["prompts"] == ["a red circle"]
+
+
+def test_rerank_keeps_the_best_scored_candidates() -> None:
+    m = tiny()
+
+    class Brightest:  # a stand-in re-ranker: brighter images score higher
+        def scores(self, images, text):
+            return torch.tensor([float(np.asarray(im, dtype=np.float32).mean()) for im in images])
+
+    plain = imagine(m, ["a red circle"], ImagineOptions(n=2, rerank=4, seed=1), Brightest())[0]
+    means = [float(np.asarray(im, dtype=np.float32).mean()) for im in plain]
+    pool = imagine(m, ["a red circle"], ImagineOptions(n=8, seed=1))[0]
+    pool_means = sorted((float(np.asarray(im, dtype=np.float32).mean()) for im in pool), reverse=True)
+    assert means == pool_means[:2]  # the same 8 candidates (same seed), the 2 brightest kept, best first
+
+
+def test_bad_options_sizes_and_prompt_files_are_clear_errors(tmp_path) -> None:
+    with pytest.raises(ValueError, match="n must be"):
+        ImagineOptions(n=0)
+    with pytest.raises(ValueError, match="n must be"):
+        ImagineOptions(n=17)
+    with pytest.raises(ValueError, match="not available"):
+        parse_size("100x100", 64)
+    with pytest.raises(ValueError, match="square"):
+        parse_size("128x64", 64)
+    assert parse_size("256x256", 64) == 256 and parse_size(None, 64) == 64
+    (tmp_path / "p.txt").write_text("a red circle\n\na green triangle\n")
+    with pytest.raises(ValueError, match="line 1"):
+        read_prompts(tmp_path / "p.txt")
+    with pytest.raises(ValueError, match="re-ranker"):
+        imagine(tiny(), ["a red circle"], ImagineOptions(n=1, rerank=2))
+
+
+def test_cli_imagine_reports_bad_input_without_a_traceback(tmp_path, capsys) -> None:
+    tiny().save_pretrained(tmp_path / "t2i")
+    assert main(["imagine", str(tmp_path / "t2i"), "--prompt", "a purple circle", "--out", str(tmp_path / "o")]) == 2
+    assert "unknown word" in capsys.readouterr().err
+    assert main(["imagine", str(tmp_path / "t2i"), "--prompt", "", "--out", str(tmp_path / "o")]) == 2
+    assert main(["imagine", str(tmp_path / "t2i"), "--prompt", "a red circle", "--n", "0", "--out", str(tmp_path / "o")]) == 2
+    assert main(["imagine", str(tmp_path / "t2i"), "--prompt", "a red circle", "--out", str(tmp_path / "o"),
+                 "--seed", "1", "--n", "2"]) == 0
+    assert (tmp_path / "o" / "1.png").is_file()

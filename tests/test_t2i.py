@@ -231,3 +231,64 @@ def test_cli_imagine_reports_bad_input_without_a_traceback(tmp_path, capsys) -> 
     assert main(["imagine", str(tmp_path / "t2i"), "--prompt", "a red circle", "--out", str(tmp_path / "o"),
                  "--seed", "1", "--n", "2"]) == 0
     assert (tmp_path / "o" / "1.png").is_file()
+
+
+def test_the_prior_order_round_trips_and_column_order_reads_columns_first() -> None:
+    codes = torch.arange(2 * 64).view(2, 8, 8)
+    for order in ("raster", "column"):
+        m = tiny()
+        m.config.order = order
+        assert torch.equal(m.to_grid(m.to_sequence(codes)), codes)
+    assert torch.equal(m.to_sequence(codes)[0, :8], codes[0, :, 0])  # column order: the left column, top down
+    with pytest.raises(ValueError, match="order"):
+        TextToImageConfig(order="diagonal")
+
+
+@pytest.mark.slow
+def test_mmt_train_runs_every_t2i_stage_and_the_demo_model_imagines(tmp_path) -> None:
+    """A tiny `kind: t2i` run through the CLI: tokenizer, prior, re-ranker, each saved; then imagine re-ranks."""
+    cfg = tmp_path / "t2i.yaml"
+    cfg.write_text(f"""kind: t2i
+stages: [tokenizer, prior, reranker]
+time_budget_minutes: 0.4
+data: {{train: "shapes:split=train,n=96,seed=0,tasks=caption", val: "shapes:split=val,n=16,seed=0,tasks=caption",
+        cache_dir: "{tmp_path / 'cache'}"}}
+model:
+  order: column
+  vqvae: {{channels: [8, 8, 8], quantizer: {{codebook_size: 32, code_dim: 8}}}}
+  prior: {{dim: 32, depth: 1, heads: 2, position: learned}}
+tokenizer: {{batch_size: 16, max_steps: 20, budget_share: 0.3}}
+prior: {{batch_size: 16, max_steps: 20, budget_share: 0.4}}
+reranker: {{config: "{tmp_path / 'rr.yaml'}", budget_share: 0.3}}
+""")
+    (tmp_path / "rr.yaml").write_text(f"""model:
+  image: {{image_size: 64, patch_size: 16, dim: 32, depth: 1, heads: 2, stem: conv}}
+  decoder: {{dim: 32, depth: 1, heads: 2, max_seq_len: 32}}
+  fusion: {{type: joint}}
+  heads: {{contrastive_dim: 16, text_pool: mean}}
+data: {{train: "shapes:split=train,n=96,seed=0,tasks=caption", val: null, tokenizer_vocab_size: 300}}
+train: {{batch_size: 16, max_steps: 10, eval_every: 1000, save_every: 1000}}
+multitask:
+  tasks:
+    - {{name: retrieval, objective: contrastive, tasks: [caption], batch_size: 16}}
+""")
+    assert main(["train", str(cfg), "--out", str(tmp_path / "run")]) == 0
+    run = tmp_path / "run"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["tokenizer"]["codebook_size"] == 32 and metrics["tokenizer"]["psnr"] > 0
+    assert metrics["prior"]["steps"] >= 1 and math.isfinite(metrics["prior"]["val_loss"])
+    assert isinstance(load_pretrained(run / "tokenizer"), VQVAE)
+    assert (run / "reranker" / "model" / "config.json").is_file()
+    out = tmp_path / "imagined"
+    assert main(["imagine", str(run / "model"), "--prompt", "a red circle", "--n", "2", "--rerank", "3",
+                 "--rerank-model", str(run / "reranker" / "model"), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.glob("*.png")) == ["0.png", "1.png"]
+
+
+def test_the_autoencoder_warmup_bypasses_the_codebook() -> None:
+    vq = tiny().vqvae.train()
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    out = vq(x, quantize=False)
+    assert float(out.commit_loss) == 0.0 and (out.codes == -1).all() and not bool(vq.quantizer.initialised)
+    vq(x)  # the first quantized step starts the codebook from the encoder's outputs
+    assert bool(vq.quantizer.initialised)

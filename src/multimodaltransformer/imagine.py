@@ -10,6 +10,7 @@ Files: one prompt -> OUT/0.png .. OUT/{n-1}.png; a prompts file -> OUT/{line:04d
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -165,7 +166,9 @@ def run_imagine(model_dir: str | Path, out: str | Path, prompt: str | None = Non
     reranker = None
     if o.rerank > 1:
         reranker = Reranker.load(rerank_model or Path(model_dir) / "reranker")
+    start = time.perf_counter()
     images = imagine(model, prompts, o, reranker, side, progress)
+    seconds = time.perf_counter() - start
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -175,7 +178,9 @@ def run_imagine(model_dir: str | Path, out: str | Path, prompt: str | None = Non
             im.save(path)
             paths.append(path)
     (out / "imagine.json").write_text(json.dumps({"model": str(model_dir), "prompts": prompts, "size": side,
-                                                  **asdict(o)}, indent=2) + "\n")
+                                                  **asdict(o), "seconds": round(seconds, 2),
+                                                  "images_per_second": round(len(paths) / seconds, 2)},
+                                                 indent=2) + "\n")
     return paths
 
 
@@ -207,6 +212,8 @@ def add_imagine_command(sub: Any) -> None:
             paths = run_imagine(a.model, a.out, a.prompt, a.prompts, options, a.rerank_model, a.size)
         except ValueError as e:
             raise ConfigError(str(e)) from e
-        print(f"wrote {len(paths)} images to {a.out}")
+        info = json.loads((Path(a.out) / "imagine.json").read_text())
+        print(f"wrote {len(paths)} images to {a.out} ({info['images_per_second']:.1f} images/s, "
+              f"{torch.get_num_threads()} threads, sampling and decoding)")
 
     p.set_defaults(func=run)

@@ -42,6 +42,9 @@ class TextToImageConfig:
     prior: TransformerConfig = field(default_factory=lambda: TransformerConfig(dim=192, depth=4, heads=6,
                                                                                position="learned"))
     caption_dropout: float = 0.15  # training: captions replaced by padding (what guidance needs)
+    # the order the prior writes the grid in: raster (row by row, DALL-E's) or column (column by column,
+    # left to right: the order ShapesWorld captions name objects in, so text and image align)
+    order: Literal["raster", "column"] = "raster"
     model_type: Literal["mmt-t2i"] = "mmt-t2i"
 
     def __post_init__(self) -> None:
@@ -49,6 +52,8 @@ class TextToImageConfig:
             raise ValueError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
         if self.text_len < 1:
             raise ValueError(f"text_len must be positive, got {self.text_len}")
+        if self.order not in ("raster", "column"):
+            raise ValueError(f"order must be raster or column, got {self.order!r}")
 
     @property
     def image_tokens(self) -> int:
@@ -110,7 +115,7 @@ class TextToImage(PretrainedModel):
             drop = torch.rand(text_ids.shape[0], generator=generator) < self.config.caption_dropout
             text_ids = torch.where(drop[:, None].to(text_ids.device), self.unconditional(len(drop)).to(text_ids.device),
                                    text_ids)
-        image = codes.flatten(1) + self.config.code_offset  # (B, G*G)
+        image = self.to_sequence(codes) + self.config.code_offset  # (B, G*G)
         ids = torch.cat([text_ids, image], 1)
         labels = torch.cat([torch.full_like(text_ids, IGNORE_INDEX), image], 1)
         return self.prior(ids, labels=labels).loss
@@ -147,8 +152,17 @@ class TextToImage(PretrainedModel):
         finally:
             if guide is not None:
                 guide.close()
+        return self.to_grid(out[:, ids.shape[1]:] - self.config.code_offset)
+
+    def to_sequence(self, codes: Tensor) -> Tensor:
+        """Grids (N, G, G) -> the prior's order (N, G*G)."""
+        return (codes.transpose(1, 2) if self.config.order == "column" else codes).flatten(1)
+
+    def to_grid(self, seq: Tensor) -> Tensor:
+        """The prior's order (N, G*G) -> grids (N, G, G) (rows, columns)."""
         G = self.config.vqvae.grid
-        return (out[:, ids.shape[1]:] - self.config.code_offset).view(-1, G, G)
+        grid = seq.reshape(-1, G, G)
+        return grid.transpose(1, 2).contiguous() if self.config.order == "column" else grid
 
     def decode(self, codes: Tensor) -> Tensor:
         """Code grids (N, G, G) -> pixels (N, 3, S, S) in [-1, 1]."""

@@ -55,10 +55,12 @@ class ResBlock(nn.Module):
 
 
 def encoder(cfg: VQVAEConfig) -> nn.Sequential:
+    """Strided convolutions, a residual block after each but the first (coarse shapes form there)."""
     layers: list[nn.Module] = []
     c_in = 3
     for i, c in enumerate(cfg.channels):
-        layers += [nn.Conv2d(c_in, c, 4, stride=2, padding=1)] + ([] if i == len(cfg.channels) - 1 else [nn.SiLU()])
+        layers += ([nn.SiLU()] if i else []) + [nn.Conv2d(c_in, c, 4, stride=2, padding=1)]
+        layers += [ResBlock(c)] if 0 < i < len(cfg.channels) - 1 else []
         c_in = c
     layers += [ResBlock(c_in) for _ in range(cfg.res_blocks)]
     layers += [nn.SiLU(), nn.Conv2d(c_in, cfg.quantizer.code_dim, 1)]
@@ -66,12 +68,14 @@ def encoder(cfg: VQVAEConfig) -> nn.Sequential:
 
 
 def decoder(cfg: VQVAEConfig) -> nn.Sequential:
+    """The encoder's mirror: transposed convolutions double the resolution, residual blocks between."""
     chans = list(reversed(cfg.channels))
     layers: list[nn.Module] = [nn.Conv2d(cfg.quantizer.code_dim, chans[0], 3, padding=1)]
     layers += [ResBlock(chans[0]) for _ in range(cfg.res_blocks)]
     outs = chans[1:] + [max(chans[-1] // 2, 8)]  # each stage doubles the resolution
-    for c, c_out in zip(chans, outs):
+    for i, (c, c_out) in enumerate(zip(chans, outs)):
         layers += [nn.SiLU(), nn.ConvTranspose2d(c, c_out, 4, stride=2, padding=1)]
+        layers += [ResBlock(c_out)] if i < len(chans) - 2 else []
     layers += [nn.SiLU(), nn.Conv2d(outs[-1], 3, 3, padding=1)]  # paint the pixels
     return nn.Sequential(*layers)
 
@@ -104,9 +108,16 @@ class VQVAE(PretrainedModel):
         if pixels.dim() != 4 or pixels.shape[1:] != (3, S, S):
             raise ValueError(f"VQ-VAE expects pixels of shape (B, 3, {S}, {S}), got {tuple(pixels.shape)}")
 
-    def forward(self, pixel_values: Tensor) -> VQVAEOutput:
+    def forward(self, pixel_values: Tensor, quantize: bool = True) -> VQVAEOutput:
+        """`quantize=False` is a plain autoencoder (codes -1, no commitment): the warm-up that lets the
+        encoder find features before the codebook starts from them."""
         self._check(pixel_values)
-        q, codes, commit = self.quantizer(self.encoder(pixel_values))
+        z = self.encoder(pixel_values)
+        if quantize:
+            q, codes, commit = self.quantizer(z)
+        else:
+            q = F.normalize(z, dim=1) if self.config.quantizer.cosine else z
+            codes, commit = torch.full_like(z[:, 0], -1, dtype=torch.long), z.new_zeros(())
         recon = self.decoder(q)
         rec = F.mse_loss(recon, pixel_values) + self.config.l1_weight * F.l1_loss(recon, pixel_values)
         return VQVAEOutput(rec + commit, recon, codes, rec, commit)

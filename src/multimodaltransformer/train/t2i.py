@@ -44,6 +44,12 @@ class StageConfig:
     warmup_steps: int = 50
     weight_decay: float = 0.0
     min_lr_ratio: float = 0.05
+    grad_clip: float | None = 1.0  # max gradient norm (None: no clipping)
+    schedule: Literal["cosine", "wsd"] = "cosine"  # wsd: the peak held, a linear decay at the end
+    decay_fraction: float = 0.2  # wsd: the share of the steps spent decaying
+    # tokenizer only: steps as a plain autoencoder before quantizing (the codebook then starts from
+    # encoder outputs that already mean something, instead of from a random encoder's)
+    ae_warmup_steps: int = 0
     budget_share: float = 0.5  # of time_budget_minutes
 
 
@@ -123,16 +129,18 @@ def psnr(recon: torch.Tensor, target: torch.Tensor) -> float:
 def fit(params: Any, loss_fn: Any, cfg: StageConfig, seconds: float, desc: str, progress: bool,
         log: Path | None = None) -> dict[str, float]:
     """AdamW, warmup + cosine over the steps that fit in `seconds` (re-planned from the measured step time)."""
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, total, step, loss_avg = time.perf_counter(), cfg.max_steps, 0, float("nan")
     bar = tqdm(desc=desc, unit="step", disable=not progress, total=None)
     while step < total:
         for g in opt.param_groups:
-            g["lr"] = cfg.lr * lr_factor(step, cfg.warmup_steps, total, cfg.min_lr_ratio)
+            g["lr"] = cfg.lr * lr_factor(step, cfg.warmup_steps, total, cfg.min_lr_ratio, cfg.schedule,
+                                         cfg.decay_fraction)
         loss = loss_fn(step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
+        if cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg.grad_clip)
         opt.step()
         step += 1
         value = float(loss)
@@ -162,7 +170,7 @@ def train_tokenizer(run: T2IRunConfig, images: torch.Tensor, seconds: float, out
 
     def loss_fn(step: int) -> torch.Tensor:
         idx = torch.randint(0, len(images), (B,), generator=gen)
-        return vq(to_pixels(images[idx])).loss
+        return vq(to_pixels(images[idx]), quantize=step >= run.tokenizer.ae_warmup_steps).loss
 
     vq.train()
     stats = fit(param_groups(vq, run.tokenizer.weight_decay), loss_fn, run.tokenizer, seconds, "tokenizer",

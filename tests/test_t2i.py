@@ -105,11 +105,11 @@ def test_vqvae_learns_to_reconstruct_a_small_batch() -> None:
     first = None
     for _ in range(60):
         out = vq(x)
-        first = first if first is not None else float(out.recon_loss)
+        first = first if first is not None else float(out.recon_loss.detach())
         opt.zero_grad()
         out.loss.backward()
         opt.step()
-    assert float(out.recon_loss) < 0.3 * first
+    assert float(out.recon_loss.detach()) < 0.3 * first
 
 
 # ---- the prior's sequence ---------------------------------------------------------------------------

@@ -19,14 +19,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from ..config import ConfigError, apply_overrides, from_dict, load_yaml, save_json
 from ..data.manifest import DataError, read_manifest
 from ..data.sources import resolve_source
+from ..modalities.image import ImageProcessor
 from ..models.t2i import TextToImage, TextToImageConfig, caption_words
 from ..models.vqvae import VQVAE
 from ..nn.quantize import codebook_usage
@@ -105,14 +104,10 @@ def load_captioned(spec: str, cache_dir: str, size: int, progress: bool = True) 
     rows = [e for e in read_manifest(resolve_source(spec, cache_dir, progress)) if e.task == "caption"]
     if not rows:
         raise DataError(f"data source {spec!r} has no caption rows (text-to-image trains on image captions)")
-    images = np.empty((len(rows), size, size, 3), dtype=np.uint8)
-    for i, e in enumerate(tqdm(rows, desc="load images", unit="img", disable=not progress, leave=False)):
-        with Image.open(e.image) as im:
-            im = im.convert("RGB")
-            if im.size != (size, size):
-                im = im.resize((size, size), Image.BICUBIC)
-            images[i] = np.asarray(im)
-    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), [str(e.target) for e in rows]
+    processor = ImageProcessor(image_size=size)  # decodes any mode, upright, resized: (3, S, S) uint8
+    images = torch.stack([processor.to_uint8(e.image) for e in tqdm(rows, desc="load images", unit="img",
+                                                                    disable=not progress, leave=False)])
+    return images, [str(e.target) for e in rows]
 
 
 def to_pixels(images: torch.Tensor) -> torch.Tensor:

@@ -86,13 +86,18 @@ def run_demo(out: str | Path = "runs/demo", budget_minutes: float = 9.0, config:
     else:
         tqdm.write(f"try:   mmt generate {out / 'model'} --image {first.image} --prompt \"describe the image.\"")
     if serve:
-        from .serve import free_port, serve as serve_model
-
-        port = free_port(port)
-        tqdm.write(f"\nchat with it: open http://127.0.0.1:{port}/ (image + question), or any OpenAI client with "
-                   f"base_url http://127.0.0.1:{port}/v1 and model \"model\"; Ctrl-C stops (--no-serve skips this)")
-        serve_model(out / "model", port=port, model=model)
+        _serve(out / "model", model, port, "chat with it: open {url}/ (image + question), or any OpenAI client with "
+               "base_url {url}/v1 and model \"model\"")
     return metrics
+
+
+def _serve(model_dir: Path, model: object, port: int, how: str) -> None:
+    """Serve the demo's model on a free port (from `port`), after saying how to use it."""
+    from .serve import free_port, serve as serve_model
+
+    port = free_port(port)
+    tqdm.write("\n" + how.format(url=f"http://127.0.0.1:{port}") + "; Ctrl-C stops (--no-serve skips this)")
+    serve_model(model_dir, port=port, model=model)
 
 
 def _table(metrics: dict) -> str:
@@ -165,13 +170,9 @@ def run_t2i_demo(out: str | Path = "runs/demo-t2i", budget_minutes: float = 10.0
         tqdm.write(f"prior: {metrics['prior']['steps']} steps, held-out loss {metrics['prior']['val_loss']:.3f} "
                    f"nats/code")
     tqdm.write(f"trained in {metrics['train_seconds']:.0f}s; samples: {out / 'samples.png'} (prompts in "
-               f"{out / 'samples.txt'}, best of 4 by the re-ranker)" if reranker else "")
+               f"{out / 'samples.txt'}" + (", best of 4 by the re-ranker)" if reranker else ")"))
     tqdm.write(f"try:   mmt imagine {out / 'model'} --prompt \"{prompts[0]}\" --n 4 --out {out / 'imagined'}")
     if serve:
-        from .serve import free_port, serve as serve_model
-
-        port = free_port(port)
-        tqdm.write(f"\nimagine with it: open http://127.0.0.1:{port}/ (imagine tab), or any OpenAI client's "
-                   f"images.generate with base_url http://127.0.0.1:{port}/v1; Ctrl-C stops (--no-serve skips this)")
-        serve_model(out / "model", port=port, model=model)
+        _serve(out / "model", model, port, "imagine with it: open {url}/ (imagine tab), or any OpenAI client's "
+               "images.generate with base_url {url}/v1")
     return metrics

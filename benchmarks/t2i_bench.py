@@ -40,20 +40,21 @@ def load_eval():
 
 def round_trip(tokenizer: str, prompts: Path, ev, n: int, out: Path) -> Path:
     """Real renders of the prompts through the VQ-VAE (encode, decode) into OUT, as {line:04d}-{k}.png."""
-    import numpy as np
     import torch
-    from PIL import Image
 
     from multimodaltransformer.hub import load_pretrained
+    from multimodaltransformer.imagine import to_pil
+    from multimodaltransformer.modalities.image import ImageProcessor
 
     vq = load_pretrained(tokenizer)
     real = out / "real"
     ev.render_prompts(ev.read_prompts(prompts), n, real)
     (out / "decoded").mkdir(parents=True, exist_ok=True)
+    processor = ImageProcessor(image_size=vq.config.image_size)  # uint8 -> [-1, 1], as the tokenizer trained
     for f in sorted(real.glob("*.png")):
-        x = torch.from_numpy(np.asarray(Image.open(f).convert("RGB"))).permute(2, 0, 1)[None].float() / 127.5 - 1
-        y = vq.decode(vq.encode(x))[0]
-        Image.fromarray(((y + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()).save(out / "decoded" / f.name)
+        x = processor(f)[None]
+        with torch.no_grad():
+            to_pil(vq.decode(vq.encode(x)))[0].save(out / "decoded" / f.name)
     return out / "decoded"
 
 

@@ -154,7 +154,7 @@ def test_serve_loads_a_text_to_image_directory(model_dir, monkeypatch):
     from multimodaltransformer.serve import serve
 
     apps = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **_: apps.append(app))
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, **_: apps.append(self.config.app))
     serve(model_dir)  # as `mmt serve MODEL_DIR` does: no tokenizer needed
     with TestClient(apps[0]) as c:
         assert c.get("/v1/examples").json()["kind"]["output"] == "image"

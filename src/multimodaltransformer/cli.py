@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -140,8 +141,10 @@ def _cmd_serve(a: argparse.Namespace) -> None:
     except ImportError as e:
         raise ConfigError(f"serving needs fastapi and uvicorn: pip install 'multimodaltransformer[serve]' ({e})")
     hosts = [h.strip() for h in (a.allow_remote_media or "").split(",") if h.strip()]
-    serve(a.model, host=a.host, port=a.port, api_key=a.api_key, allow_remote_media=hosts, max_batch=a.max_batch,
-          queue_size=a.queue_size, request_timeout_s=a.timeout, device=a.device)
+    origins = [o.strip() for o in (a.cors_origins or "").split(",") if o.strip()]
+    serve(a.model, host=a.host, port=a.port, api_key=a.api_key or os.environ.get("MMT_API_KEY") or None,
+          allow_remote_media=hosts, max_batch=a.max_batch, queue_size=a.queue_size, request_timeout_s=a.timeout,
+          device=a.device, drain_timeout_s=a.drain_timeout, cors_origins=origins, access_log=a.access_log)
 
 
 def _cmd_bench_fusion(a: argparse.Namespace) -> None:
@@ -258,7 +261,15 @@ def _add_run_commands(sub: Any) -> None:
                                   "or a decoder LM with a chat template (directory, .gguf or package:NAME): text chat")
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8000)
-    sv.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1/ routes")
+    sv.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every route but /health and the chat "
+                                      "page (default: $MMT_API_KEY, else none)")
+    sv.add_argument("--drain-timeout", type=float, default=30.0, metavar="S",
+                    help="on SIGTERM/Ctrl-C: answer new requests 503 and let running streams finish for up to S "
+                         "seconds, then end them with an error event (a second signal stops at once)")
+    sv.add_argument("--cors-origins", metavar="ORIGINS",
+                    help="comma-separated origins whose browser pages may call the API (default: none, CORS off)")
+    sv.add_argument("--access-log", default="-", metavar="PATH",
+                    help="one JSON line per request: '-' stderr (default), a file path, or 'off'")
     sv.add_argument("--allow-remote-media", metavar="HOSTS",
                     help="comma-separated hosts whose http(s) image URLs may be fetched (default: data: URLs only)")
     sv.add_argument("--max-batch", type=int, default=16, help="rows decoded together (1: no batching)")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
@@ -23,6 +25,24 @@ def run_chunks(fn: Callable[[list[Any]], int], jobs: Sequence[Any], desc: str, u
             for c in chunks:
                 bar.update(fn(c))
             return
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with _main_not_rerun(), ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             for done in pool.map(fn, chunks):
                 bar.update(done)
+
+
+@contextlib.contextmanager
+def _main_not_rerun() -> Iterator[None]:
+    """Spawned workers re-import the parent's `__main__` script to find functions defined there; ours
+    live in the library, and a script without an `if __name__ == "__main__":` guard (a notebook
+    export, a tutorial page) would run again in every worker and break the pool. Hide the script's
+    path while the workers start, so they import the library only."""
+    main = sys.modules.get("__main__")
+    if main is None or getattr(main, "__spec__", None) is not None or not hasattr(main, "__file__"):
+        yield  # `python -m pkg`, an interpreter, a notebook: nothing to re-run
+        return
+    path = main.__file__
+    del main.__file__
+    try:
+        yield
+    finally:
+        main.__file__ = path

@@ -18,11 +18,13 @@ from .media import MediaPolicy
 
 def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           allow_remote_media: list[str] | None = None, max_batch: int = 16, queue_size: int = 64,
-          request_timeout_s: float = 120.0, device: str = "cpu", model: Any = None) -> None:
-    """Load the model (or take `model`) and serve it until interrupted."""
+          request_timeout_s: float = 120.0, device: str = "cpu", model: Any = None, drain_timeout_s: float = 30.0,
+          cors_origins: list[str] | None = None, access_log: str | None = "-") -> None:
+    """Load the model (or take `model`) and serve it until SIGTERM/SIGINT, then drain (serve/ops.py)."""
     import uvicorn
 
     from .app import ServerConfig, create_app
+    from .ops import DrainingServer, setup_access_log
 
     if model is None:
         from ..hub import load_model, load_pretrained
@@ -35,12 +37,16 @@ def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, api_
         else:
             model = load_model(str(model_dir), device, speech=True, chat=True)
     cfg = ServerConfig(model_name=Path(model_dir).name if model_dir else "model", api_key=api_key,
+                       cors_origins=list(cors_origins or []),
                        model_dir=Path(model_dir) if model_dir else None,
                        max_batch=max_batch, queue_size=queue_size, request_timeout_s=request_timeout_s,
                        media=MediaPolicy(allowed_hosts=frozenset(h.lower() for h in allow_remote_media or [])))
     app = create_app(model, cfg)
+    setup_access_log(access_log)
     print(f"serving {cfg.model_name} at http://{host}:{port}/  (OpenAI API at http://{host}:{port}/v1)", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    server = DrainingServer(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                           timeout_graceful_shutdown=5), app.state.lifecycle, drain_timeout_s)
+    server.run()
 
 
 def _model_type(model_dir: str | Path) -> str | None:

@@ -36,9 +36,10 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Streamin
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..modalities.text import encode_prompt
-from .common import APIError, check_model, json_error, next_event
+from .common import APIError, check_model, error_status, json_error, next_event
 from .examples import load_examples
 from .images import images_router, is_text_to_image, load_reranker
+from .ops import Lifecycle, add_operations
 from .media import MediaPolicy, MediaRejected, decode_image, decode_video, image_bytes, input_audio, video_bytes
 from .schemas import (AssistantMessage, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice,
                       ChunkChoice, Delta, Embedding, EmbeddingRequest, EmbeddingResponse, ExampleCard, ExampleList,
@@ -54,7 +55,8 @@ from .worker import Job, ModelWorker
 class ServerConfig:
     model_name: str = "model"
     model_dir: Path | None = None  # where the chat page's examples are read from (MODEL_DIR/examples)
-    api_key: str | None = None
+    api_key: str | None = None  # every route but /health and the page then needs "Authorization: Bearer KEY"
+    cors_origins: list[str] = field(default_factory=list)  # none: CORS off
     max_batch: int = 16
     queue_size: int = 64
     request_timeout_s: float = 120.0
@@ -83,6 +85,7 @@ def create_app(model: Any, config: ServerConfig | None = None) -> FastAPI:
     created = int(time.time())
 
     _add_error_handlers(app, cfg)
+    add_operations(app, worker, cfg.api_key, cfg.cors_origins)  # /metrics, access log, API key, drain
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -110,7 +113,7 @@ def create_app(model: Any, config: ServerConfig | None = None) -> FastAPI:
 
 
 def _add_error_handlers(app: FastAPI, cfg: ServerConfig) -> None:
-    """Every error in OpenAI's shape; the body size limit and the API key, before any route."""
+    """Every error in OpenAI's shape; the body size limit, before any route."""
     @app.exception_handler(APIError)
     async def _api_error(_: Request, e: APIError) -> JSONResponse:
         return json_error(e.status, e.message, e.param, e.code, e.headers)
@@ -137,10 +140,6 @@ def _add_error_handlers(app: FastAPI, cfg: ServerConfig) -> None:
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > cfg.max_body_bytes):
             return json_error(413, f"request body larger than {cfg.max_body_bytes} bytes")
-        if cfg.api_key and request.url.path.startswith("/v1/"):
-            if request.headers.get("authorization", "") != f"Bearer {cfg.api_key}":
-                return json_error(401, "invalid or missing API key (Authorization: Bearer KEY)",
-                                   code="invalid_api_key")
         return await call_next(request)
 
 
@@ -157,9 +156,12 @@ def _add_chat_route(app: FastAPI, model: Any, cfg: ServerConfig, worker: ModelWo
         events: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
         job.emit = lambda i, text, finish, err: loop.call_soon_threadsafe(events.put_nowait, (i, text, finish, err))
+        life: Lifecycle = app.state.lifecycle
+        life.track(job, prompt_tokens)  # metrics; the drain ends it if the server stops first
         try:
             worker.submit(job)
         except queue.Full:
+            life.untrack(job)
             raise APIError(429, "the server is busy: too many requests queued, retry shortly",
                            code="rate_limit_exceeded", headers={"Retry-After": "1"}) from None
         rid, now = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
@@ -167,20 +169,21 @@ def _add_chat_route(app: FastAPI, model: Any, cfg: ServerConfig, worker: ModelWo
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return StreamingResponse(_sse(job, events, request, rid, now, cfg.model_name, n, prompt_tokens,
-                                          include_usage), media_type="text/event-stream",
+                                          include_usage, life), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         texts, finish = [""] * n, [None] * n
         try:
             while any(f is None for f in finish):
                 i, text, reason, err = await next_event(events, request, job)
                 if err:
-                    raise APIError(504 if "time limit" in err else 500, err)
+                    raise APIError(error_status(err), err)
                 if text:
                     texts[i] += text
                 if reason:
                     finish[i] = reason
         finally:
             job.cancelled.set()  # a no-op when done; stops the rows of a request that failed or left
+            life.untrack(job)
         completion = sum(job.completion_tokens)
         return ChatCompletion(id=rid, created=now, model=cfg.model_name,
                               choices=[Choice(index=i, message=AssistantMessage(content=texts[i]),
@@ -389,7 +392,7 @@ async def _make_speech_job(req: ChatCompletionRequest, transcriber: Transcriber,
 
 
 async def _sse(job: Job, events: asyncio.Queue, request: Request, rid: str, created: int, model: str, n: int,
-               prompt_tokens: int, include_usage: bool):
+               prompt_tokens: int, include_usage: bool, life: Lifecycle):
     def chunk(choices: list[ChunkChoice], usage: Usage | None = None) -> str:
         body = ChatCompletionChunk(id=rid, created=created, model=model, choices=choices, usage=usage)
         return f"data: {body.model_dump_json(exclude={'usage'} if usage is None else None)}\n\n"
@@ -400,7 +403,7 @@ async def _sse(job: Job, events: asyncio.Queue, request: Request, rid: str, crea
         while finished < n:
             i, text, reason, err = await next_event(events, request, job)
             if err:
-                yield f"data: {json.dumps(error(504 if 'time limit' in err else 500, err))}\n\n"
+                yield f"data: {json.dumps(error(error_status(err), err))}\n\n"
                 break
             if text:
                 yield chunk([ChunkChoice(index=i, delta=Delta(content=text))])
@@ -414,3 +417,4 @@ async def _sse(job: Job, events: asyncio.Queue, request: Request, rid: str, crea
         yield "data: [DONE]\n\n"
     finally:
         job.cancelled.set()  # the client left or the stream ended: the worker drops the rows
+        life.untrack(job)

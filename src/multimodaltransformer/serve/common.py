@@ -30,6 +30,11 @@ def json_error(status: int, message: str, param: str | None = None, code: str | 
     return JSONResponse(error(status, message, param, code), status_code=status, headers=headers)
 
 
+def error_status(err: str) -> int:
+    """The HTTP status of a job's error message: 504 past its time limit, 503 while the server stops."""
+    return 504 if "time limit" in err else 503 if "shutting down" in err else 500
+
+
 def check_model(name: str, served: str) -> None:
     """A request names the model it wants; this server has one."""
     if name != served:

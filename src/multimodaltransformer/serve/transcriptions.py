@@ -34,7 +34,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from ..modalities.audio import decode_audio
 from ..modalities.base import MediaError
 from ..modalities.text import encode_prompt
-from .common import APIError, check_model, next_event
+from .common import APIError, check_model, error_status, next_event
 from .jobs import Job
 from .schemas import error
 from .speech import Transcriber
@@ -235,31 +235,35 @@ def transcription_router(model: Any, worker: Any, model_name: str, timeout_s: fl
         events: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
         job.emit = lambda i, text, finish, err: loop.call_soon_threadsafe(events.put_nowait, (text, finish, err))
+        life = request.app.state.lifecycle
+        life.track(job, 0)  # metrics; the drain ends it if the server stops first
         try:
             worker.submit(job)
         except queue.Full:
+            life.untrack(job)
             raise APIError(429, "the server is busy: too many requests queued, retry shortly",
                            code="rate_limit_exceeded", headers={"Retry-After": "1"}) from None
         if form.stream:
-            return StreamingResponse(_sse(job, events, request, duration), media_type="text/event-stream",
+            return StreamingResponse(_sse(job, events, request, duration, life), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         try:
             text, trim = "", Trim()
             while True:
                 delta, finish, err = await next_event(events, request, job)
                 if err:
-                    raise APIError(504 if "time limit" in err else 500, err)
+                    raise APIError(error_status(err), err)
                 text += trim(delta or "")
                 if finish:
                     break
         finally:
             job.cancelled.set()  # a no-op when done; stops a transcription whose client left
+            life.untrack(job)
         return render(form, text, duration, getattr(job, "language_code", "en"))
 
     return router
 
 
-async def _sse(job: Job, events: asyncio.Queue, request: Request, duration: float):
+async def _sse(job: Job, events: asyncio.Queue, request: Request, duration: float, life: Any):
     """`transcript.text.delta` events as tokens come, then `transcript.text.done` (or an `error` event)."""
     def event(body: dict[str, Any]) -> str:
         return f"data: {json.dumps(body)}\n\n"
@@ -269,7 +273,7 @@ async def _sse(job: Job, events: asyncio.Queue, request: Request, duration: floa
         while True:
             delta, finish, err = await next_event(events, request, job)
             if err:
-                yield event({"type": "error", **error(504 if "time limit" in err else 500, err)})
+                yield event({"type": "error", **error(error_status(err), err)})
                 return
             piece = trim(delta or "")
             if piece:
@@ -281,3 +285,4 @@ async def _sse(job: Job, events: asyncio.Queue, request: Request, duration: floa
                      "usage": {"type": "duration", "seconds": round(duration, 3)}})
     finally:
         job.cancelled.set()
+        life.untrack(job)

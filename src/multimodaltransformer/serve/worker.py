@@ -55,6 +55,7 @@ class ModelWorker:
             self.batch = ContinuousBatch(model)  # the running rows' decode state (their cache)
             self.last = torch.zeros(0, dtype=torch.long)  # (N,) each row's newest token
         self.steps = 0  # decode steps run (for stats)
+        self.on_step: Callable[[int], None] | None = None  # told each step's batch size (serve/ops.py metrics)
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="mmt-model-worker", daemon=True)
         self.thread.start()
@@ -175,6 +176,8 @@ class ModelWorker:
 
     def _step(self) -> None:
         self.steps += 1
+        if self.on_step is not None:
+            self.on_step(len(self.rows))
         self._choose(self.batch.step(self.last))
 
     def _drop(self, keep: list[int]) -> None:

@@ -144,11 +144,13 @@ def _from_family(directory: Path, raw: dict[str, Any], state: dict[str, Tensor],
     return model.to(map_location).eval()
 
 
-def load_model(path: str | Path, device: str = "auto", speech: bool = False, chat: bool = False) -> nn.Module:
+def load_model(path: str | Path, device: str = "auto", speech: bool = False, chat: bool = False,
+               embed: bool = False) -> nn.Module:
     """A model that answers prompts (ours: trained or composed by this library; with `speech`, a
     Whisper model too, which transcribes; with `chat`, a decoder LM with a chat template, which
-    chats in text, as `mmt serve` serves it) on `device` ("auto": cuda if available), tokenizer
-    checked. `path` may be a `package:NAME` source (hub/packages.py)."""
+    chats in text; with `embed`, a CLIP or BERT/MiniLM, which embeds: as `mmt serve` serves them)
+    on `device` ("auto": cuda if available), tokenizer checked. `path` may be a `package:NAME`
+    source (hub/packages.py)."""
     from ..config import ConfigError
     from .packages import resolve_model_source
 
@@ -156,7 +158,8 @@ def load_model(path: str | Path, device: str = "auto", speech: bool = False, cha
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_pretrained(resolve_model_source(str(path)), map_location=device)
     lm = chat and isinstance(model, DecoderLM)
-    if not (isinstance(model, MultimodalLM) or speech and isinstance(model, Whisper) or lm):  # ours or composed
+    encoder = embed and isinstance(model, (CLIP, BERT))
+    if not (isinstance(model, MultimodalLM) or speech and isinstance(model, Whisper) or lm or encoder):
         raise ConfigError(f"{path}: a {type(model).__name__} does not answer prompts about images; "
                           "use a model trained or composed by this library")
     if lm and not model.chat_template:

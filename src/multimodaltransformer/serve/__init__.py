@@ -35,7 +35,7 @@ def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, api_
             auto = "cuda" if torch.cuda.is_available() else "cpu"
             model = load_pretrained(model_dir, map_location=auto if device == "auto" else device)
         else:
-            model = load_model(str(model_dir), device, speech=True, chat=True)
+            model = load_model(str(model_dir), device, speech=True, chat=True, embed=True)
     cfg = ServerConfig(model_name=Path(model_dir).name if model_dir else "model", api_key=api_key,
                        cors_origins=list(cors_origins or []),
                        model_dir=Path(model_dir) if model_dir else None,

@@ -16,7 +16,6 @@ there). Every error is a 4xx/5xx with OpenAI's error body; no model work runs on
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import queue
@@ -28,7 +27,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -37,12 +35,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..modalities.text import encode_prompt
 from .common import APIError, check_model, error_status, json_error, next_event
+from .embeddings import Embedder, embedder_for, embeddings_router
 from .examples import load_examples
 from .images import images_router, is_text_to_image, load_reranker
 from .ops import Lifecycle, add_operations
 from .media import MediaPolicy, MediaRejected, decode_image, decode_video, image_bytes, input_audio, video_bytes
 from .schemas import (AssistantMessage, ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, Choice,
-                      ChunkChoice, Delta, Embedding, EmbeddingRequest, EmbeddingResponse, ExampleCard, ExampleList,
+                      ChunkChoice, Delta, ExampleCard, ExampleList,
                       ModelCard, ModelKind, ModelList, Usage, error)
 from .speech import SpeechJob, Transcriber, is_speech_model
 from .template import TemplateError, build_conversation
@@ -74,6 +73,7 @@ def create_app(model: Any, config: ServerConfig | None = None) -> FastAPI:
     worker = ModelWorker(model, max_batch=cfg.max_batch, queue_size=cfg.queue_size)
     transcriber = Transcriber(model) if is_speech_model(model) else None
     prompter = ChatTemplatePrompter(model) if is_chat_lm(model) else None  # a decoder LM: its chat template
+    embedder = embedder_for(model, cfg.model_dir)  # None: no embedding space
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -96,7 +96,7 @@ def create_app(model: Any, config: ServerConfig | None = None) -> FastAPI:
     async def models() -> ModelList:
         return ModelList(data=[ModelCard(id=cfg.model_name, created=created)])
 
-    _add_example_routes(app, cfg, model_kind(model))
+    _add_example_routes(app, cfg, model_kind(model, embedder))
 
     @app.get("/", response_class=HTMLResponse)
     async def page() -> str:
@@ -106,7 +106,7 @@ def create_app(model: Any, config: ServerConfig | None = None) -> FastAPI:
         app.include_router(images_router(model, worker, cfg.request_timeout_s, load_reranker(cfg.model_dir)))
         return app
     _add_chat_route(app, model, cfg, worker, transcriber, prompter)
-    _add_embeddings_route(app, model, cfg, worker)
+    app.include_router(embeddings_router(embedder, worker, cfg.model_name, cfg.media, cfg.request_timeout_s))
     app.include_router(transcription_router(model, worker, cfg.model_name, cfg.request_timeout_s,
                                             cfg.media.max_bytes, transcriber))
     return app
@@ -149,6 +149,9 @@ def _add_chat_route(app: FastAPI, model: Any, cfg: ServerConfig, worker: ModelWo
     @app.post("/v1/chat/completions")
     async def chat(req: ChatCompletionRequest, request: Request) -> Any:
         _check_model(req.model, cfg)
+        if embeds_only(model):
+            raise APIError(400, f"model {cfg.model_name} is an embedding model ({type(model).__name__}): use "
+                           "POST /v1/embeddings", param="model")
         if transcriber is not None:
             job, prompt_tokens = await _make_speech_job(req, transcriber, cfg)
         else:
@@ -192,48 +195,6 @@ def _add_chat_route(app: FastAPI, model: Any, cfg: ServerConfig, worker: ModelWo
                                           total_tokens=prompt_tokens + completion))
 
 
-def _add_embeddings_route(app: FastAPI, model: Any, cfg: ServerConfig, worker: ModelWorker) -> None:
-    """POST /v1/embeddings: texts and images in the contrastive space, normalised."""
-    @app.post("/v1/embeddings")
-    async def embeddings(req: EmbeddingRequest) -> EmbeddingResponse:
-        _check_model(req.model, cfg)
-        if getattr(model, "image_proj", None) is None:
-            raise APIError(400, f"model {cfg.model_name} has no embedding space (heads.contrastive_dim)")
-        inputs = [req.input] if isinstance(req.input, str) else req.input
-        if len(inputs) > 256:
-            raise APIError(400, "input: at most 256 items per request", param="input")
-        if any(not s for s in inputs):
-            raise APIError(400, "input: empty strings cannot be embedded", param="input")
-        pixels = {}
-        for i, s in enumerate(inputs):
-            if s.startswith("data:") or s.startswith("http://") or s.startswith("https://"):
-                pixels[i] = await asyncio.to_thread(_pixels, s, model, cfg.media)
-        texts = {i: s for i, s in enumerate(inputs) if i not in pixels}
-        for i, s in texts.items():
-            if len(encode_prompt(model.tokenizer, s)) > model.max_seq_len:
-                raise APIError(400, f"input[{i}]: longer than the model's {model.max_seq_len} tokens", param="input")
-
-        def embed() -> list[list[float]]:
-            out: list[Any] = [None] * len(inputs)
-            with torch.inference_mode():
-                for i, px in pixels.items():
-                    out[i] = torch.nn.functional.normalize(model.encode_image(px), dim=-1)[0]
-                for i, s in texts.items():
-                    ids = torch.tensor([[model.tokenizer.bos_id, *model.tokenizer.encode(s), model.tokenizer.sep_id]])
-                    out[i] = torch.nn.functional.normalize(model.encode_text(ids.to(px_device(model))), dim=-1)[0]
-            return [v.float().cpu().tolist() for v in out]
-
-        try:
-            vectors = await asyncio.to_thread(worker.run_exclusive, embed, cfg.request_timeout_s)
-        except queue.Full:
-            raise APIError(429, "the server is busy, retry shortly", headers={"Retry-After": "1"}) from None
-        tokens = sum(len(model.tokenizer.encode(s)) for s in texts.values())
-        if req.encoding_format == "base64":
-            vectors = [base64.b64encode(np.asarray(v, dtype="<f4").tobytes()).decode() for v in vectors]
-        return EmbeddingResponse(data=[Embedding(index=i, embedding=v) for i, v in enumerate(vectors)],
-                                 model=cfg.model_name, usage={"prompt_tokens": tokens, "total_tokens": tokens})
-
-
 def _add_example_routes(app: FastAPI, cfg: ServerConfig, kind: ModelKind) -> None:
     """GET /v1/examples and /examples/NAME: the chat page's starting points (serve/examples.py);
     those with an image only for a model that takes images."""
@@ -253,19 +214,27 @@ def _add_example_routes(app: FastAPI, cfg: ServerConfig, kind: ModelKind) -> Non
         return FileResponse(files[name])
 
 
-def model_kind(model: Any) -> ModelKind:
+def model_kind(model: Any, embedder: Embedder | None = None) -> ModelKind:
     """What `model` takes and does, as the chat page shows it."""
+    if embeds_only(model):
+        return ModelKind(inputs=embedder.takes if embedder else ["text"],
+                         task=f"{' or '.join(embedder.takes if embedder else ['text'])} -> embedding", embeddings=True)
     if is_text_to_image(model):
         return ModelKind(inputs=["text"], task="text -> image", output="image")
     if is_speech_model(model):
         return ModelKind(inputs=["audio"], task="speech -> transcript")
-    embeddings = getattr(model, "image_proj", None) is not None
+    embeddings = embedder is not None
     # late and joint fusion never feed the image to the decoder: their chat is text only
     sees_images = not (getattr(model, "is_late_fusion", False) or getattr(model, "is_dual_encoder", False))
     media = [name for name in getattr(model, "processors", {}) if name != "image" or sees_images]
     if media:
         return ModelKind(inputs=[*media, "text"], task=f"{' + '.join(media)} + text -> text", embeddings=embeddings)
     return ModelKind(inputs=["text"], task="text chat", embeddings=embeddings)
+
+
+def embeds_only(model: Any) -> bool:
+    """An imported CLIP or BERT/MiniLM: embeddings, no chat."""
+    return type(model).__name__ in ("CLIP", "BERT")
 
 
 def px_device(model: Any) -> torch.device:

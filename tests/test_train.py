@@ -52,6 +52,25 @@ def test_resume_matches_uninterrupted_run(shapes_dir, tmp_path):
     assert (a / "model" / "model.safetensors").read_bytes() == (b / "model" / "model.safetensors").read_bytes()
 
 
+def test_resume_of_a_composed_gpt2_with_dropout_matches_uninterrupted_run(parts, tmp_path):
+    """GPT-2's dropout (0.1) reads the global torch RNG every step, so the checkpoint's RNG state must be
+    the one the next step sees: nothing may draw from it between the restore and that step."""
+    m = tmp_path / "texts.jsonl"
+    lines = [{"id": str(i), "task": "lm", "prompt": "", "target": t}
+             for i, t in enumerate(["a red circle left of a blue square", "how many objects are there?"] * 8)]
+    m.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    run = load_run_config("shapes-tiny", [f"compose={{language_source: {parts / 'gpt2'}, freeze: []}}",
+                                          f"data.train={m}", "data.val=null", "train.batch_size=8",
+                                          "train.max_steps=12", "train.save_every=4", "train.warmup_steps=2"])
+    a, b = tmp_path / "a", tmp_path / "b"
+    train(run, a, progress=False)
+    train(run, b, progress=False)
+    shutil.rmtree(b / "checkpoints" / "step-12")  # as if killed between step 8 and step 12
+    shutil.rmtree(b / "model")
+    train(run, b, resume=True, progress=False)
+    assert (a / "model" / "model.safetensors").read_bytes() == (b / "model" / "model.safetensors").read_bytes()
+
+
 def test_corrupt_newest_checkpoint_falls_back(shapes_dir, tmp_path):
     train(_run(shapes_dir), tmp_path, progress=False)
     (tmp_path / "checkpoints" / "step-12" / "model.safetensors").write_bytes(b"garbage")

@@ -192,6 +192,11 @@ class TaskStream:
         if self.batch_size % pieces:
             raise DataError(f"task {self.cfg.name}: batch size {self.batch_size} does not split into {pieces} "
                             "equal micro-batches (processes x grad_accum)")
+        # Starting a DataLoader draws its workers' base seed from the global torch RNG unless it has
+        # a generator of its own. A resumed run starts its loaders after the checkpoint restored that
+        # RNG, an uninterrupted one did so at step 0: the extra draw would shift every later dropout
+        # mask (GPT-2's 0.1 in a composed model) and break bit-exact resume.
+        own_rng = torch.Generator().manual_seed(seed)
         if self.stream_urls is not None:  # this rank's own shards; position: steps x micro-batches drawn
             from ..data.streaming import ShardStream
 
@@ -200,10 +205,12 @@ class TaskStream:
                                seed=seed, skip=self.pos * len(piece_ids), batch_size=size)
             collate = self.collate
             return iter(DataLoader(data, batch_size=size, num_workers=workers, persistent_workers=workers > 0,
-                                   collate_fn=lambda items: {**collate(items), "bad": sum(it["bad"] for it in items)}))
+                                   collate_fn=lambda items: {**collate(items), "bad": sum(it["bad"] for it in items)},
+                                   generator=own_rng))
         sampler = _StepSampler(self, seed, pieces, piece_ids)
         return iter(DataLoader(self.dataset, batch_sampler=sampler, collate_fn=self.collate, num_workers=workers,
-                               persistent_workers=workers > 0, prefetch_factor=2 if workers else None))
+                               persistent_workers=workers > 0, prefetch_factor=2 if workers else None,
+                               generator=own_rng))
 
     def state(self) -> dict[str, int]:
         return {"epoch": self.epoch, "pos": self.pos}

@@ -25,6 +25,30 @@ def test_errors_exit_2_with_a_message(tmp_path, capsys):
     assert "not a model directory" in capsys.readouterr().err
 
 
+def test_generate_skip_bad_skips_and_counts_unreadable_images(tiny_model, shapes_dir, tmp_path, capsys):
+    """--skip-bad skips a file that exists but cannot be decoded, as it skips lines that fail to parse;
+    without it the truncated image stops the run naming its line."""
+    tiny_model.save_pretrained(tmp_path / "model")
+    img = next((shapes_dir / "images").iterdir())
+    (tmp_path / "bad.png").write_bytes(img.read_bytes()[:60])  # truncated PNG
+    rows = [{"id": str(i), "task": "caption", "prompt": "describe the image.", "image": str(img)} for i in range(3)]
+    rows[1]["image"] = "bad.png"
+    m = tmp_path / "m.jsonl"
+    m.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pred = tmp_path / "pred.jsonl"
+    args = ["generate", str(tmp_path / "model"), "--data", str(m), "--out", str(pred), "--max-new-tokens", "2",
+            "--device", "cpu"]
+    assert main(args) == 2
+    assert "m.jsonl:2: cannot read image" in capsys.readouterr().err
+    with m.open("a") as f:
+        f.write("{not json\n")
+    with pytest.warns(UserWarning, match=r"skipped 1 example\(s\) with unreadable media; first: .*m.jsonl:2: "):
+        assert main([*args, "--skip-bad"]) == 0
+    assert [json.loads(x)["id"] for x in pred.read_text().splitlines()] == ["0", "2"]
+    assert ("wrote 2 predictions" in (out := capsys.readouterr().out) and "skipped 2 example(s): 1 line(s) that "
+            "failed to parse, 1 whose media could not be read" in out)
+
+
 def test_module_entry_point():
     out = subprocess.run([sys.executable, "-m", "multimodaltransformer", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "generate" in out.stdout and "demo" in out.stdout

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from multimodaltransformer.data import DataError, ManifestDataset, TrainCollator, read_manifest, shapes
-from multimodaltransformer.data.sources import parse_spec, resolve_source
+from multimodaltransformer.data.sources import parse_spec, read_source, resolve_source
 from multimodaltransformer.modalities import ImageProcessor
 
 
@@ -56,6 +56,20 @@ def _write(path, rows):
     path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
 
 
+def test_the_data_package_exports_its_generators():
+    """shapes, reviews, fashion come with the package; spoken and motion only when first used."""
+    import subprocess
+    import sys
+
+    import multimodaltransformer.data as data
+
+    assert {"shapes", "reviews", "fashion", "spoken", "motion"} <= set(data.__all__)
+    assert all(hasattr(data, name) for name in data.__all__) and data.spoken.generate and data.motion.generate
+    code = ("import sys, multimodaltransformer.data as d; assert d.shapes.generate and d.reviews.generate; "
+            "print(sorted(m for m in ('spoken', 'motion', 'tts') if f'multimodaltransformer.data.{m}' in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
+
+
 def test_bad_lines_name_file_and_line(tmp_path, shapes_dir):
     img = str(next((shapes_dir / "images").iterdir()))
     good = {"id": "a", "task": "vqa", "prompt": "q?", "target": "yes", "image": img}
@@ -75,6 +89,9 @@ def test_bad_lines_name_file_and_line(tmp_path, shapes_dir):
     _write(m, [good, "[1, 2]", good])
     with pytest.warns(UserWarning, match="skipped 1 bad line"):
         assert len(read_manifest(m, skip_bad=True)) == 2
+    with pytest.warns(UserWarning):  # the skipped lines are returned too, for data.max_bad_fraction
+        examples, skipped = read_source(str(m), tmp_path, skip_bad=True)
+    assert len(examples) == 2 and len(skipped) == 1 and skipped[0].startswith(f"{m}:2: expected a JSON object")
 
 
 def test_corrupt_image_is_named_or_skipped(tmp_path, shapes_dir, tokenizer):

@@ -114,3 +114,28 @@ def test_cli_eval_writes_report_and_predictions(headed_model, shapes_dir, tmp_pa
     preds = [json.loads(x) for x in out.with_suffix(".predictions.jsonl").read_text().splitlines()]
     assert preds and all(p["task"] != "retrieval" for p in preds)
     assert main(["eval", str(tmp_path / "model"), "--data", str(tmp_path / "missing.jsonl")]) == 2
+
+
+def test_cli_eval_skip_bad_skips_unreadable_images_and_reports_the_count(tiny_model, shapes_dir, tmp_path, capsys):
+    from multimodaltransformer.cli import main
+
+    tiny_model.save_pretrained(tmp_path / "model")
+    img = next((shapes_dir / "images").iterdir())
+    (tmp_path / "bad.png").write_bytes(img.read_bytes()[:60])  # truncated PNG
+    rows = [{"id": str(i), "task": "vqa", "prompt": "how many objects are there?", "target": "two",
+             "image": "bad.png" if i == 2 else str(img)} for i in range(4)]
+    m = tmp_path / "m.jsonl"
+    m.write_text("".join(json.dumps(r) + "\n" for r in rows) + "[1, 2]\n")
+    out = tmp_path / "report.json"
+    args = ["eval", str(tmp_path / "model"), "--data", str(m), "--out", str(out), "--max-new-tokens", "2",
+            "--device", "cpu"]
+    with pytest.warns(UserWarning, match=r"m.jsonl:3: cannot read image"):
+        assert main([*args, "--skip-bad"]) == 0
+    report = json.loads(out.read_text())
+    assert report["skipped_examples"] == 2 and report["count"] == {"vqa": 3}
+    assert "skipped 2 example(s): 1 line(s) that failed to parse, 1 whose media" in capsys.readouterr().err
+    assert [json.loads(x)["id"] for x in out.with_suffix(".predictions.jsonl").read_text().splitlines()] == \
+        ["0", "1", "3"]
+    m.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(args) == 2  # without --skip-bad the unreadable image stops the run, naming its line
+    assert "m.jsonl:3: cannot read image" in capsys.readouterr().err

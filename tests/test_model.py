@@ -23,6 +23,16 @@ def test_forward_shapes_and_loss(tiny_model, tokenizer):
     torch.testing.assert_close(out.loss, out2.loss)
 
 
+def test_packages_export_their_configs():
+    import multimodaltransformer.models as models
+    import multimodaltransformer.nn as nn
+    from multimodaltransformer.models import HeadsConfig
+    from multimodaltransformer.nn import ResNetConfig
+
+    assert HeadsConfig.__name__ in models.__all__ and ResNetConfig.__name__ in nn.__all__
+    assert all(hasattr(models, name) for name in models.__all__) and all(hasattr(nn, name) for name in nn.__all__)
+
+
 def test_seed_style_construction():
     model = MultimodalTransformerModel(MultimodalTransformer)
     assert isinstance(model.config, MultimodalTransformer)

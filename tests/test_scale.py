@@ -178,6 +178,21 @@ def test_too_many_unreadable_examples_fail_loudly(shapes_dir, tmp_path):
     train(_run(shapes_dir, *sets, "data.max_bad_fraction=0.5"), tmp_path / "lenient", progress=False)
 
 
+def test_bad_lines_and_unreadable_media_count_together_against_max_bad_fraction(shapes_dir, tmp_path):
+    """Lines that fail to parse are skipped examples too: judged with the unreadable images, out of all."""
+    rows = [json.loads(x) for x in (shapes_dir / "manifest.jsonl").read_text().splitlines()]
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    k = len(rows) // 10  # 10% unreadable images + 10% unparsable lines: 20% > 15%, each alone under it
+    for i, r in enumerate(rows):
+        r["image"] = str(tmp_path / "broken.png") if i < k else str(shapes_dir / r["image"])
+    m = tmp_path / "manifest.jsonl"
+    m.write_text("".join(json.dumps(r) + "\n" for r in rows) + "{not json\n" * k)
+    sets = [f"data.train={m}", "data.skip_bad=true", "train.max_steps=1", "train.save_every=100"]
+    with pytest.raises(ValueError, match=rf"task lm: {2 * k} of {len(rows) + k} examples were skipped, {k} line\(s\) "
+                                         rf"that failed to parse and {k} whose media are unreadable"):
+        train(_run(shapes_dir, *sets, "data.max_bad_fraction=0.15"), tmp_path / "strict", progress=False)
+
+
 def _torchrun(n: int) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", "-m"]
 

@@ -41,15 +41,32 @@ def _load_model(path: str, device: str, speech: bool = False):
     return load_model(path, device, speech)
 
 
+def _read_examples(model: Any, manifest: str | Path, skip_bad: bool, require_target: bool
+                   ) -> tuple[list[Any], str, int]:
+    """A manifest's examples for `predict` and, with --skip-bad, a note saying how many it skipped and
+    their number: lines that failed to parse and examples whose media could not be read (both warned
+    about, naming a line)."""
+    from .data.manifest import read_manifest_and_skipped
+    from .evaluate import readable
+
+    examples, bad_lines = read_manifest_and_skipped(manifest, require_target, skip_bad)
+    if not skip_bad:
+        return examples, "", 0
+    examples, bad_media = readable(model, examples, skip_bad=True)
+    n = len(bad_lines) + len(bad_media)
+    return examples, (f"skipped {n} example(s): {len(bad_lines)} line(s) that failed to parse, "
+                      f"{len(bad_media)} whose media could not be read"), n
+
+
 def _cmd_generate(a: argparse.Namespace) -> None:
-    from .data.manifest import Example, read_manifest
+    from .data.manifest import Example
     from .evaluate import predict
 
     model = _load_model(a.model, a.device)
     if a.data:
         if not a.out:
             raise ConfigError("--data needs --out PRED.jsonl")
-        examples = read_manifest(a.data, require_target=False, skip_bad=a.skip_bad)
+        examples, skipped, _ = _read_examples(model, a.data, a.skip_bad, require_target=False)
         preds = predict(model, examples, batch_size=a.batch_size, max_new_tokens=a.max_new_tokens, progress=True,
                         generation_kwargs=_generation_kwargs(a))
         out = Path(a.out)
@@ -59,7 +76,7 @@ def _cmd_generate(a: argparse.Namespace) -> None:
             for ex, p in zip(examples, preds):
                 f.write(json.dumps({"id": ex.id, "prompt": ex.prompt, "prediction": p}) + "\n")
         tmp.replace(out)
-        print(f"wrote {len(preds)} predictions to {out}")
+        print(f"wrote {len(preds)} predictions to {out}" + (f"; {skipped}" if skipped else ""))
         return
     reads = list(getattr(model, "processors", None) or ({"image": 1} if model.image_processor else {}))
     media = {name: Path(p) for name, p in (("image", a.image), ("audio", a.audio), ("video", a.video)) if p}
@@ -103,7 +120,6 @@ def _generation_kwargs(a: argparse.Namespace) -> dict:
 
 
 def _cmd_eval(a: argparse.Namespace) -> None:
-    from .data.manifest import read_manifest
     from .data.sources import resolve_source
     from .evaluate import evaluate
     from .train.config import default_cache_dir
@@ -111,10 +127,14 @@ def _cmd_eval(a: argparse.Namespace) -> None:
     if a.report == "" and not a.out:
         raise ConfigError("--report without a path writes REPORT.html next to --out REPORT.json: give one of them")
     model = _load_model(a.model, a.device)
-    examples = read_manifest(resolve_source(a.data, default_cache_dir()), skip_bad=a.skip_bad)
+    examples, skipped, n_skipped = _read_examples(model, resolve_source(a.data, default_cache_dir()), a.skip_bad,
+                                                  require_target=True)
     report, preds = evaluate(model, examples, batch_size=a.batch_size, max_new_tokens=a.max_new_tokens,
                              progress=True)
     report = {"model": str(a.model), "data": str(a.data), **report}
+    if skipped:
+        report["skipped_examples"] = n_skipped
+        print(f"eval: {skipped}", file=sys.stderr)  # stderr: stdout stays the JSON report
     text = json.dumps(report, indent=2)
     if a.out:
         out = Path(a.out)
@@ -216,7 +236,8 @@ def _model_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--max-new-tokens", type=int, default=48)
     sp.add_argument("--batch-size", type=int, default=64)
     sp.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (auto: cuda if available)")
-    sp.add_argument("--skip-bad", action="store_true", help="skip and count bad manifest lines")
+    sp.add_argument("--skip-bad", action="store_true",
+                    help="skip and count bad manifest lines and examples whose media cannot be read")
 
 
 def _add_generate_command(sub: Any) -> None:

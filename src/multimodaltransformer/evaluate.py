@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from .data.collate import ExampleDataset, MediaCache, collate_examples, collate_media, media_of, pair_text, prompt_batch
+from .data.collate import (ExampleDataset, MediaCache, collate_examples, collate_media, media_of, pair_text,
+                           prompt_batch, readable_examples)
 from .data.manifest import TRANSCRIPTION_TASKS, Example
 from .generation import generate, stream
 from .metrics import bleu, cider, classification_report, exact_match, normalize_answer, recall_at_k, rouge_l, vqa_accuracy, wer
@@ -69,9 +70,20 @@ def predict(model: Any, examples: Sequence[Example], batch_size: int = 64, max_n
     return [o or "" for o in out]
 
 
+def _processors(model: Any) -> Any:
+    """{modality: processor}, or a lone ImageProcessor (models that read one image)."""
+    return getattr(model, "processors", None) or getattr(model, "image_processor", None)
+
+
+def readable(model: Any, examples: Sequence[Example], skip_bad: bool = False) -> tuple[list[Example], list[str]]:
+    """The examples whose media the model can read, and the messages of those skipped with `skip_bad`
+    (`mmt generate/eval --skip-bad`); without it the first unreadable one raises DataError."""
+    return readable_examples(examples, _processors(model), skip_bad)
+
+
 def _media(model: Any, chunk: Sequence[Example]) -> dict[str, torch.Tensor]:
     """The chunk's media (every example has the same modalities) as model inputs on its device."""
-    cache = MediaCache(getattr(model, "processors", None) or getattr(model, "image_processor", None))
+    cache = MediaCache(_processors(model))
     batch = collate_media([cache(e) for e in chunk], cache.processors)
     device = next(model.parameters()).device
     return {k: v.to(device) for k, v in batch.items()}

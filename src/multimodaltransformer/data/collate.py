@@ -98,6 +98,34 @@ class MediaCache:
                     self.items[key] = x
 
 
+def readable_examples(examples: Sequence[Example], processors: Processors | ImageProcessor | None,
+                      skip_bad: bool = False) -> tuple[list[Example], list[str]]:
+    """The examples whose media `processors` can prepare, and the messages (each naming its line) of
+    those skipped with `skip_bad`, warned about as training's skip_bad does; without it the first
+    unreadable one raises DataError. A check before inference: the prepared media are not kept."""
+    cache, good = MediaCache(processors), set()
+    kept, skipped = [], []
+    for ex in examples:
+        keys = {(name, str(src)) for name, src in media_of(ex).items()}
+        if not keys <= good:
+            try:
+                cache(ex)
+            except DataError as e:
+                if not skip_bad:
+                    raise
+                skipped.append(str(e))
+                continue
+            finally:
+                cache.items.clear()
+            good |= keys
+        kept.append(ex)
+    if skipped:
+        warnings.warn(f"skipped {len(skipped)} example(s) with unreadable media; first: {skipped[0]}", stacklevel=2)
+    if examples and not kept:
+        raise DataError("no usable examples left")
+    return kept, skipped
+
+
 def collate_media(items: list[dict[str, Tensor]], processors: Mapping[str, Processor]) -> dict[str, Any]:
     """Per-row prepared media -> {keyword: batch}, and `media_mask` for modalities only some rows have
     (their other rows hold zeros, which the model masks out)."""

@@ -81,6 +81,12 @@ def _parse(line: str, where: str, root: Path, require_target: bool) -> Example:
 
 def read_manifest(path: str | Path, require_target: bool = True, skip_bad: bool = False) -> list[Example]:
     """Parse and validate a manifest. With `skip_bad`, bad lines are skipped and counted (warning)."""
+    return read_manifest_and_skipped(path, require_target, skip_bad)[0]
+
+
+def read_manifest_and_skipped(path: str | Path, require_target: bool = True,
+                              skip_bad: bool = False) -> tuple[list[Example], list[str]]:
+    """`read_manifest`, and the messages (each naming its line) of the lines skipped with `skip_bad`."""
     path = Path(path)
     if path.is_dir():
         path = path / "manifest.jsonl"
@@ -98,7 +104,7 @@ def read_manifest(path: str | Path, require_target: bool = True, skip_bad: bool 
                     raise
                 bad.append(str(e))
     if bad:
-        warnings.warn(f"skipped {len(bad)} bad line(s) in {path}; first: {bad[0]}", stacklevel=2)
+        warnings.warn(f"skipped {len(bad)} bad line(s) in {path}; first: {bad[0]}", stacklevel=3)
     if not examples:
         raise DataError(f"{path}: no usable examples")
-    return examples
+    return examples, bad

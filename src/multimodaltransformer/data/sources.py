@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .manifest import DataError, Example, read_manifest
+from .manifest import DataError, Example, read_manifest_and_skipped
 
 Spec = dict[str, str | int]
 
@@ -170,7 +170,7 @@ def _is_hf(spec: str) -> bool:
 def read_source(spec: str, cache_dir: str | Path, progress: bool = True, skip_bad: bool = False, rank: int = 0,
                 world: int = 1) -> tuple[list[Example], list[str]]:
     """The examples of a source (see the module docstring) and the messages of those skipped with
-    `skip_bad` (a manifest's skipped lines are only warned about, not listed)."""
+    `skip_bad` (a manifest's lines that failed to parse; a shard's or dataset's unusable samples)."""
     if spec.startswith("wds:") or is_shard_source(spec):
         from .shards import read_shards
 
@@ -179,4 +179,4 @@ def read_source(spec: str, cache_dir: str | Path, progress: bool = True, skip_ba
         from .hf import read_hf_dataset
 
         return read_hf_dataset(spec.removeprefix("hf:"), rank=rank, world=world, skip_bad=skip_bad)
-    return read_manifest(resolve_source(spec, cache_dir, progress), skip_bad=skip_bad), []
+    return read_manifest_and_skipped(resolve_source(spec, cache_dir, progress), skip_bad=skip_bad)

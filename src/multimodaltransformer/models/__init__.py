@@ -5,6 +5,7 @@ from .bert import BERT, BERTConfig, mean_pool
 from .clip import CLIP, CLIPConfig, CLIPOutput, CLIPTextConfig, CLIPTextEncoder
 from .decoder import DecoderConfig, GPTDecoder
 from .gpt2 import GPT2, GPT2Config
+from .heads import HeadsConfig
 from .llama import Llama, LlamaConfig
 from .lm import DecoderLM, DecoderLMConfig
 from .core import MultimodalLM
@@ -14,7 +15,8 @@ from .vit import VisionTransformer, VisionTransformerConfig
 from .whisper import Whisper, WhisperConfig, WhisperOutput
 
 __all__ = [
-    "DecoderConfig", "GPTDecoder", "ModelOutput", "MultimodalLM", "MultimodalTransformer", "MultimodalTransformerModel",
+    "DecoderConfig", "GPTDecoder", "HeadsConfig", "ModelOutput", "MultimodalLM", "MultimodalTransformer",
+    "MultimodalTransformerModel",
     "PretrainedModel", "BERT", "BERTConfig", "mean_pool", "CLIP", "CLIPConfig", "CLIPOutput", "CLIPTextConfig",
     "CLIPTextEncoder", "DecoderLM", "DecoderLMConfig", "GPT2", "GPT2Config", "Llama", "LlamaConfig",
     "ResNetClassifier", "ResNetClassifierConfig", "ResNetOutput",

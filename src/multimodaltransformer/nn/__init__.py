@@ -5,6 +5,7 @@ from .cache import DecodeCache, KVCache, LayerCache
 from .blocks import MLP, QuickGELU, RMSNorm, TransformerBlock, TransformerConfig, build_activation, build_norm
 from .position import (ALiBi, LearnedPosition, PositionalEncoding, RotaryPosition, SinusoidalPosition,
                        apply_rotary, build_position)
+from .resnet import ResNet, ResNetConfig, ResNetOutput
 from .transformer import (EncoderDecoderConfig, EncoderOutput, Transformer, TransformerDecoder,
                           TransformerEncoder, TransformerStack)
 
@@ -13,6 +14,7 @@ __all__ = [
     "MLP", "QuickGELU", "RMSNorm", "TransformerBlock", "TransformerConfig", "build_activation", "build_norm",
     "ALiBi", "LearnedPosition", "PositionalEncoding", "RotaryPosition", "SinusoidalPosition", "apply_rotary",
     "build_position",
+    "ResNet", "ResNetConfig", "ResNetOutput",
     "EncoderDecoderConfig", "EncoderOutput", "Transformer", "TransformerDecoder", "TransformerEncoder",
     "TransformerStack",
 ]

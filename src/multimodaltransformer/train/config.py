@@ -34,7 +34,8 @@ class DataConfig:
     # the image is encoded once, not once per question. batch_size then counts images.
     pack: bool = True
     workers: int = 0  # DataLoader worker processes collating batches (0: in the training process)
-    # with skip_bad: the run fails if more than this fraction of a source's examples were unreadable
+    # with skip_bad: the run fails if more than this fraction of a source's examples were skipped
+    # (lines that failed to parse and examples whose media could not be read, together)
     max_bad_fraction: float = 0.01
     # stream WebDataset shard sources (wds:...) instead of holding them in memory; the first
     # stream_scan samples per rank (json only) give the tokenizer, class labels and task counts

@@ -15,7 +15,11 @@ class RunData:
     def __init__(self, cfg: DataConfig, rank: int = 0, world: int = 1, progress: bool = True) -> None:
         self.cfg, self.rank, self.world, self.progress = cfg, rank, world, progress
         self.manifests: dict[str, list[Example]] = {}
-        self.skipped: dict[str, int] = {}  # where -> examples skipped as unreadable
+        self.skipped: dict[str, int] = {}  # where -> examples skipped (bad lines, unreadable media)
+        # a source's lines (shard / dataset samples) that failed to parse: counted with the media its
+        # training streams could not read, against one total (see check_bad)
+        self.unparsed: dict[str, list[str]] = {}
+        self.stream_source: dict[str, str] = {}  # "task NAME" -> its training source
 
     def streamed(self, source: str) -> str | None:
         """The shard URLs of a source that data.streaming streams, else None."""
@@ -30,19 +34,29 @@ class RunData:
         if source not in self.manifests:
             examples, skipped = read_source(source, self.cfg.cache_dir, self.progress, self.cfg.skip_bad,
                                             self.rank, self.world)
-            self.check_bad(source, skipped, len(examples))
+            if skipped:
+                self.unparsed[source] = skipped
+                self.skipped[source] = len(skipped)
             self.manifests[source] = examples
         return self.manifests[source]
 
     def check_bad(self, where: str, skipped: list[str], kept: int) -> None:
-        """Count skipped examples; too many of them (data.max_bad_fraction) fail the run loudly."""
-        if not skipped:
+        """Count the examples skipped at `where` (a task stream: those whose media could not be read)
+        with the lines of its source that failed to parse; more than data.max_bad_fraction of the
+        total fails the run loudly."""
+        if skipped:
+            self.skipped[where] = self.skipped.get(where, 0) + len(skipped)
+        self._check(where, self.unparsed.get(self.stream_source.get(where, ""), []), skipped, kept)
+
+    def _check(self, where: str, unparsed: list[str], unreadable: list[str], kept: int) -> None:
+        if not unparsed and not unreadable:
             return
-        self.skipped[where] = self.skipped.get(where, 0) + len(skipped)
-        bad, limit = len(skipped) / (len(skipped) + kept), self.cfg.max_bad_fraction
+        n = len(unparsed) + len(unreadable)
+        bad, limit = n / (n + kept), self.cfg.max_bad_fraction
         if bad > limit:
-            raise DataError(f"{where}: {len(skipped)} of {len(skipped) + kept} examples are unreadable ({bad:.1%} > "
-                            f"data.max_bad_fraction {limit:.1%}); first: {skipped[0]}")
+            raise DataError(f"{where}: {n} of {n + kept} examples were skipped, {len(unparsed)} line(s) that "
+                            f"failed to parse and {len(unreadable)} whose media are unreadable ({bad:.1%} > "
+                            f"data.max_bad_fraction {limit:.1%}); first: {(unparsed + unreadable)[0]}")
 
     def streams(self, mt: MultiTaskConfig, batch_size: int) -> list[TaskStream]:
         """One stream per configured task stream: its tasks' examples of its source (data.train by
@@ -54,4 +68,9 @@ class RunData:
             val_ex = select(self.read(val_src), cfg.tasks, val_src) if val_src else []
             out.append(TaskStream(cfg, train_ex, val_ex, cfg.batch_size or batch_size,
                                   stream_urls=self.streamed(train_src)))
+            self.stream_source[f"task {cfg.name}"] = train_src
+        # sources no training stream reads (validation only) are judged on their own lines
+        for source, unparsed in self.unparsed.items():
+            if source not in self.stream_source.values():
+                self._check(source, unparsed, [], len(self.manifests[source]))
         return out

@@ -35,10 +35,11 @@ def _cmd_train(a: argparse.Namespace) -> None:
     train(run, a.out, resume=a.resume)
 
 
-def _load_model(path: str, device: str, speech: bool = False):
+def _load_model(path: str, device: str, speech: bool = False, dtype: str = "f32"):
     from .hub import load_model
+    from .nn.lowp import lower_precision
 
-    return load_model(path, device, speech)
+    return lower_precision(load_model(path, device, speech), dtype)
 
 
 def _read_examples(model: Any, manifest: str | Path, skip_bad: bool, require_target: bool
@@ -62,7 +63,7 @@ def _cmd_generate(a: argparse.Namespace) -> None:
     from .data.manifest import Example
     from .evaluate import predict
 
-    model = _load_model(a.model, a.device)
+    model = _load_model(a.model, a.device, dtype=a.dtype)
     if a.data:
         if not a.out:
             raise ConfigError("--data needs --out PRED.jsonl")
@@ -126,7 +127,7 @@ def _cmd_eval(a: argparse.Namespace) -> None:
 
     if a.report == "" and not a.out:
         raise ConfigError("--report without a path writes REPORT.html next to --out REPORT.json: give one of them")
-    model = _load_model(a.model, a.device)
+    model = _load_model(a.model, a.device, dtype=a.dtype)
     examples, skipped, n_skipped = _read_examples(model, resolve_source(a.data, default_cache_dir()), a.skip_bad,
                                                   require_target=True)
     report, preds = evaluate(model, examples, batch_size=a.batch_size, max_new_tokens=a.max_new_tokens,
@@ -164,7 +165,8 @@ def _cmd_serve(a: argparse.Namespace) -> None:
     origins = [o.strip() for o in (a.cors_origins or "").split(",") if o.strip()]
     serve(a.model, host=a.host, port=a.port, api_key=a.api_key or os.environ.get("MMT_API_KEY") or None,
           allow_remote_media=hosts, max_batch=a.max_batch, queue_size=a.queue_size, request_timeout_s=a.timeout,
-          device=a.device, drain_timeout_s=a.drain_timeout, cors_origins=origins, access_log=a.access_log)
+          device=a.device, drain_timeout_s=a.drain_timeout, cors_origins=origins, access_log=a.access_log,
+          dtype=a.dtype)
 
 
 def _cmd_bench_fusion(a: argparse.Namespace) -> None:
@@ -217,7 +219,10 @@ def _cmd_chat(a: argparse.Namespace) -> None:
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
     options = SamplingOptions(max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_p=a.top_p, seed=a.seed)
-    run_terminal_chat(load_pretrained(a.model, map_location=device), a.system, options, image=a.image)
+    from .nn.lowp import lower_precision
+
+    model = lower_precision(load_pretrained(a.model, map_location=device), a.dtype)
+    run_terminal_chat(model, a.system, options, image=a.image)
 
 
 def _bench_args(p: argparse.ArgumentParser, config: str, per: str, eval_n: int, unit: str,
@@ -231,11 +236,19 @@ def _bench_args(p: argparse.ArgumentParser, config: str, per: str, eval_n: int, 
     p.add_argument("--eval-seed", type=int, default=1)
 
 
+def _dtype_arg(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--dtype", choices=["f32", "bf16", "int8"], default="f32",
+                    help="weights of the Linear layers for decoding (nn/lowp.py): f32 (default: on this project's "
+                         "2-core CPU bf16 decodes slower and int8 only 1.3x faster at batch 1, see "
+                         "benchmarks/README.md), bf16, or int8 weight-only per-channel")
+
+
 def _model_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("model", help="a saved model directory (config.json + model.safetensors + tokenizer.json)")
     sp.add_argument("--max-new-tokens", type=int, default=48)
     sp.add_argument("--batch-size", type=int, default=64)
     sp.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (auto: cuda if available)")
+    _dtype_arg(sp)
     sp.add_argument("--skip-bad", action="store_true",
                     help="skip and count bad manifest lines and examples whose media cannot be read")
 
@@ -297,6 +310,7 @@ def _add_run_commands(sub: Any) -> None:
     sv.add_argument("--queue-size", type=int, default=64, help="requests waiting beyond it get 429")
     sv.add_argument("--timeout", type=float, default=120.0, help="per-request time limit in seconds")
     sv.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (auto: cuda if available)")
+    _dtype_arg(sv)
     sv.set_defaults(func=_cmd_serve)
 
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="bench_command", required=True)
@@ -348,6 +362,7 @@ def _add_model_commands(sub: Any) -> None:
     ch = sub.add_parser("chat", help="chat in the terminal with a decoder LM that has a chat template")
     ch.add_argument("model", help="a .gguf file (llama family), a Hugging Face directory or a converted one")
     ch.add_argument("--image", help="talk about this picture (a model trained or composed by this library)")
+    _dtype_arg(ch)
     ch.add_argument("--system", help="system message")
     ch.add_argument("--max-new-tokens", type=int, default=256)
     ch.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; > 0 samples (with --top-p)")

@@ -19,7 +19,7 @@ from .media import MediaPolicy
 def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           allow_remote_media: list[str] | None = None, max_batch: int = 16, queue_size: int = 64,
           request_timeout_s: float = 120.0, device: str = "cpu", model: Any = None, drain_timeout_s: float = 30.0,
-          cors_origins: list[str] | None = None, access_log: str | None = "-") -> None:
+          cors_origins: list[str] | None = None, access_log: str | None = "-", dtype: str = "f32") -> None:
     """Load the model (or take `model`) and serve it until SIGTERM/SIGINT, then drain (serve/ops.py)."""
     import uvicorn
 
@@ -36,6 +36,9 @@ def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, api_
             model = load_pretrained(model_dir, map_location=auto if device == "auto" else device)
         else:
             model = load_model(str(model_dir), device, speech=True, chat=True, embed=True)
+    from ..nn.lowp import lower_precision
+
+    model = lower_precision(model, dtype)  # f32: as it is
     cfg = ServerConfig(model_name=Path(model_dir).name if model_dir else "model", api_key=api_key,
                        cors_origins=list(cors_origins or []),
                        model_dir=Path(model_dir) if model_dir else None,

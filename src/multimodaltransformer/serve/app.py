@@ -90,7 +90,7 @@ def create_app(model: Any, config: ServerConfig | None = None) -> FastAPI:
     @app.get("/health")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "model": cfg.model_name, "load": worker.load, "max_batch": cfg.max_batch,
-                "decode_steps": worker.steps}
+                "decode_steps": worker.steps, "dtype": getattr(model, "precision", "f32")}
 
     @app.get("/v1/models")
     async def models() -> ModelList:

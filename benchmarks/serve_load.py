@@ -38,15 +38,16 @@ def free_port() -> int:
 def start_server(model: str, max_batch: int, port: int) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-m", "multimodaltransformer", "serve", model, "--host", "127.0.0.1",
                              "--port", str(port), "--max-batch", str(max_batch), "--device", "cpu",
-                             "--queue-size", "256"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    for _ in range(600):
+                             "--queue-size", "256", "--access-log", "off"],  # no one reads the pipe: keep it empty
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    for _ in range(1200):  # a large model (SmolLM2 from its GGUF) takes a while to load
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).read()
             return proc
         except OSError:
             if proc.poll() is not None:
                 raise RuntimeError(f"server exited: {proc.stderr.read().decode()[-2000:]}")
-            time.sleep(0.2)
+            time.sleep(0.25)
     proc.kill()
     raise RuntimeError("server did not start")
 

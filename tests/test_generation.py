@@ -274,3 +274,55 @@ def test_continuous_batch_rows_joining_late_decode_as_alone(pair):
     assert got[0] == alone[0][:5]
     assert got[1] == alone[1][:len(got[1])] and got[2] == alone[2][:len(got[2])]
     assert len(got[1]) >= 6
+
+
+def test_continuous_batch_grows_moves_and_prefills_in_chunks_as_alone(pair, monkeypatch):
+    """Buffers with 4 spare slots only, so the batch grows, shifts its rows right for a longer prompt and
+    moves its window back to the start in place; two prompts prefill in chunks between decode steps
+    and a row leaves from the front: each row's greedy tokens still equal `generate` on it alone."""
+    from multimodaltransformer.generation import batching
+
+    monkeypatch.setattr(batching, "_capacity", lambda need, most: min(most, need + 4))
+    moves = []
+    fit = batching.ContinuousBatch._fit
+
+    def spy(self, S=0, rows=0):
+        before = (self.capacity, self.lo)
+        fit(self, S, rows)
+        if (self.capacity, self.lo) != before:
+            moves.append("grow" if self.capacity != before[0] else "in place")
+
+    monkeypatch.setattr(batching.ContinuousBatch, "_fit", spy)
+    _, ours = pair
+    g = torch.Generator().manual_seed(11)
+    prompts = [torch.randint(1, 97, (1, n), generator=g) for n in (2, 12, 4, 7)]
+    new = 24
+    alone = [generate(ours, p, max_new_tokens=new, eos_token_id=[])[0, p.shape[1]:].tolist() for p in prompts]
+    batch = batching.ContinuousBatch(ours)
+    with torch.inference_mode():
+        last = batch.add(prompts[:1], {}, [1], PAD).argmax(-1)
+        got, live = {0: [int(last[0])]}, [0]
+        chunks = batch.prefill(prompts[1:3], {}, [1, 1], PAD, chunk=4)  # 2 positions of both prompts a piece
+        for step in range(80):
+            joined = next(chunks) if chunks is not None else None
+            if step == 20:  # the last prompt joins alone; rows 1 and 2 leave before it
+                joined, chunks = batch.add(prompts[3:], {}, [1], PAD), None
+            if joined is not None:
+                ids = [3] if step == 20 else [1, 2]
+                chunks = None
+                last, live = torch.cat([last, joined.argmax(-1)]), live + ids
+                for r, t in zip(ids, joined.argmax(-1).tolist()):
+                    got[r] = [t]
+            keep = [i for i, r in enumerate(live) if len(got[r]) < new]
+            if len(keep) < len(live):
+                batch.keep(keep)
+                last, live = last[keep], [live[i] for i in keep]
+            if not live:
+                if 3 in got:
+                    break
+                continue
+            last = batch.step(last).argmax(-1)
+            for r, t in zip(live, last.tolist()):
+                got[r].append(t)
+    assert [got[r] for r in range(4)] == alone
+    assert "grow" in moves and "in place" in moves

@@ -66,6 +66,13 @@ class MultiHeadAttention(nn.Module):
                 k, v = cache.update(torch.arange(k.shape[2], device=k.device), k, v)
             elif cache is not None and input_pos is not None:
                 k, v = cache.update(input_pos, k, v)
+        B, H, T, D = q.shape
+        if self.kv_heads != self.heads and T == 1 and not self.training and (
+                mask is None or mask.dim() == 4 and mask.shape[1] == mask.shape[2] == 1):
+            # GQA decode step: a K/V head's query heads become its queries (B, G, H/G, D), so the
+            # cache is read once, not copied per query head; the mask (B, 1, 1, S) is per row
+            y = F.scaled_dot_product_attention(q.reshape(B, self.kv_heads, H // self.kv_heads, D), k, v, attn_mask=mask)
+            return self.out_proj(y.reshape(B, 1, H * D))
         if self.kv_heads != self.heads:  # GQA: each K/V head serves heads // kv_heads query heads
             k = k.repeat_interleave(self.heads // self.kv_heads, dim=1)
             v = v.repeat_interleave(self.heads // self.kv_heads, dim=1)

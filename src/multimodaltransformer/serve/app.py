@@ -62,6 +62,7 @@ class ServerConfig:
     max_body_bytes: int = 72 * 1024 * 1024  # room for a video of MediaPolicy.max_video_bytes, base64-encoded
     default_max_tokens: int = 64
     media: MediaPolicy = field(default_factory=MediaPolicy)
+    threads: int | None = None  # torch threads of the model worker (None: torch's setting when it starts)
 
 
 def create_app(model: Any, config: ServerConfig | None = None) -> FastAPI:
@@ -70,7 +71,7 @@ def create_app(model: Any, config: ServerConfig | None = None) -> FastAPI:
     cfg = config or ServerConfig()
     if getattr(model, "tokenizer", None) is None and not is_text_to_image(model):
         raise ValueError("the model has no tokenizer: serve a saved model directory with tokenizer.json")
-    worker = ModelWorker(model, max_batch=cfg.max_batch, queue_size=cfg.queue_size)
+    worker = ModelWorker(model, max_batch=cfg.max_batch, queue_size=cfg.queue_size, threads=cfg.threads)
     transcriber = Transcriber(model) if is_speech_model(model) else None
     prompter = ChatTemplatePrompter(model) if is_chat_lm(model) else None  # a decoder LM: its chat template
     embedder = embedder_for(model, cfg.model_dir)  # None: no embedding space

@@ -3,11 +3,13 @@
 Jobs wait in a bounded queue (full: the HTTP layer answers 429). Between two decode steps the
 worker admits waiting jobs into the running batch, up to `max_batch` rows; the batch's decode
 state (prefill, joining rows to the cache, steps, dropping rows) is generation/batching.py's
-`ContinuousBatch`, and each row picks its tokens with the engine's processors and `choose`
-(generation/search.py). Each row has its own sampling settings, seed, stop strings and budget;
-a finished, cancelled or timed-out row leaves the batch at once. Beam search runs a job on its
-own between steps, through `generate`; so do callables (embeddings, and the transcriptions of
-speech models, which have no batch). The worker never touches asyncio: results go through each
+`ContinuousBatch`. A prompt is prefilled `prefill_chunk` tokens per loop turn, each followed by
+a decode step of the running rows, so a long prompt does not stall them; its media are embedded
+once. Greedy rows without processors take their tokens in one argmax over the batch; the others
+pick theirs with the engine's processors and `choose` (generation/search.py). Each row has its own
+sampling settings, seed, stop strings and budget; a finished, cancelled or timed-out row leaves the
+batch at once. Beam search runs a job on its own between steps, through `generate`; so do
+callables (embeddings, and the transcriptions of speech models, which have no batch). The worker never touches asyncio: results go through each
 job's `emit` callback. Legend: N batch rows, V vocabulary.
 """
 
@@ -18,7 +20,7 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -35,13 +37,18 @@ __all__ = ["Job", "ModelWorker"]
 class ModelWorker:
     """Owns `model` in a background thread; `submit` jobs, `run_exclusive` other model work."""
 
-    def __init__(self, model: Any, max_batch: int = 16, queue_size: int = 64) -> None:
-        self.model, self.max_batch = model.eval(), max_batch
+    def __init__(self, model: Any, max_batch: int = 16, queue_size: int = 64, prefill_chunk: int = 256,
+                 threads: int | None = None) -> None:
+        self.model, self.max_batch, self.prefill_chunk = model.eval(), max_batch, prefill_chunk
+        self.threads = threads  # torch's intra-op threads for the worker thread (None: as they are)
         self.queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
         self.waiting: deque[Job] = deque()
         self.tok = model.tokenizer
         self.device = next(model.parameters()).device
         self.rows: list[Row] = []
+        # prompts being prefilled, `prefill_chunk` positions per loop turn between two decode steps
+        # (a long prompt does not stall the running rows): their jobs and the batch's prefill generator
+        self.prefilling: list[tuple[list[Job], Iterator[Tensor | None]]] = []
         # chat needs the generation interface and EOS ids: our TextTokenizer's, or a decoder LM's own
         # (`eos_ids`: Llama 3 has two) with its raw tokenizer; a speech model (Whisper) only runs
         # exclusive work: transcriptions (serve/speech.py)
@@ -86,7 +93,11 @@ class ModelWorker:
 
     @property
     def load(self) -> int:
-        return len(self.rows) + len(self.waiting) + self.queue.qsize()
+        return len(self.rows) + self._prefilling_rows + len(self.waiting) + self.queue.qsize()
+
+    @property
+    def _prefilling_rows(self) -> int:
+        return sum(j.n for jobs, _ in self.prefilling for j in jobs)
 
     def close(self) -> None:
         self._stop.set()
@@ -94,9 +105,12 @@ class ModelWorker:
 
     # ---- the loop -------------------------------------------------------------------------------
     def _loop(self) -> None:
+        if self.threads:
+            torch.set_num_threads(self.threads)
         while not self._stop.is_set():
-            self._take(block=not self.rows and not self.waiting)
+            self._take(block=not self.rows and not self.waiting and not self.prefilling)
             self._admit()
+            self._prefill_chunks()
             if self.rows:
                 try:
                     with torch.inference_mode():
@@ -126,8 +140,9 @@ class ModelWorker:
     def _admit(self) -> None:
         """Prefill waiting jobs that fit (same media kind for cross-attention models) into the batch."""
         group: list[Job] = []
-        rows = len(self.rows)
-        kind = self._kind(self.rows[0].job) if self.rows else None
+        rows = len(self.rows) + self._prefilling_rows
+        first = self.rows[0].job if self.rows else self.prefilling[0][0][0] if self.prefilling else None
+        kind = None if first is None else self._kind(first)
         kept: deque[Job] = deque()
         while self.waiting:
             job = self.waiting.popleft()
@@ -147,13 +162,30 @@ class ModelWorker:
         self.waiting = kept
         for signature in dict.fromkeys(j.signature for j in group):  # one prefill per set of media inputs
             part = [j for j in group if j.signature == signature]
-            try:
-                with torch.inference_mode():
-                    self._prefill(part)
-            except Exception as e:  # a bad job must not take the worker down
-                traceback.print_exc()
-                for job in part:
-                    job.emit(0, None, None, f"generation failed: {e}")
+            media = {key: torch.cat([j.inputs[key] for j in part]) for key in part[0].inputs}
+            self.prefilling.append((part, self.batch.prefill([j.input_ids for j in part], media, [j.n for j in part],
+                                                              self.pad_id, self.prefill_chunk)))
+
+    def _prefill_chunks(self) -> None:
+        """The next chunk (`prefill_chunk` tokens) of the first prompts being prefilled, then a decode
+        step runs: prompts done join the batch and get their first token."""
+        if not self.prefilling:
+            return
+        jobs, chunks = self.prefilling[0]
+        try:
+            with torch.inference_mode():
+                logits = next(chunks)
+            if logits is None:
+                return
+            self.prefilling.pop(0)
+            with torch.inference_mode():
+                self._joined(jobs, logits)
+        except Exception as e:  # a bad job must not take the worker down
+            traceback.print_exc()
+            if self.prefilling and self.prefilling[0][0] is jobs:
+                self.prefilling.pop(0)
+            for job in jobs:
+                job.emit(0, None, None, f"generation failed: {e}")
 
     def _kind(self, job: Job) -> tuple:
         """Rows can share a batch unless the model cross-attends: then only rows whose media have the same
@@ -162,9 +194,8 @@ class ModelWorker:
         return job.signature if cross else ()
 
     # ---- decoding: the cache is generation/batching.py's; rows, tokens and text are the worker's ----
-    def _prefill(self, jobs: list[Job]) -> None:
-        media = {key: torch.cat([j.inputs[key] for j in jobs]) for key in jobs[0].inputs}
-        logits = self.batch.add([j.input_ids for j in jobs], media, [j.n for j in jobs], self.pad_id)
+    def _joined(self, jobs: list[Job], logits: Tensor) -> None:
+        """The prefilled rows of `jobs` joined the batch: their rows, and a first token from `logits`."""
         for j in jobs:
             cfg = GenerationConfig(max_new_tokens=j.max_new_tokens, do_sample=j.temperature > 0,
                                    temperature=j.temperature or 1.0, top_p=j.top_p, top_k=j.top_k,
@@ -193,12 +224,13 @@ class ModelWorker:
         after a step with every row's. Each row has its own processors and generator."""
         n_new = logits.shape[0]
         rows = self.rows[len(self.rows) - n_new:]
-        tokens = torch.empty(n_new, dtype=torch.long)
+        tokens = logits.argmax(-1)  # every greedy row without processors at once: what `choose` gives it
+        for r, row in enumerate(rows):
+            if row.processors or row.generator is not None:
+                tokens[r] = choose(row.processors, torch.tensor([row.history]), logits[r:r + 1].clone(),
+                                   row.generator is not None, row.generator)[0]
         now = time.monotonic()
-        for r, (row, scores) in enumerate(zip(rows, logits)):
-            t = int(choose(row.processors, torch.tensor([row.history]), scores[None].clone(),
-                           row.generator is not None, row.generator))
-            tokens[r] = t
+        for row, t in zip(rows, tokens.tolist()):
             row.history.append(t)
             row.produced += 1
             row.finish = self._advance(row, t, now)

@@ -15,6 +15,7 @@ job's `emit` callback. Legend: N batch rows, V vocabulary.
 
 from __future__ import annotations
 
+import ctypes
 import queue
 import threading
 import time
@@ -33,6 +34,24 @@ from ..generation.streaming import StopStrings, decode_fn
 from .jobs import Job, Row
 
 __all__ = ["Job", "ModelWorker"]
+
+def release_free_memory() -> None:
+    """glibc keeps freed heap pages (its mmap threshold rises after large frees, so KV-cache-sized
+    buffers end up on the heap); `malloc_trim` hands them back, so an idle server's memory returns
+    to its baseline after a load. A no-op off glibc."""
+    global _libc
+    if _libc is None:
+        try:
+            _libc = ctypes.CDLL("libc.so.6")
+            _libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):
+            _libc = False
+    if _libc:
+        _libc.malloc_trim(0)
+
+
+_libc: Any = None
+
 
 class ModelWorker:
     """Owns `model` in a background thread; `submit` jobs, `run_exclusive` other model work."""
@@ -107,8 +126,13 @@ class ModelWorker:
     def _loop(self) -> None:
         if self.threads:
             torch.set_num_threads(self.threads)
+        busy = False
         while not self._stop.is_set():
-            self._take(block=not self.rows and not self.waiting and not self.prefilling)
+            idle = not self.rows and not self.waiting and not self.prefilling
+            if idle and busy:  # the batch just emptied: its freed cache goes back to the OS
+                release_free_memory()
+            busy = not idle
+            self._take(block=idle)
             self._admit()
             self._prefill_chunks()
             if self.rows:

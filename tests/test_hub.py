@@ -113,3 +113,11 @@ def test_invalid_config_is_named_with_its_family(gpt2_dir):
     (gpt2_dir / "config.json").write_text(json.dumps({**cfg, "n_head": 5}))
     with pytest.raises(CheckpointError, match=r"gpt2 config .*config.json: dim 24 must be divisible by heads 5"):
         load_pretrained(gpt2_dir)
+
+
+def test_convert_resolves_package_sources(tmp_path):
+    from multimodaltransformer.config import ConfigError
+    from multimodaltransformer.hub import convert
+
+    with pytest.raises(ConfigError, match="no installed package no_such_model_pkg"):
+        convert("package:no_such_model_pkg", tmp_path / "out")

@@ -22,6 +22,7 @@ from hub_utils import perturb, save  # noqa: E402
 from multimodaltransformer.chat import Chat  # noqa: E402
 from multimodaltransformer.config import ConfigError  # noqa: E402
 from multimodaltransformer.hub import load_model  # noqa: E402
+from multimodaltransformer.nn import causal_padding_mask  # noqa: E402
 from multimodaltransformer.serve.app import ServerConfig, create_app  # noqa: E402
 
 SYSTEM = {"role": "system", "content": "Be brief."}
@@ -107,8 +108,9 @@ def test_media_parts_get_a_400_naming_what_the_model_takes(client):
         assert "text-only" in message and what in message and "only text" in message
     r = client.post("/v1/chat/completions", json=chat([{"role": "user", "content": "hi " * 200}]))
     assert r.status_code == 400 and "tokens long" in r.json()["error"]["message"]
-    assert client.post("/v1/embeddings", json={"model": "lm", "input": "hi"}).status_code == 400
-    assert client.get("/v1/examples").json()["kind"] == {"inputs": ["text"], "task": "text chat", "embeddings": False}
+    r = client.post("/v1/embeddings", json={"model": "lm", "input": [{"type": "image_url"}]})
+    assert r.status_code == 400 and "input" in r.json()["error"]["message"]
+    assert client.get("/v1/examples").json()["kind"] == {"inputs": ["text"], "task": "text chat", "embeddings": True}
     assert client.get("/").status_code == 200
     assert client.post("/v1/chat/completions", json=chat(CONVERSATIONS[0])).status_code == 200
 
@@ -171,3 +173,17 @@ def test_real_smollm2_gguf_served_answers_as_mmt_chat_does():
             chunks = [json.loads(ln[6:]) for ln in s.iter_lines() if ln.startswith("data: {")]
     assert answer == terminal and "Paris" in answer
     assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == answer
+
+
+def test_embeddings_are_the_last_tokens_final_hidden_state_normalised(client, model):
+    texts = ["hello there", "a much longer sentence than the first one, with commas"]
+    r = client.post("/v1/embeddings", json={"model": "lm", "input": texts})
+    assert r.status_code == 200, r.text
+    got = torch.tensor([d["embedding"] for d in r.json()["data"]])
+    assert got.shape == (2, model.config.transformer.dim)
+    with torch.no_grad():  # one text at a time, no padding: what the padded batch must equal
+        want = torch.stack([model.transformer(model.tok_embed(torch.tensor([model.tokenizer.encode(t).ids])),
+                                              causal_padding_mask(None, len(model.tokenizer.encode(t).ids)))[0, -1]
+                            for t in texts])
+    assert torch.allclose(got, torch.nn.functional.normalize(want, dim=-1), atol=1e-5)
+    assert client.get("/v1/examples").json()["kind"]["embeddings"] is True

@@ -186,7 +186,10 @@ def compose(config: ComposedConfig) -> ComposedModel:
 
 
 def convert(path: str | Path, out: str | Path) -> Path:
-    """Write any supported checkpoint in this library's format: config.json + model.safetensors + tokenizer.json."""
-    model = load_pretrained(path)
+    """Write any supported checkpoint in this library's format: config.json + model.safetensors + tokenizer.json.
+    `path` may be a `package:NAME` source (the GGUF an installed package ships)."""
+    from .packages import resolve_model_source
+
+    model = load_pretrained(resolve_model_source(str(path)))
     model.save_pretrained(out)
     return Path(out)

@@ -3,7 +3,9 @@
 - ours with a contrastive head (`heads.contrastive_dim`): texts, and images as data URLs;
 - an imported CLIP: texts and images (its resize, centre crop and normalisation);
 - an imported BERT / MiniLM sentence encoder (all-MiniLM-L6-v2): texts, mean-pooled as
-  sentence-transformers pools them.
+  sentence-transformers pools them;
+- a decoder-only LM (GPT-2, Llama, SmolLM2): texts, the last token's final hidden state (what vLLM
+  pools for decoder models by default). Its space was not trained for retrieval: use it knowingly.
 
 Every vector is L2-normalised (cosine similarity = dot product), in request order. Texts of one
 request are embedded as one padded batch, images as another, on the worker thread between decode
@@ -39,7 +41,7 @@ class Embedder:
     """How one model turns texts and images into normalised vectors of `dim` numbers."""
 
     model: Any
-    family: str  # "ours", "clip", "bert"
+    family: str  # "ours", "clip", "bert", "lm"
     dim: int
     max_tokens: int
     image_processor: Any = None  # PIL image -> (3, H, W); None: texts only
@@ -68,6 +70,11 @@ class Embedder:
             from ..models.bert import mean_pool
 
             return mean_pool(self.model(batch, mask).last_hidden_state, mask)
+        if self.family == "lm":
+            from ..nn.attention import causal_padding_mask
+
+            h = self.model.transformer(self.model.tok_embed(batch), causal_padding_mask(mask, T, device=device))
+            return F.normalize(h[torch.arange(len(ids), device=device), mask.sum(1) - 1].float(), dim=-1)
         return F.normalize(self.model.encode_text(batch, mask).float(), dim=-1)
 
     @torch.inference_mode()
@@ -80,6 +87,7 @@ def embedder_for(model: Any, model_dir: Path | None = None) -> Embedder | None:
     """The model's embedder, or None when it has no embedding space."""
     from ..models.bert import BERT
     from ..models.clip import CLIP
+    from ..models.lm import DecoderLM
 
     if getattr(model, "tokenizer", None) is None:
         return None
@@ -89,6 +97,8 @@ def embedder_for(model: Any, model_dir: Path | None = None) -> Embedder | None:
                         _clip_processor(vision.image_size, model_dir), ["text", "image"])
     if isinstance(model, BERT):
         return Embedder(model, "bert", model.config.transformer.dim, model.config.transformer.max_seq_len)
+    if isinstance(model, DecoderLM):
+        return Embedder(model, "lm", model.config.transformer.dim, model.config.transformer.max_seq_len)
     proj = getattr(model, "image_proj", None)
     if proj is None:
         return None

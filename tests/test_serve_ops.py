@@ -4,7 +4,6 @@ default, and the drain: SIGTERM ends every stream with [DONE] and answers new re
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import signal
@@ -112,13 +111,17 @@ def test_cors_is_off_unless_origins_are_given(model):
         assert r.headers["access-control-allow-origin"] == "http://app.example"
 
 
-def test_access_log_is_one_json_line_per_request(model, caplog):
-    with TestClient(create_app(model, ServerConfig(model_name="tiny"))) as c, \
-            caplog.at_level(logging.INFO, logger="mmt.access"):
-        logging.getLogger("mmt.access").propagate = True
-        c.post("/v1/chat/completions", json=CHAT | {"stream": True}, headers={"X-Request-ID": "abc123"})
-        c.get("/v1/models")
-    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "mmt.access"]
+def test_access_log_is_one_json_line_per_request(model, tmp_path):
+    from multimodaltransformer.serve.ops import setup_access_log
+
+    setup_access_log(str(tmp_path / "access.jsonl"))  # as `mmt serve --access-log PATH` does
+    try:
+        with TestClient(create_app(model, ServerConfig(model_name="tiny"))) as c:
+            c.post("/v1/chat/completions", json=CHAT | {"stream": True}, headers={"X-Request-ID": "abc123"})
+            assert c.get("/v1/models").headers["x-request-id"]
+    finally:
+        setup_access_log("off")
+    lines = [json.loads(x) for x in (tmp_path / "access.jsonl").read_text().splitlines()]
     assert [(x["method"], x["path"], x["status"]) for x in lines] == [
         ("POST", "/v1/chat/completions", 200), ("GET", "/v1/models", 200)]
     assert lines[0]["request_id"] == "abc123" and lines[0]["bytes"] > 0 and lines[0]["duration_ms"] >= 0

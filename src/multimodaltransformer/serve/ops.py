@@ -258,7 +258,9 @@ def add_operations(app: Any, worker: Any, api_key: str | None, cors_origins: lis
 
 def setup_access_log(where: str | None) -> None:
     """Access-log lines to stderr ('-'), to a file, or nowhere (None/'off')."""
-    log.handlers.clear()
+    for handler in list(log.handlers):
+        log.removeHandler(handler)
+        handler.close()
     log.propagate = False
     if not where or where == "off":
         log.disabled = True

@@ -11,35 +11,20 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import replace
 
 import pytest
-import torch
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from multimodaltransformer import MultimodalTransformerModel  # noqa: E402
-from multimodaltransformer.models.multimodal import HeadsConfig  # noqa: E402
 from multimodaltransformer.serve import free_port  # noqa: E402
 from multimodaltransformer.serve.app import ServerConfig, create_app  # noqa: E402
 from multimodaltransformer.serve.ops import Metrics  # noqa: E402
 
-from conftest import tiny_config  # noqa: E402
-from test_serve import live_server  # noqa: E402
+from test_serve import live_server, model  # noqa: E402,F401  (model: the tiny served model fixture)
 
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "what is here?"}], "max_tokens": 8}
 SAMPLE = re.compile(r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_]\w*="(?:[^"\\]|\\.)*",?)*\})? -?[0-9.e+Inf-]+$')
-
-
-@pytest.fixture(scope="module")
-def model(tokenizer):
-    torch.manual_seed(0)
-    cfg = replace(tiny_config(tokenizer.vocab_size), heads=HeadsConfig(contrastive_dim=8))
-    cfg.decoder.max_seq_len = 96
-    m = MultimodalTransformerModel(cfg).eval()
-    m.tokenizer = tokenizer
-    return m
 
 
 def parse(text: str) -> dict[str, float]:

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .jobs import Job
+from .schemas import error
 
 log = logging.getLogger("mmt.access")
 
@@ -203,8 +204,6 @@ class Operations:
             elif message["type"] == "http.response.body":
                 state["bytes"] += len(message.get("body", b""))
             await send(message)
-
-        from .schemas import error
 
         public = path in PUBLIC or path == "/metrics"
         self.life.in_flight += 0 if public else 1

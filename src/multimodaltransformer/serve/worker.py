@@ -9,8 +9,8 @@ once. Greedy rows without processors take their tokens in one argmax over the ba
 pick theirs with the engine's processors and `choose` (generation/search.py). Each row has its own
 sampling settings, seed, stop strings and budget; a finished, cancelled or timed-out row leaves the
 batch at once. Beam search runs a job on its own between steps, through `generate`; so do
-callables (embeddings, and the transcriptions of speech models, which have no batch). The worker never touches asyncio: results go through each
-job's `emit` callback. Legend: N batch rows, V vocabulary.
+callables (embeddings, and the transcriptions of speech models, which have no batch). The worker
+never touches asyncio: results go through each job's `emit` callback. Legend: N batch rows, V vocabulary.
 """
 
 from __future__ import annotations

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import queue
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -34,7 +33,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Streamin
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..modalities.text import encode_prompt
-from .common import APIError, check_model, error_status, json_error, next_event
+from .common import APIError, check_model, error_status, json_error, next_event, submit_job
 from .embeddings import Embedder, embedder_for, embeddings_router
 from .examples import load_examples
 from .images import images_router, is_text_to_image, load_reranker
@@ -106,7 +105,7 @@ def create_app(model: Any, config: ServerConfig | None = None) -> FastAPI:
     if is_text_to_image(model):  # images only: chat, embeddings and transcriptions answer 400
         app.include_router(images_router(model, worker, cfg.request_timeout_s, load_reranker(cfg.model_dir)))
         return app
-    _add_chat_route(app, model, cfg, worker, transcriber, prompter)
+    _add_chat_route(app, model, cfg, worker, transcriber, prompter, embedder)
     app.include_router(embeddings_router(embedder, worker, cfg.model_name, cfg.media, cfg.request_timeout_s))
     app.include_router(transcription_router(model, worker, cfg.model_name, cfg.request_timeout_s,
                                             cfg.media.max_bytes, transcriber))
@@ -145,29 +144,21 @@ def _add_error_handlers(app: FastAPI, cfg: ServerConfig) -> None:
 
 
 def _add_chat_route(app: FastAPI, model: Any, cfg: ServerConfig, worker: ModelWorker,
-                    transcriber: Transcriber | None, prompter: ChatTemplatePrompter | None) -> None:
+                    transcriber: Transcriber | None, prompter: ChatTemplatePrompter | None,
+                    embedder: Embedder | None) -> None:
     """POST /v1/chat/completions: a job for the worker, answered whole or streamed (SSE)."""
     @app.post("/v1/chat/completions")
     async def chat(req: ChatCompletionRequest, request: Request) -> Any:
         _check_model(req.model, cfg)
-        if embeds_only(model):
+        if embeds_only(embedder):
             raise APIError(400, f"model {cfg.model_name} is an embedding model ({type(model).__name__}): use "
                            "POST /v1/embeddings", param="model")
         if transcriber is not None:
             job, prompt_tokens = await _make_speech_job(req, transcriber, cfg)
         else:
             job, prompt_tokens = await _make_job(req, model, cfg, prompter)
-        events: asyncio.Queue = asyncio.Queue()
-        loop = asyncio.get_running_loop()
-        job.emit = lambda i, text, finish, err: loop.call_soon_threadsafe(events.put_nowait, (i, text, finish, err))
         life: Lifecycle = app.state.lifecycle
-        life.track(job, prompt_tokens)  # metrics; the drain ends it if the server stops first
-        try:
-            worker.submit(job)
-        except queue.Full:
-            life.untrack(job)
-            raise APIError(429, "the server is busy: too many requests queued, retry shortly",
-                           code="rate_limit_exceeded", headers={"Retry-After": "1"}) from None
+        events = submit_job(worker, job, life, prompt_tokens)
         rid, now = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         n = req.n
         if req.stream:
@@ -217,9 +208,8 @@ def _add_example_routes(app: FastAPI, cfg: ServerConfig, kind: ModelKind) -> Non
 
 def model_kind(model: Any, embedder: Embedder | None = None) -> ModelKind:
     """What `model` takes and does, as the chat page shows it."""
-    if embeds_only(model):
-        return ModelKind(inputs=embedder.takes if embedder else ["text"],
-                         task=f"{' or '.join(embedder.takes if embedder else ['text'])} -> embedding", embeddings=True)
+    if embeds_only(embedder):
+        return ModelKind(inputs=embedder.takes, task=f"{' or '.join(embedder.takes)} -> embedding", embeddings=True)
     if is_text_to_image(model):
         return ModelKind(inputs=["text"], task="text -> image", output="image")
     if is_speech_model(model):
@@ -233,9 +223,9 @@ def model_kind(model: Any, embedder: Embedder | None = None) -> ModelKind:
     return ModelKind(inputs=["text"], task="text chat", embeddings=embeddings)
 
 
-def embeds_only(model: Any) -> bool:
+def embeds_only(embedder: Embedder | None) -> bool:
     """An imported CLIP or BERT/MiniLM: embeddings, no chat."""
-    return type(model).__name__ in ("CLIP", "BERT")
+    return embedder is not None and embedder.family in ("clip", "bert")
 
 
 def px_device(model: Any) -> torch.device:

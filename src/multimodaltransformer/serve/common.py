@@ -7,7 +7,10 @@ importing the app that includes them.
 from __future__ import annotations
 
 import asyncio
+import queue
 import time
+from collections.abc import Callable
+from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
@@ -28,6 +31,24 @@ class APIError(Exception):
 def json_error(status: int, message: str, param: str | None = None, code: str | None = None,
                headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse(error(status, message, param, code), status_code=status, headers=headers)
+
+
+def submit_job(worker: Any, job: Job, life: Any, prompt_tokens: int,
+               item: Callable[..., tuple] = lambda *event: event) -> asyncio.Queue:
+    """Queue `job` on the model worker; its events (`item` of emit's arguments) arrive in the returned
+    asyncio queue. The job is tracked (serve/ops.py: metrics, the drain) until the route untracks it;
+    a full worker queue is a 429."""
+    events: asyncio.Queue = asyncio.Queue()
+    loop = asyncio.get_running_loop()
+    job.emit = lambda *event: loop.call_soon_threadsafe(events.put_nowait, item(*event))
+    life.track(job, prompt_tokens)
+    try:
+        worker.submit(job)
+    except queue.Full:
+        life.untrack(job)
+        raise APIError(429, "the server is busy: too many requests queued, retry shortly",
+                       code="rate_limit_exceeded", headers={"Retry-After": "1"}) from None
+    return events
 
 
 def error_status(err: str) -> int:

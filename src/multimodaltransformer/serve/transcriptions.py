@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import queue
 import time
 from dataclasses import dataclass
 from email import policy
@@ -34,7 +33,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from ..modalities.audio import decode_audio
 from ..modalities.base import MediaError
 from ..modalities.text import encode_prompt
-from .common import APIError, check_model, error_status, next_event
+from .common import APIError, check_model, error_status, next_event, submit_job
 from .jobs import Job
 from .schemas import error
 from .speech import Transcriber
@@ -232,17 +231,8 @@ def transcription_router(model: Any, worker: Any, model_name: str, timeout_s: fl
         if len(form.file) > max_bytes:
             raise APIError(413, f"file: larger than {max_bytes} bytes", param="file")
         job, duration = await make_job(form, model, transcriber, timeout_s)
-        events: asyncio.Queue = asyncio.Queue()
-        loop = asyncio.get_running_loop()
-        job.emit = lambda i, text, finish, err: loop.call_soon_threadsafe(events.put_nowait, (text, finish, err))
         life = request.app.state.lifecycle
-        life.track(job, 0)  # metrics; the drain ends it if the server stops first
-        try:
-            worker.submit(job)
-        except queue.Full:
-            life.untrack(job)
-            raise APIError(429, "the server is busy: too many requests queued, retry shortly",
-                           code="rate_limit_exceeded", headers={"Retry-After": "1"}) from None
+        events = submit_job(worker, job, life, 0, lambda i, text, finish, err: (text, finish, err))
         if form.stream:
             return StreamingResponse(_sse(job, events, request, duration, life), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

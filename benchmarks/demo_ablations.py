@@ -56,6 +56,12 @@ CHANGES: dict[str, tuple[list[str], str]] = {
     "null4": (["model.fusion.null_tokens=4"], "4 learned null tokens in the cross-attention memory (attention "
               "can find nothing)"),
     "seed2": (["train.seed=2"], "a third training seed"),
+    "regions": (["model.heads.region_weight=0.5", "model.heads.region_attributes=[color, shape, size]"],
+                "region attribute heads on the patch tokens (colour, shape, size or none per patch, from the "
+                "records' object boxes), loss weight 0.5"),
+    "regions1": (["model.heads.region_weight=1.0", "model.heads.region_attributes=[color, shape, size]"],
+                 "region attribute heads, loss weight 1.0"),
+    "noregions": (["model.heads.region_weight=0.0"], "no region attribute heads"),
 }
 MATCH = {"name": "match", "objective": "lm", "tasks": ["match"], "batch_size": 64}
 

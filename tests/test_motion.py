@@ -11,7 +11,7 @@ import pytest
 
 from multimodaltransformer.cli import main
 from multimodaltransformer.data import DataError, motion, read_manifest
-from multimodaltransformer.data.shapes import COLORS, NOVEL_PAIRS
+from multimodaltransformer.data.shapes import COLORS, NOVEL_PAIRS, SIZES
 from multimodaltransformer.data.sources import resolve_source
 
 av = pytest.importorskip("av")
@@ -203,7 +203,8 @@ def test_every_answer_agrees_with_the_objects(motion_dir):
     for r in rows:
         assert r["video"] == f"videos/{r['id'].rsplit('-', 1)[0]}.mp4" and r["split"] == "train"
         objs = [motion.MovingObj.from_dict(o) for o in r["objects"]]
-        assert json.loads(json.dumps([asdict(o) for o in objs])) == r["objects"]  # records round-trip exactly
+        # records round-trip exactly
+        assert json.loads(json.dumps([{**asdict(o), "boxes": motion.track_boxes(o)} for o in objs])) == r["objects"]
         if r["task"] == "video_qa":
             assert re.fullmatch(QUESTIONS[r["question_type"]], r["prompt"]), r["prompt"]
             assert r["target"] == _answer(r["question_type"], r["prompt"], r["objects"]), r
@@ -285,3 +286,21 @@ def test_motion_spec_resolves_and_caches(tmp_path):
     assert json.loads(info.read_text())["version"] == motion.VERSION  # a stale cache is regenerated
     with pytest.raises(DataError, match="unknown split"):
         resolve_source("motion:split=dev", tmp_path)
+
+
+def test_boxes_follow_the_objects_in_the_decoded_frames(hand_clip):
+    _, frames = hand_clip
+    for o in HAND:
+        for t, box in enumerate(motion.track_boxes(o)):
+            x, y, count = _centroid(frames[t], o.color)
+            assert (box is not None) == (count > 100), (o.name, t)
+            if box is not None:
+                x0, y0, x1, y1 = (v * 64 for v in box)
+                assert x0 < x < x1 and y0 < y < y1 and x1 - x0 == pytest.approx(SIZES[o.size], abs=0.01)
+    assert motion.MovingObj.from_dict({**asdict(HAND[0]), "boxes": motion.track_boxes(HAND[0])}) == HAND[0]
+
+
+def test_records_carry_the_boxes(motion_dir):
+    for r in _rows(motion_dir / "manifest.jsonl")[:20]:
+        for o in r["objects"]:
+            assert o["boxes"] == motion.track_boxes(motion.MovingObj.from_dict(o))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -25,6 +25,7 @@ from ..modalities.image import ImageProcessor
 from ..modalities.text import TextTokenizer, encode_prompt, prompt_batch  # noqa: F401  (re-exported)
 from ..objectives import IGNORE_INDEX
 from .manifest import TRANSCRIPTION_TASKS, DataError, Example
+from .regions import collate_regions, region_items
 
 
 def encode_example(tok: TextTokenizer, ex: Example, max_len: int) -> tuple[list[int], list[int], bool]:
@@ -276,16 +277,23 @@ class ManifestDataset(Dataset):
         first = self.examples[self.groups[i][0]]
         item = {"input_ids": ids, "labels": labels, "segment_ids": segments, "media": self._media(first),
                 "tasks": [self.examples[j].task for j in self.groups[i]]}
+        if first.meta.get("objects"):  # the scene's objects, for region heads (models/regions.py)
+            item["objects"] = first.meta["objects"]
         if len(self.groups[i]) == 1 and first.task in TRANSCRIPTION_TASKS and first.audio is not None:
             item["ctc"] = self.tokenizer.encode(first.target or "")  # the transcript, for a CTC head
         return item
 
 
 class TrainCollator:
-    """Right-pads text (segment id 0 marks padding); collates each modality by its processor."""
+    """Right-pads text (segment id 0 marks padding); collates each modality by its processor; with
+    `region_classes` ({attribute: values} of a model's region heads), the items' objects too (for a
+    video, `region_frames(total frames)` gives the source frame of each token step)."""
 
-    def __init__(self, pad_id: int, processors: Processors | ImageProcessor | None) -> None:
+    def __init__(self, pad_id: int, processors: Processors | ImageProcessor | None,
+                 region_classes: dict[str, list[str]] | None = None,
+                 region_frames: Callable[[int], list[int] | None] | None = None) -> None:
         self.pad_id, self.processors = pad_id, as_processors(processors)
+        self.region_classes, self.region_frames = region_classes or {}, region_frames
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         T = max(len(it["input_ids"]) for it in items)
@@ -306,4 +314,14 @@ class TrainCollator:
             for r, it in enumerate(items):
                 batch["ctc_targets"][r, :lengths[r]] = torch.tensor(it.get("ctc", []), dtype=torch.long)
             batch["ctc_lengths"] = lengths
+        if self.region_classes and any("objects" in it for it in items):
+            batch |= collate_regions([region_items(it.get("objects"), self.region_classes, self._frames(it))
+                                      for it in items], len(self.region_classes))
         return batch | collate_media([it["media"] for it in items], self.processors)
+
+    def _frames(self, item: dict[str, Any]) -> list[int] | None:
+        """The source frame of each token step of the item's clip (None: an image)."""
+        if self.region_frames is None:
+            return None
+        boxes = next((o["boxes"] for o in item.get("objects") or () if isinstance(o, dict) and o.get("boxes")), None)
+        return self.region_frames(len(boxes)) if boxes else None

@@ -48,7 +48,7 @@ CAPTION_PROMPT = "describe the image."
 CLASSIFY_PROMPT = "what is the main shape in the image?"
 MATCH_PROMPT = "does the text describe the image?"
 TASKS = ("caption", "vqa", "classify", "retrieval", "match")
-VERSION = 3  # bumped when rows change; info.json records it so stale caches are regenerated
+VERSION = 4  # bumped when rows change (4: objects carry their box); info.json records it so stale caches are regenerated
 IMAGE_SIZE = 64
 _SS = 4  # supersampling factor for anti-aliased edges
 
@@ -134,16 +134,29 @@ def finish(im: Image.Image, noise_seed: int) -> Image.Image:
     return Image.fromarray(np.clip(x + noise, 0, 255).round().astype(np.uint8))
 
 
+def placement(o: Obj, jitter: float) -> tuple[float, float, float]:
+    """(cx, cy, half-extent) of an object in image pixels: its column's centre, jittered."""
+    col_w, r = IMAGE_SIZE / 3, SIZES[o.size] / 2
+    return o.column * col_w + col_w / 2 + (col_w / 2 - r - 1) * jitter * 0.8, float(o.y), r
+
+
+def boxes(d: Drawing) -> list[list[float]]:
+    """Each object's box [x0, y0, x1, y1] as fractions of the image (the records' `box`)."""
+    out = []
+    for o, jitter, _ in d.objects:
+        cx, cy, r = placement(o, jitter)
+        out.append([round(v / IMAGE_SIZE, 4) for v in (cx - r, cy - r, cx + r, cy + r)])
+    return out
+
+
 def draw(d: Drawing) -> Image.Image:
     """Draw the scene supersampled, then downsample (anti-aliasing) and add mild noise."""
     S = IMAGE_SIZE * _SS
     im = Image.new("RGB", (S, S), d.background)
     canvas = ImageDraw.Draw(im)
-    col_w = IMAGE_SIZE / 3
     for o, jitter, fill in d.objects:
-        r = SIZES[o.size] / 2
-        dx = (col_w / 2 - r - 1) * jitter * 0.8
-        draw_shape(canvas, o.shape, (o.column * col_w + col_w / 2 + dx) * _SS, o.y * _SS, r * _SS, fill)
+        cx, cy, r = placement(o, jitter)
+        draw_shape(canvas, o.shape, cx * _SS, cy * _SS, r * _SS, fill)
     return finish(im, d.noise_seed)
 
 
@@ -296,7 +309,8 @@ def generate(out: str | Path, split: Literal["train", "val", "test", "novel"] = 
             objs = sample_scene(rng, split)
             rel = f"images/{split}-{seed}-{i:06d}.png"
             drawings.append((plan_drawing(objs, rng), str(out / rel)))
-            base = {"image": rel, "split": split, "objects": [o.__dict__ for o in objs]}
+            base = {"image": rel, "split": split,
+                    "objects": [{**o.__dict__, "box": b} for o, b in zip(objs, boxes(drawings[-1][0]))]}
             uid = f"{split}-{seed}-{i:06d}"
             rows = [{"id": f"{uid}-cap", "task": "caption", "prompt": CAPTION_PROMPT, "target": caption(objs)}]
             count_rng = random.Random(f"shapesworld/{split}/{seed}/{i}/count")

@@ -33,6 +33,7 @@ from ..nn.sequence import Embedded, causal_mask, last_token, segment_mask, segme
 from ..objectives import causal_lm_loss, logit_scale_init
 from .base import write_model_dir
 from .heads import HeadsConfig, projection
+from .regions import RegionHeads
 
 
 class ModelOutput(NamedTuple):
@@ -47,10 +48,12 @@ class MultimodalLM(nn.Module):
     def __init__(self, decoder: nn.Module, fusion_config: FusionConfig, heads: HeadsConfig, dim: int, *,
                  image_encoder: nn.Module | None = None, fusion: nn.Module | None = None,
                  image_dim: int | None = None, media: Mapping[str, tuple[nn.Module, nn.Module]] | None = None,
-                 ctc_dim: int | None = None, vocab_size: int | None = None) -> None:
+                 ctc_dim: int | None = None, vocab_size: int | None = None,
+                 region_input: dict[str, Any] | None = None) -> None:
         """`media`: {name: (encoder, fusion entry)} of the modalities besides the image (registered as
         "{name}_encoder" and "{name}_fusion"); `ctc_dim`: the audio tokens' width for a CTC head
-        over `vocab_size` tokens and CTC's blank."""
+        over `vocab_size` tokens and CTC's blank; `region_input`: the RegionHeads arguments for the
+        encoder they read (default: the image encoder's tokens)."""
         super().__init__()
         self.fusion_config, self.heads_config = fusion_config, heads
         self.decoder = decoder
@@ -59,6 +62,12 @@ class MultimodalLM(nn.Module):
             self.add_module(f"{name}_encoder", encoder)
             self.add_module(f"{name}_fusion", entry)
         self._build_heads(heads, image_dim, dim)
+        self.region_heads = None
+        if heads.region_weight > 0 and heads.region_classes:
+            if region_input is None and image_dim is None:
+                raise ValueError("heads.region_weight needs an image or video encoder")
+            self.region_heads = RegionHeads(classes=heads.region_classes,
+                                            **(region_input or {"dim": image_dim, "modality": "image"}))
         self.ctc_head = None if ctc_dim is None else nn.Linear(ctc_dim, vocab_size + 1)
         self.tokenizer: TextTokenizer | None = None
         self.image_processor: Any = None
@@ -189,14 +198,16 @@ class MultimodalLM(nn.Module):
                 attention_mask: Tensor | None = None, pixel_values: Tensor | None = None,
                 labels: Tensor | None = None, segment_ids: Tensor | None = None,
                 media_mask: Mapping[str, Tensor] | None = None, ctc_targets: Tensor | None = None,
-                ctc_lengths: Tensor | None = None, label_weights: Tensor | None = None, **rest: Any) -> ModelOutput:
+                ctc_lengths: Tensor | None = None, label_weights: Tensor | None = None,
+                region_boxes: Tensor | None = None, region_labels: Tensor | None = None, **rest: Any) -> ModelOutput:
         """Call as `model(batch)` with a dict from the collator, or with keyword tensors.
 
         `labels` (B, T) are aligned with `input_ids` (IGNORE_INDEX where no loss); the shift
         happens in the loss, as in Hugging Face models; `label_weights` (B, T) weigh them
         (objectives.example_weights). Other media come by their keyword
         (input_features ...); other keys of a batch (class labels ...) are ignored. With a CTC
-        head, `ctc_targets` (B, U) and `ctc_lengths` (B,) (0: no transcript) add its loss.
+        head, `ctc_targets` (B, U) and `ctc_lengths` (B,) (0: no transcript) add its loss; with region
+        heads, `region_boxes` (B, S, R, 4) and `region_labels` (B, S, R, A) (models/regions.py) add theirs.
         """
         if batch is not None:
             return self.forward(**{k: v for k, v in batch.items() if isinstance(v, Tensor) or k == "media_mask"})
@@ -209,6 +220,10 @@ class MultimodalLM(nn.Module):
         loss = causal_lm_loss(logits, labels, self.label_smoothing, label_weights) if labels is not None else None
         if loss is not None and self.ctc_head is not None and ctc_lengths is not None and "audio" in encoded:
             loss = loss + self.heads_config.ctc_weight * self.ctc_loss(encoded["audio"], ctc_targets, ctc_lengths)
+        regions = self.region_heads
+        if loss is not None and regions is not None and region_boxes is not None and regions.modality in encoded:
+            loss = loss + self.heads_config.region_weight * regions.loss(encoded[regions.modality], region_boxes,
+                                                                          region_labels)
         return ModelOutput(loss, logits)
 
     def ctc_loss(self, audio_tokens: Tensor, targets: Tensor, lengths: Tensor) -> Tensor:

@@ -1,5 +1,5 @@
 """The heads on top of the decoder besides the LM head, configured: contrastive projections, image-text
-matching, CTC on the audio tokens, one classifier per task. Legend: C dim, D contrastive dim."""
+matching, CTC on the audio tokens, region attributes on the image patches, one classifier per task. Legend: C dim, D contrastive dim."""
 
 from __future__ import annotations
 
@@ -37,6 +37,13 @@ class HeadsConfig:
     # (ctc_targets) its loss is added to the LM loss with this weight, which teaches the encoder
     # token-aligned features far sooner than the decoder's cross-attention alone (joint CTC-attention)
     ctc_weight: float = 0.0
+    # > 0: region attribute heads (models/regions.py) on the image encoder's patch tokens, trained
+    # from the records' `objects` boxes; their loss is added to the LM loss with this weight
+    region_weight: float = 0.0
+    # the object attributes they predict (e.g. [color, shape, size]), and each one's values (filled
+    # from the training data by the trainer, like `classes`)
+    region_attributes: list[str] = field(default_factory=list)
+    region_classes: dict[str, list[str]] = field(default_factory=dict)
     # one classification head per task, with its labels (filled from the training data by the trainer)
     classes: dict[str, list[str]] = field(default_factory=dict)
 
@@ -45,6 +52,10 @@ class HeadsConfig:
             raise ValueError(f"heads.contrastive_dim must be positive, got {self.contrastive_dim}")
         if self.ctc_weight < 0:
             raise ValueError(f"heads.ctc_weight must be non-negative, got {self.ctc_weight}")
+        if self.region_weight < 0:
+            raise ValueError(f"heads.region_weight must be non-negative, got {self.region_weight}")
+        if self.region_weight > 0 and not self.region_attributes:
+            raise ValueError("heads.region_weight needs heads.region_attributes (e.g. [color, shape])")
         if self.contrastive_hidden is not None and self.contrastive_hidden <= 0:
             raise ValueError(f"heads.contrastive_hidden must be positive, got {self.contrastive_hidden}")
         for task, labels in self.classes.items():

@@ -102,9 +102,14 @@ class MultimodalTransformerModel(MultimodalLM):
             if "audio" not in config.media:
                 raise ValueError("heads.ctc_weight needs an audio encoder (model.media.audio)")
             ctc_dim = MODALITIES["audio"].media_dim(config.media["audio"])
+        region_input = None
+        if config.image is None and "video" in config.media:  # region heads on the clip's space-time tokens
+            video = config.media["video"]
+            region_input = {"dim": video.dim, "modality": "video", "sampled_frames": video.frames,
+                            "frames_per_step": video.tubelet if video.attention == "divided" else video.frames}
         super().__init__(decoder, config.fusion, config.heads, C, image_encoder=image_encoder, fusion=fusion,
                          image_dim=config.image.media_dim if config.image else None, media=media, ctc_dim=ctc_dim,
-                         vocab_size=config.decoder.vocab_size)
+                         vocab_size=config.decoder.vocab_size, region_input=region_input)
         self.config = config
         self.image_processor = image_processor(config.image) if config.image else None
         self.media_processors = {name: MODALITIES[name].build_processor(cfg) for name, cfg in config.media.items()}

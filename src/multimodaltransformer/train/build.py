@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError
+from ..data.regions import region_values
 from ..modalities.text import TextTokenizer
 from ..models.multimodal import MultimodalTransformerModel
 from . import distributed as dd
@@ -52,6 +53,8 @@ def build_model(run: RunConfig, streams: list[TaskStream], out: Path, resume: bo
         for task, ls in part.items():
             labels[task] = sorted(set(labels.get(task, [])) | set(ls))
     heads = run.model.heads
+    if heads.region_weight > 0 and not heads.region_classes:  # resumes keep the saved config's values
+        heads = replace(heads, region_classes=region_classes(streams, heads.region_attributes, dist))
     heads = replace(heads, classes={**heads.classes, **labels}, itm=heads.itm or "itm" in objectives,
                     contrastive_dim=heads.contrastive_dim or (64 if "contrastive" in objectives else None))
     mcfg = replace(run.model, decoder=replace(run.model.decoder, vocab_size=tok.vocab_size), heads=heads)
@@ -64,6 +67,19 @@ def build_model(run: RunConfig, streams: list[TaskStream], out: Path, resume: bo
         load_network(model.image_encoder.network, pretrained, str(mcfg.image.pretrained))
     model.tokenizer = tok
     return model, replace(run, model=mcfg)
+
+
+def region_classes(streams: list[TaskStream], attributes: list[str], dist: dd.Dist) -> dict[str, list[str]]:
+    """Each region attribute's values over the LM streams' boxed objects (every rank's)."""
+    values: dict[str, set[str]] = {a: set() for a in attributes}
+    examples = [e for s in streams if s.cfg.objective == "lm" for e in s.examples]
+    for part in dd.all_objects(region_values(examples, attributes), dist):
+        for a, vs in part.items():
+            values[a] |= set(vs)
+    if empty := [a for a, vs in values.items() if not vs]:
+        raise ConfigError(f"heads.region_attributes {empty}: no training record has objects with a box and "
+                          "that attribute (ShapesWorld writes them: `objects: [{box, color, shape, size}]`)")
+    return {a: sorted(vs) for a, vs in values.items()}
 
 
 def finetune_model(cfg: FinetuneConfig) -> Any:

@@ -149,7 +149,9 @@ class TaskStream:
     def build(self, model: Any, max_text_len: int, skip_bad: bool, pack: bool) -> None:
         tok, proc = model.tokenizer, model.processors
         if self.cfg.objective == "lm":
-            self.collate: Any = TrainCollator(tok.pad_id, proc)
+            regions = getattr(model, "region_heads", None)
+            self.collate: Any = TrainCollator(tok.pad_id, proc, *((regions.classes, regions.source_frames)
+                                                                  if regions is not None else ()))
             make = lambda exs, skip, pack: ManifestDataset(exs, tok, proc, max_text_len, skip, pack=pack)  # noqa: E731
         else:
             kind = {"mlm": "text", "classify": "classify"}.get(self.cfg.objective, "pair")

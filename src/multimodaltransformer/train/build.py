@@ -53,7 +53,7 @@ def build_model(run: RunConfig, streams: list[TaskStream], out: Path, resume: bo
         for task, ls in part.items():
             labels[task] = sorted(set(labels.get(task, [])) | set(ls))
     heads = run.model.heads
-    if heads.region_weight > 0 and not heads.region_classes:  # resumes keep the saved config's values
+    if heads.region_weight > 0 and not heads.region_classes:  # sorted values: a resume gets the same heads
         heads = replace(heads, region_classes=region_classes(streams, heads.region_attributes, dist))
     heads = replace(heads, classes={**heads.classes, **labels}, itm=heads.itm or "itm" in objectives,
                     contrastive_dim=heads.contrastive_dim or (64 if "contrastive" in objectives else None))

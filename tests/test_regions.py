@@ -130,7 +130,8 @@ def test_a_video_model_learns_regions_from_movingshapes(tmp_path):
     m = str(tmp_path / "m" / "manifest.jsonl")
     run = load_run_config("video", [
         "model.media.video={image_size: 48, patch_size: 16, dim: 32, depth: 1, heads: 2, stem: conv, "
-        "patch_positions: sincos, frames: 4, tubelet: 2}", "model.decoder={dim: 32, depth: 1, heads: 2, max_seq_len: 64}",
+        "patch_positions: sincos, frames: 4, tubelet: 2}",
+        "model.decoder={dim: 32, depth: 1, heads: 2, max_seq_len: 64}",
         f"data.train={m}", f"data.val={m}", "data.tokenizer_vocab_size=300", "train.batch_size=3", "train.max_steps=2",
         "train.eval_every=2", "train.save_every=2", "train.eval_examples=2", "train.warmup_steps=1", *REGIONS])
     model = train(run, tmp_path / "run", progress=False)

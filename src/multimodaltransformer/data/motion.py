@@ -25,7 +25,8 @@ from typing import Any, Literal
 from PIL import Image, ImageDraw
 
 from .parallel import run_chunks
-from .shapes import _SS, COLORS, COLUMNS, IMAGE_SIZE, NOVEL_PAIRS, NUMBERS, SIZES, SPLITS, _pairs, draw_shape, finish
+from .shapes import (_SS, COLORS, COLUMNS, IMAGE_SIZE, NOVEL_PAIRS, NUMBERS, SIZES, SPLITS, _pairs, box, draw_shape,
+                     finish)
 
 VERSION = 2  # bumped when rows or clips change (2: objects carry per-frame boxes); info.json records it
 FRAMES = 16
@@ -83,11 +84,8 @@ def object_state(o: MovingObj, frame: int) -> tuple[float, float, bool]:
 def track_boxes(o: MovingObj) -> list[list[float] | None]:
     """The object's box [x0, y0, x1, y1] (fractions of the frame) in each frame, None where it is not
     visible: the records' `boxes`, which region heads learn from (models/regions.py)."""
-    r, out = SIZES[o.size] / 2, []
-    for t in range(FRAMES):
-        cx, cy, visible = object_state(o, t)
-        out.append([round(v / IMAGE_SIZE, 4) for v in (cx - r, cy - r, cx + r, cy + r)] if visible else None)
-    return out
+    states = (object_state(o, t) for t in range(FRAMES))
+    return [box(cx, cy, SIZES[o.size] / 2) if visible else None for cx, cy, visible in states]
 
 
 def _kind(rng: random.Random) -> str:
@@ -215,8 +213,8 @@ def frames_of(plan: ClipPlan) -> list[Image.Image]:
 
 def write_video(path: str | Path, frames: list[Image.Image], fps: int = FPS) -> None:
     """An MP4 of `frames`: H.264 (yuv420p, CRF 17, x264's veryfast preset: half the encoding time of
-    its default and the same fidelity, 33 dB PSNR, on these clips), or MPEG-4 Part 2 at a high bitrate where this
-    FFmpeg lacks libx264. Written under a temporary name and renamed, so no clip is half-written."""
+    its default and the same fidelity, 33 dB PSNR, on these clips), or MPEG-4 Part 2 at a high
+    bitrate where this FFmpeg lacks libx264. Written under a temporary name and renamed, so no clip is half-written."""
     import av
 
     path = Path(path)

@@ -48,7 +48,7 @@ CAPTION_PROMPT = "describe the image."
 CLASSIFY_PROMPT = "what is the main shape in the image?"
 MATCH_PROMPT = "does the text describe the image?"
 TASKS = ("caption", "vqa", "classify", "retrieval", "match")
-VERSION = 4  # bumped when rows change (4: objects carry their box); info.json records it so stale caches are regenerated
+VERSION = 4  # bumped when rows change (4: objects carry their box); info.json records it (stale caches regenerate)
 IMAGE_SIZE = 64
 _SS = 4  # supersampling factor for anti-aliased edges
 
@@ -140,13 +140,15 @@ def placement(o: Obj, jitter: float) -> tuple[float, float, float]:
     return o.column * col_w + col_w / 2 + (col_w / 2 - r - 1) * jitter * 0.8, float(o.y), r
 
 
+def box(cx: float, cy: float, r: float) -> list[float]:
+    """The box [x0, y0, x1, y1] of a shape centred at (cx, cy) with half-extent r, as fractions of
+    the image (the records' `box`; MovingShapes' per-frame `boxes`)."""
+    return [round(v / IMAGE_SIZE, 4) for v in (cx - r, cy - r, cx + r, cy + r)]
+
+
 def boxes(d: Drawing) -> list[list[float]]:
-    """Each object's box [x0, y0, x1, y1] as fractions of the image (the records' `box`)."""
-    out = []
-    for o, jitter, _ in d.objects:
-        cx, cy, r = placement(o, jitter)
-        out.append([round(v / IMAGE_SIZE, 4) for v in (cx - r, cy - r, cx + r, cy + r)])
-    return out
+    """Each object's box in the drawing."""
+    return [box(*placement(o, jitter)) for o, jitter, _ in d.objects]
 
 
 def draw(d: Drawing) -> Image.Image:

@@ -1,5 +1,6 @@
 """The heads on top of the decoder besides the LM head, configured: contrastive projections, image-text
-matching, CTC on the audio tokens, region attributes on the image patches, one classifier per task. Legend: C dim, D contrastive dim."""
+matching, CTC on the audio tokens, region attributes on the image patches, one classifier per task.
+Legend: C dim, D contrastive dim."""
 
 from __future__ import annotations
 

@@ -62,6 +62,11 @@ CHANGES: dict[str, tuple[list[str], str]] = {
     "regions1": (["model.heads.region_weight=1.0", "model.heads.region_attributes=[color, shape, size]"],
                  "region attribute heads, loss weight 1.0"),
     "noregions": (["model.heads.region_weight=0.0"], "no region attribute heads"),
+    "noextras": (["data.train=shapes:split=train,n=20000,seed=0,questions=7"],
+                 "no training extras (each question type and the match task once per image)"),
+    "counts+matches": (["data.train=shapes:split=train,n=20000,seed=0,questions=7,counts=2,matches=2"],
+                       "2 more 'how many <shape>s' per image (one present shape, one absent) and both match "
+                       "examples (the true caption and a near miss), no opposite yes/no questions"),
 }
 MATCH = {"name": "match", "objective": "lm", "tasks": ["match"], "batch_size": 64}
 

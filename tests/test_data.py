@@ -124,7 +124,8 @@ def test_collator_masks_prompt_and_padding(shapes_dir, tokenizer):
 
 def test_shapes_spec_resolves_and_caches(tmp_path):
     assert parse_spec("shapes:split=val,n=7,seed=2") == (
-        "shapes", {"split": "val", "n": 7, "seed": 2, "questions": 3, "tasks": "all"})
+        "shapes", {"split": "val", "n": 7, "seed": 2, "questions": 3, "tasks": "all", "counts": 0, "matches": 1,
+                   "opposite": 0})
     with pytest.raises(DataError, match="unknown key"):
         parse_spec("shapes:colour=red")
     with pytest.raises(DataError, match="must be an integer"):
@@ -240,6 +241,53 @@ def test_match_is_balanced_and_varied(train300):
     match = [r for r in train300 if r["task"] == "match"]
     assert 0.42 < sum(r["target"] == "yes" for r in match) / len(match) < 0.58
     assert {r["match_type"] for r in match if r["target"] == "no"} == {"color", "shape", "size", "order"}
+
+
+def test_training_extras_add_rows_and_change_no_other(tmp_path):
+    """counts=2, matches=2, opposite: extra count questions, the other match example, the yes/no
+    questions with the other answer; every default row stays as it was."""
+    rows = _rows(shapes.generate(tmp_path, "train", n=150, seed=0, questions_per_image=7, progress=False,
+                                 counts=2, matches=2, opposite=True))
+    base = _rows(shapes.generate(tmp_path / "b", "train", n=150, seed=0, questions_per_image=7, progress=False))
+    assert [r for r in rows if not r["id"].endswith(("-c0", "-c1", "-match2", "-o0", "-o1"))] == base
+    by_image: dict[str, list[dict]] = {}
+    for r in rows:
+        by_image.setdefault(r["image"], []).append(r)
+    extra_answers = []
+    for group in by_image.values():
+        shapes_in = [o["shape"] for o in group[0]["objects"]]
+        counts = [r for r in group if r.get("question_type") == "count"]
+        assert len({r["prompt"] for r in counts}) == len(counts)  # no question asked twice of one image
+        for r in counts:
+            if r["prompt"] != "how many objects are there?":
+                shape = next(s for s in shapes.SHAPES if shapes.PLURALS[s] in r["prompt"])
+                assert r["target"] == shapes.NUMBERS[shapes_in.count(shape)]
+        names = [f"{o['color']} {o['shape']}" for o in group[0]["objects"]]
+        columns = {f"{o['color']} {o['shape']}": o["column"] for o in group[0]["objects"]}
+        for qtype in ("exist", "relation"):
+            asked = [r for r in group if r.get("question_type") == qtype]
+            assert len(asked) in (0, 2) and sorted(r["target"] for r in asked) in ([], ["no", "yes"])
+            for r in asked:  # every answer right
+                if qtype == "exist":
+                    assert (r["prompt"][len("is there a "):-1] in names) == (r["target"] == "yes")
+                else:
+                    a, b = r["prompt"][len("is the "):-1].split(" left of the ")
+                    assert (columns[a] < columns[b]) == (r["target"] == "yes")
+        extra = [r for r in group if r["id"].endswith(("-c0", "-c1"))]
+        assert len(extra) == 2
+        extra_answers += [r["target"] for r in extra]
+        match = sorted((r for r in group if r["task"] == "match"), key=lambda r: r["target"])
+        assert [r["target"] for r in match] == ["no", "yes"]  # both: a near miss and the true caption
+        true = [(o["size"], o["color"], o["shape"]) for o in match[1]["objects"]]
+        assert _phrases(match[1]["text"]) == true
+        _check_near_miss(true, match[0]["text"], match[0]["match_type"])
+    # one present and one absent shape per image: "zero" about half the time, "two" well represented
+    assert 0.4 < extra_answers.count("zero") / len(extra_answers) < 0.6
+    assert extra_answers.count("two") / len(extra_answers) > 0.06
+    p = resolve_source("shapes:split=val,n=3,seed=2,counts=1,matches=2,opposite=1", tmp_path / "c", progress=False)
+    assert p.parent.name == "val-n3-seed2-c1-m2-o"
+    with pytest.raises(DataError, match="matches 1 or 2"):
+        resolve_source("shapes:split=val,n=3,matches=3", tmp_path / "c")
 
 
 def test_novel_near_misses_stay_novel(tmp_path):

@@ -18,7 +18,10 @@ def _cmd_data_shapes(a: argparse.Namespace) -> None:
         tasks = shapes.check_tasks(a.tasks.split("+")) if a.tasks else None
     except ValueError as e:
         raise ConfigError(str(e)) from e
-    path = shapes.generate(a.out, split=a.split, n=a.n, seed=a.seed, questions_per_image=a.questions, tasks=tasks)
+    if a.counts < 0 or a.matches not in (1, 2):
+        raise ConfigError(f"--counts must be >= 0 and --matches 1 or 2, got {a.counts} and {a.matches}")
+    path = shapes.generate(a.out, split=a.split, n=a.n, seed=a.seed, questions_per_image=a.questions, tasks=tasks,
+                           counts=a.counts, matches=a.matches, opposite=a.opposite)
     print(f"wrote {path}")
 
 
@@ -83,6 +86,12 @@ def add_data_commands(sub: Any) -> None:
     s.add_argument("--questions", type=int, default=3, help="questions per image")
     s.add_argument("--tasks", help="tasks to write, plus-separated (default: all of "
                    "caption+vqa+classify+retrieval+match)")
+    s.add_argument("--counts", type=int, default=0,
+                   help="extra 'how many <shape>s' questions per image (training data; default 0)")
+    s.add_argument("--matches", type=int, default=1, choices=[1, 2],
+                   help="match examples per image: 2 gives both the true caption and a near miss")
+    s.add_argument("--opposite", action="store_true",
+                   help="each yes/no question (exist, relation) also asked with the other answer")
     s.add_argument("--out", required=True)
     s.set_defaults(func=_cmd_data_shapes)
     r = data.add_parser("reviews", help="write a synthetic review-sentiment split (text only, manifest.jsonl)")

@@ -218,17 +218,39 @@ def questions(objs: list[Obj], rng: random.Random, split: str, k: int = 3,
         o = rng.choice(objs)
         gens["exist"] = (f"is there a {o.name}?", "yes")
     else:
-        present = {(o.color, o.shape) for o in objs}
-        near = [p for p in _pairs(split) if p not in present
-                and any(p[0] == c or p[1] == s for c, s in present)]
-        far = [p for p in _pairs(split) if p not in present]
-        c, s = rng.choice(near if near and rng.random() < 0.7 else far)
-        gens["exist"] = (f"is there a {c} {s}?", "no")
+        gens["exist"] = (f"is there a {_absent(objs, rng, split)}?", "no")
     if len(uniq_name) >= 2:
         a, b = rng.sample(uniq_name, 2)
         gens["relation"] = (f"is the {a.name} left of the {b.name}?", "yes" if a.column < b.column else "no")
     types = rng.sample(sorted(gens), min(k, len(gens)))
     return [(t, *gens[t]) for t in types]
+
+
+def _absent(objs: list[Obj], rng: random.Random, split: str) -> str:
+    """A colour-shape pair of `split` not in the image, 70% of the time a near miss (right colour or shape)."""
+    present = {(o.color, o.shape) for o in objs}
+    near = [p for p in _pairs(split) if p not in present and any(p[0] == c or p[1] == s for c, s in present)]
+    far = [p for p in _pairs(split) if p not in present]
+    c, s = rng.choice(near if near and rng.random() < 0.7 else far)
+    return f"{c} {s}"
+
+
+def opposites(objs: list[Obj], asked: list[tuple[str, str, str]], rng: random.Random,
+              split: str) -> list[tuple[str, str, str]]:
+    """For each yes/no question in `asked` (exist, relation), the same question type with the other
+    answer about the same image: "is the B left of the A?" after "is the A left of the B?", an absent
+    pair after a present one and the reverse (training data: a contrast on the same pixels)."""
+    out = []
+    for qtype, q, a in asked:
+        if qtype == "relation":
+            first, second = q.removeprefix("is the ").removesuffix("?").split(" left of the ")
+            out.append(("relation", f"is the {second} left of the {first}?", "no" if a == "yes" else "yes"))
+        elif qtype == "exist":
+            if a == "yes":
+                out.append(("exist", f"is there a {_absent(objs, rng, split)}?", "no"))
+            else:
+                out.append(("exist", f"is there a {rng.choice(objs).name}?", "yes"))
+    return out
 
 
 def _valid_scene(objs: list[Obj], split: str) -> bool:
@@ -273,6 +295,36 @@ def match_example(objs: list[Obj], rng: random.Random, split: str) -> tuple[str,
     return caption(rng.choice(misses[kind])), "no", kind
 
 
+def extra_counts(objs: list[Obj], rng: random.Random, k: int,
+                 asked: Iterable[str] = ()) -> list[tuple[str, str, str]]:
+    """Up to k more "how many <shape>s" questions about distinct shapes not `asked` already, alternately
+    one in the image (the most repeated first: "two" is rare otherwise) and one not (while there are
+    any): more of the question that needs counting."""
+    new = [s for s in SHAPES if f"how many {PLURALS[s]} are there?" not in set(asked)]
+    shapes = [o.shape for o in objs]
+    present = sorted({s for s in shapes if s in new})
+    absent = [s for s in new if s not in present]
+    rng.shuffle(present)
+    rng.shuffle(absent)
+    present.sort(key=shapes.count)  # stable: ties stay shuffled; pop() takes the most repeated
+    picked: list[str] = []
+    while len(picked) < min(k, len(new)):
+        pool = present if (len(picked) % 2 == 0 and present) or not absent else absent
+        picked.append(pool.pop())
+    return [("count", f"how many {PLURALS[s]} are there?", NUMBERS[[o.shape for o in objs].count(s)])
+            for s in picked]
+
+
+def match_pair(objs: list[Obj], drawn: str, rng: random.Random, split: str) -> tuple[str, str, str]:
+    """The other match example of an image whose `match_example` answered `drawn`: a near miss after
+    the true caption and the reverse, so the image is seen with both (a contrast on the same pixels)."""
+    if drawn == "no":
+        return caption(objs), "yes", "none"
+    misses = near_misses(objs, split)
+    kind = rng.choice(sorted(misses))
+    return caption(rng.choice(misses[kind])), "no", kind
+
+
 def check_tasks(tasks: Iterable[str] | None) -> tuple[str, ...]:
     """The requested task names in canonical `TASKS` order (None: all of them)."""
     if tasks is None:
@@ -293,9 +345,17 @@ def _draw_all(drawings: list[tuple[Drawing, str]], desc: str, progress: bool) ->
 
 def generate(out: str | Path, split: Literal["train", "val", "test", "novel"] = "train",
              n: int = 1000, seed: int = 0, questions_per_image: int = 3, progress: bool = True,
-             tasks: Iterable[str] | None = None) -> Path:
-    """Write `n` images and OUT/manifest.jsonl with rows of `tasks` per image (None: all of `TASKS`)."""
+             tasks: Iterable[str] | None = None, counts: int = 0, matches: int = 1,
+             opposite: bool = False) -> Path:
+    """Write `n` images and OUT/manifest.jsonl with rows of `tasks` per image (None: all of `TASKS`).
+
+    Training extras (defaults off; the other rows stay as they are, each extra draws from its own
+    rng): `counts` more "how many <shape>s" questions per image (`extra_counts`), `opposite` for each
+    yes/no question the one with the other answer (`opposites`), and `matches=2` for both the true
+    caption and a near miss of each image (`match_pair`)."""
     tasks = check_tasks(tasks)
+    if counts < 0 or matches not in (1, 2):
+        raise ValueError(f"counts must be >= 0 and matches 1 or 2, got {counts} and {matches}")
     if split not in SPLITS:
         raise ValueError(f"unknown ShapesWorld split {split!r}; choose from {list(SPLITS)}")
     if n <= 0:
@@ -316,8 +376,17 @@ def generate(out: str | Path, split: Literal["train", "val", "test", "novel"] = 
             uid = f"{split}-{seed}-{i:06d}"
             rows = [{"id": f"{uid}-cap", "task": "caption", "prompt": CAPTION_PROMPT, "target": caption(objs)}]
             count_rng = random.Random(f"shapesworld/{split}/{seed}/{i}/count")
-            for j, (qtype, q, a) in enumerate(questions(objs, rng, split, questions_per_image, count_rng)):
+            asked = questions(objs, rng, split, questions_per_image, count_rng)
+            for j, (qtype, q, a) in enumerate(asked):
                 rows.append({"id": f"{uid}-q{j}", "task": "vqa", "prompt": q, "target": a, "question_type": qtype})
+            if opposite:
+                for j, (qtype, q, a) in enumerate(opposites(objs, asked, random.Random(
+                        f"shapesworld/{split}/{seed}/{i}/opposite"), split)):
+                    rows.append({"id": f"{uid}-o{j}", "task": "vqa", "prompt": q, "target": a, "question_type": qtype})
+            asked = [r["prompt"] for r in rows]
+            extra = extra_counts(objs, random.Random(f"shapesworld/{split}/{seed}/{i}/counts"), counts, asked)
+            for j, (qtype, q, a) in enumerate(extra):
+                rows.append({"id": f"{uid}-c{j}", "task": "vqa", "prompt": q, "target": a, "question_type": qtype})
             rows.append({"id": f"{uid}-cls", "task": "classify", "prompt": CLASSIFY_PROMPT,
                          "target": class_label(objs)})
             rows.append({"id": f"{uid}-ret", "task": "retrieval", "prompt": "", "target": caption(objs)})
@@ -325,6 +394,11 @@ def generate(out: str | Path, split: Literal["train", "val", "test", "novel"] = 
             text, answer, kind = match_example(objs, random.Random(f"shapesworld/{split}/{seed}/{i}/match"), split)
             rows.append({"id": f"{uid}-match", "task": "match", "prompt": MATCH_PROMPT, "text": text,
                          "target": answer, "match_type": kind})
+            if matches == 2:
+                pair_rng = random.Random(f"shapesworld/{split}/{seed}/{i}/match2")
+                text, answer, kind = match_pair(objs, answer, pair_rng, split)
+                rows.append({"id": f"{uid}-match2", "task": "match", "prompt": MATCH_PROMPT, "text": text,
+                             "target": answer, "match_type": kind})
             for row in rows:
                 if row["task"] in tasks:
                     f.write(json.dumps({**row, **base}) + "\n")
@@ -332,5 +406,6 @@ def generate(out: str | Path, split: Literal["train", "val", "test", "novel"] = 
     tmp.replace(out / "manifest.jsonl")
     (out / "info.json").write_text(json.dumps({"dataset": "shapesworld", "version": VERSION, "split": split, "n": n,
                                                 "seed": seed, "questions_per_image": questions_per_image,
+                                                "counts": counts, "matches": matches, "opposite": opposite,
                                                 "tasks": list(tasks)}) + "\n")
     return out / "manifest.jsonl"

@@ -3,7 +3,7 @@
 A source is one of
   a manifest path (or its folder)                                   read_manifest
   a built-in spec `NAME:key=value,...`, generated into a manifest:   resolve_source + read_manifest
-    shapes:split=train,n=2000,seed=0[,questions=3][,tasks=caption+vqa+retrieval]
+    shapes:split=train,n=2000,seed=0[,questions=3][,tasks=caption+vqa+retrieval][,counts=0][,matches=1][,opposite=0]
     reviews:split=train,n=2000,seed=0
     spoken:split=train,n=1000,seed=0[,questions=2]  (SpokenShapes: ShapesWorld spoken by eSpeak NG)
     motion:split=train,n=1000,seed=0[,questions=3]  (MovingShapes: 16-frame MP4 clips of moving shapes)
@@ -74,12 +74,17 @@ def _shapes(spec: str, a: Spec, root: Path, progress: bool) -> Path:
         tasks = shapes.check_tasks(None if a["tasks"] == "all" else str(a["tasks"]).split("+"))
     except ValueError as e:
         raise DataError(f"data source {spec!r}: {e}") from e
+    if int(a["counts"]) < 0 or a["matches"] not in (1, 2) or a["opposite"] not in (0, 1):
+        raise DataError(f"data source {spec!r}: counts must be >= 0, matches 1 or 2 and opposite 0 or 1")
     name = f"{a['split']}-n{a['n']}-seed{a['seed']}" + (f"-q{a['questions']}" if a["questions"] != 3 else "")
+    name += (f"-c{a['counts']}" if a["counts"] else "") + (f"-m{a['matches']}" if a["matches"] != 1 else "")
+    name += "-o" if a["opposite"] else ""
     name += f"-{'+'.join(tasks)}" if tasks != shapes.TASKS else ""
     out = root / "shapesworld" / name
     if not _is_current(out, shapes.VERSION):
         shapes.generate(out, split=a["split"], n=int(a["n"]), seed=int(a["seed"]),  # type: ignore[arg-type]
-                        questions_per_image=int(a["questions"]), progress=progress, tasks=tasks)
+                        questions_per_image=int(a["questions"]), progress=progress, tasks=tasks,
+                        counts=int(a["counts"]), matches=int(a["matches"]), opposite=bool(a["opposite"]))
     return out / "manifest.jsonl"
 
 
@@ -134,7 +139,9 @@ def _fashion(spec: str, a: Spec, root: Path, progress: bool) -> Path:
 
 # Each built-in: its keys with their defaults (a default's type is the value's type), and its builder.
 BUILTINS: dict[str, tuple[Spec, Callable[[str, Spec, Path, bool], Path]]] = {
-    "shapes": ({"split": "train", "n": 1000, "seed": 0, "questions": 3, "tasks": "all"}, _shapes),
+    "shapes": ({"split": "train", "n": 1000, "seed": 0, "questions": 3, "tasks": "all", "counts": 0, "matches": 1,
+                "opposite": 0},
+               _shapes),
     "reviews": ({"split": "train", "n": 2000, "seed": 0}, _reviews),
     "spoken": ({"split": "train", "n": 1000, "seed": 0, "questions": 2}, _spoken),
     "motion": ({"split": "train", "n": 1000, "seed": 0, "questions": 3}, _motion),

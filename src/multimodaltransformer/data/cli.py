@@ -16,12 +16,10 @@ def _cmd_data_shapes(a: argparse.Namespace) -> None:
 
     try:
         tasks = shapes.check_tasks(a.tasks.split("+")) if a.tasks else None
-    except ValueError as e:
+        path = shapes.generate(a.out, split=a.split, n=a.n, seed=a.seed, questions_per_image=a.questions,
+                               tasks=tasks, counts=a.counts, matches=a.matches, opposite=a.opposite)
+    except ValueError as e:  # bad tasks, n or extras: checked before anything is written
         raise ConfigError(str(e)) from e
-    if a.counts < 0 or a.matches not in (1, 2):
-        raise ConfigError(f"--counts must be >= 0 and --matches 1 or 2, got {a.counts} and {a.matches}")
-    path = shapes.generate(a.out, split=a.split, n=a.n, seed=a.seed, questions_per_image=a.questions, tasks=tasks,
-                           counts=a.counts, matches=a.matches, opposite=a.opposite)
     print(f"wrote {path}")
 
 

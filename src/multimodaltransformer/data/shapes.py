@@ -300,7 +300,8 @@ def extra_counts(objs: list[Obj], rng: random.Random, k: int,
     """Up to k more "how many <shape>s" questions about distinct shapes not `asked` already, alternately
     one in the image (the most repeated first: "two" is rare otherwise) and one not (while there are
     any): more of the question that needs counting."""
-    new = [s for s in SHAPES if f"how many {PLURALS[s]} are there?" not in set(asked)]
+    asked = set(asked)
+    new = [s for s in SHAPES if f"how many {PLURALS[s]} are there?" not in asked]
     shapes = [o.shape for o in objs]
     present = sorted({s for s in shapes if s in new})
     absent = [s for s in new if s not in present]
@@ -311,8 +312,7 @@ def extra_counts(objs: list[Obj], rng: random.Random, k: int,
     while len(picked) < min(k, len(new)):
         pool = present if (len(picked) % 2 == 0 and present) or not absent else absent
         picked.append(pool.pop())
-    return [("count", f"how many {PLURALS[s]} are there?", NUMBERS[[o.shape for o in objs].count(s)])
-            for s in picked]
+    return [("count", f"how many {PLURALS[s]} are there?", NUMBERS[shapes.count(s)]) for s in picked]
 
 
 def match_pair(objs: list[Obj], drawn: str, rng: random.Random, split: str) -> tuple[str, str, str]:

@@ -290,6 +290,10 @@ def match_example(objs: list[Obj], rng: random.Random, split: str) -> tuple[str,
     """
     if rng.random() < 0.5:
         return caption(objs), "yes", "none"
+    return _near_miss(objs, rng, split)
+
+
+def _near_miss(objs: list[Obj], rng: random.Random, split: str) -> tuple[str, str, str]:
     misses = near_misses(objs, split)
     kind = rng.choice(sorted(misses))
     return caption(rng.choice(misses[kind])), "no", kind
@@ -318,11 +322,7 @@ def extra_counts(objs: list[Obj], rng: random.Random, k: int,
 def match_pair(objs: list[Obj], drawn: str, rng: random.Random, split: str) -> tuple[str, str, str]:
     """The other match example of an image whose `match_example` answered `drawn`: a near miss after
     the true caption and the reverse, so the image is seen with both (a contrast on the same pixels)."""
-    if drawn == "no":
-        return caption(objs), "yes", "none"
-    misses = near_misses(objs, split)
-    kind = rng.choice(sorted(misses))
-    return caption(rng.choice(misses[kind])), "no", kind
+    return (caption(objs), "yes", "none") if drawn == "no" else _near_miss(objs, rng, split)
 
 
 def check_tasks(tasks: Iterable[str] | None) -> tuple[str, ...]:
@@ -335,6 +335,11 @@ def check_tasks(tasks: Iterable[str] | None) -> tuple[str, ...]:
     if not wanted:
         raise ValueError(f"no ShapesWorld tasks given; choose from {list(TASKS)}")
     return tuple(t for t in TASKS if t in wanted)
+
+
+def _vqa_rows(prefix: str, asked: list[tuple[str, str, str]]) -> list[dict]:
+    return [{"id": f"{prefix}{j}", "task": "vqa", "prompt": q, "target": a, "question_type": t}
+            for j, (t, q, a) in enumerate(asked)]
 
 
 def _draw_all(drawings: list[tuple[Drawing, str]], desc: str, progress: bool) -> None:
@@ -362,7 +367,8 @@ def generate(out: str | Path, split: Literal["train", "val", "test", "novel"] = 
         raise ValueError(f"n must be positive, got {n}")
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    rng = random.Random(f"shapesworld/{split}/{seed}")  # str seeds are hashed stably (sha512)
+    key = f"shapesworld/{split}/{seed}"
+    rng = random.Random(key)  # str seeds are hashed stably (sha512); each image's extras: f"{key}/{i}/..."
     tmp = out / "manifest.jsonl.tmp"
 
     drawings: list[tuple[Drawing, str]] = []  # drawn after the rows: in worker processes when many
@@ -375,28 +381,22 @@ def generate(out: str | Path, split: Literal["train", "val", "test", "novel"] = 
                     "objects": [{**o.__dict__, "box": b} for o, b in zip(objs, boxes(drawings[-1][0]))]}
             uid = f"{split}-{seed}-{i:06d}"
             rows = [{"id": f"{uid}-cap", "task": "caption", "prompt": CAPTION_PROMPT, "target": caption(objs)}]
-            count_rng = random.Random(f"shapesworld/{split}/{seed}/{i}/count")
+            count_rng = random.Random(f"{key}/{i}/count")
             asked = questions(objs, rng, split, questions_per_image, count_rng)
-            for j, (qtype, q, a) in enumerate(asked):
-                rows.append({"id": f"{uid}-q{j}", "task": "vqa", "prompt": q, "target": a, "question_type": qtype})
+            rows += _vqa_rows(f"{uid}-q", asked)
             if opposite:
-                for j, (qtype, q, a) in enumerate(opposites(objs, asked, random.Random(
-                        f"shapesworld/{split}/{seed}/{i}/opposite"), split)):
-                    rows.append({"id": f"{uid}-o{j}", "task": "vqa", "prompt": q, "target": a, "question_type": qtype})
-            asked = [r["prompt"] for r in rows]
-            extra = extra_counts(objs, random.Random(f"shapesworld/{split}/{seed}/{i}/counts"), counts, asked)
-            for j, (qtype, q, a) in enumerate(extra):
-                rows.append({"id": f"{uid}-c{j}", "task": "vqa", "prompt": q, "target": a, "question_type": qtype})
+                rows += _vqa_rows(f"{uid}-o", opposites(objs, asked, random.Random(f"{key}/{i}/opposite"), split))
+            prompts = [r["prompt"] for r in rows]
+            rows += _vqa_rows(f"{uid}-c", extra_counts(objs, random.Random(f"{key}/{i}/counts"), counts, prompts))
             rows.append({"id": f"{uid}-cls", "task": "classify", "prompt": CLASSIFY_PROMPT,
                          "target": class_label(objs)})
             rows.append({"id": f"{uid}-ret", "task": "retrieval", "prompt": "", "target": caption(objs)})
             # A separate rng: drawing from `rng` here would change every later image of the split.
-            text, answer, kind = match_example(objs, random.Random(f"shapesworld/{split}/{seed}/{i}/match"), split)
+            text, answer, kind = match_example(objs, random.Random(f"{key}/{i}/match"), split)
             rows.append({"id": f"{uid}-match", "task": "match", "prompt": MATCH_PROMPT, "text": text,
                          "target": answer, "match_type": kind})
             if matches == 2:
-                pair_rng = random.Random(f"shapesworld/{split}/{seed}/{i}/match2")
-                text, answer, kind = match_pair(objs, answer, pair_rng, split)
+                text, answer, kind = match_pair(objs, answer, random.Random(f"{key}/{i}/match2"), split)
                 rows.append({"id": f"{uid}-match2", "task": "match", "prompt": MATCH_PROMPT, "text": text,
                              "target": answer, "match_type": kind})
             for row in rows:

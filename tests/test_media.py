@@ -237,7 +237,9 @@ def test_a_ctc_head_adds_its_loss_on_the_transcribed_rows(speech_manifest, token
     assert batch["ctc_targets"][0, :batch["ctc_lengths"][0]].tolist() == tokenizer.encode("red circle")
     with_ctc = m(batch).loss
     without = m({k: v for k, v in batch.items() if not k.startswith("ctc")}).loss
-    ctc = m.ctc_loss(m.audio_encoder(batch["input_features"][:1]), batch["ctc_targets"][:1], batch["ctc_lengths"][:1])
+    frames = batch["feature_attention_mask"][:1]  # the clip's own frames, not the batch's padding
+    ctc = m.ctc_loss(m.audio_encoder(batch["input_features"][:1], frames), batch["ctc_targets"][:1],
+                     batch["ctc_lengths"][:1], m.audio_encoder.token_mask(frames).sum(1))
     torch.testing.assert_close(with_ctc, without + 0.5 * ctc)
     with_ctc.backward()
     assert m.ctc_head.weight.grad.abs().sum() > 0
@@ -329,3 +331,170 @@ def test_load_image_refuses_images_over_max_pixels_from_the_header():
     with pytest.raises(MediaError, match="20x30 pixels, over the limit of 500"):
         load_image(buf.getvalue(), "upload", max_pixels=500)
     assert load_image(buf.getvalue(), "upload", max_pixels=600).size == (20, 30)
+
+
+# ---- a pretrained (Whisper) audio encoder, and spoken prompts answered through their transcript ----
+
+WHISPER_AUDIO = {"dim": 32, "depth": 1, "heads": 2, "mlp_dim": 48, "seconds": 2, "stride": 2}  # 100 positions
+
+
+@pytest.fixture(scope="module")
+def whisper_dir(tmp_path_factory):
+    """A tiny random Whisper (2 encoder blocks, 100 positions) saved in Hugging Face format."""
+    import transformers as hf
+    from hub_utils import perturb, save
+
+    torch.manual_seed(0)
+    cfg = hf.WhisperConfig(d_model=32, encoder_attention_heads=2, decoder_attention_heads=2, encoder_layers=2,
+                           decoder_layers=1, encoder_ffn_dim=48, decoder_ffn_dim=48, num_mel_bins=80,
+                           max_source_positions=100, max_target_positions=16, vocab_size=60,
+                           decoder_start_token_id=1, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+                           suppress_tokens=None, begin_suppress_tokens=None)
+    ref = perturb(hf.WhisperForConditionalGeneration(cfg), scale=0.3).eval()
+    return ref, save(ref, tmp_path_factory.mktemp("whisper"))
+
+
+def test_a_whisper_checkpoint_initialises_the_audio_encoder_and_frozen_keeps_it(whisper_dir, tokenizer):
+    """The first `depth` blocks of the checkpoint's encoder (then its final norm) are what the
+    model's audio encoder computes; `frozen` leaves them out of training."""
+    from multimodaltransformer.train.pretrained import load_network, read_pretrained_audio
+
+    ref, path = whisper_dir
+    cfg = speech_config(vocab_size=tokenizer.vocab_size)
+    cfg.media["audio"] = AudioConfig(**WHISPER_AUDIO, pretrained=str(path), frozen=True)
+    model = MultimodalTransformerModel(cfg)
+    load_network(model.audio_encoder, read_pretrained_audio(cfg.media["audio"]), str(path))
+    x = torch.randn(2, 80, 200)  # HF's encoder takes exactly its window
+    with torch.no_grad():
+        hidden = ref.model.encoder(x, output_hidden_states=True).hidden_states[1]  # after block 0
+        torch.testing.assert_close(model.audio_encoder(x), ref.model.encoder.layer_norm(hidden), atol=1e-5, rtol=1e-5)
+    assert not any(p.requires_grad for p in model.audio_encoder.parameters())
+    ids, px, feats = _inputs(frames=200)
+    model(input_ids=ids, pixel_values=px, input_features=feats, labels=ids).loss.backward()
+    assert all(p.grad is not None for p in model.audio_fusion.parameters())  # the rest trains
+
+    deep = AudioConfig(**{**WHISPER_AUDIO, "depth": 3}, pretrained=str(path))
+    with pytest.raises(ConfigError, match="has 2 encoder blocks"):
+        read_pretrained_audio(deep)
+    with pytest.raises(ValueError, match="stride must be 2"):
+        AudioConfig(**{**WHISPER_AUDIO, "stride": 4}, pretrained=str(path))
+    with pytest.raises(ValueError, match="'attend' or 'transcribe'"):
+        AudioConfig(**WHISPER_AUDIO, prompts="listen")
+
+
+def test_a_clips_answer_does_not_depend_on_its_batch(whisper_dir, tokenizer):
+    """The padding a batch adds to its shorter clips is masked: out of the audio encoder's attention
+    (a Whisper's reads every key), out of the decoder's cross-attention and the CTC frames, in
+    training and in cached decoding alike. A clip's features, loss and greedy transcript are the
+    same alone or beside a longer clip."""
+    from multimodaltransformer.data.collate import collate_media
+    from multimodaltransformer.generation import generate
+    from multimodaltransformer.modalities.text import encode_prompt
+    from multimodaltransformer.train.pretrained import load_network, read_pretrained_audio
+
+    _, path = whisper_dir
+    cfg = speech_config(vocab_size=tokenizer.vocab_size)
+    cfg.media["audio"] = AudioConfig(**WHISPER_AUDIO, pretrained=str(path))
+    torch.manual_seed(0)
+    model = MultimodalTransformerModel(cfg).eval()
+    load_network(model.audio_encoder, read_pretrained_audio(cfg.media["audio"]), str(path))
+    model.tokenizer = tokenizer
+    proc = model.processors["audio"]
+    g = torch.Generator().manual_seed(0)
+    short, long = (proc.prepare(torch.randn(n, generator=g) * 0.1) for n in (4000, 28000))  # 0.25 s, 1.75 s
+    alone = collate_media([{"audio": short}], {"audio": proc})
+    both = collate_media([{"audio": short}, {"audio": long}], {"audio": proc})
+    assert alone["input_features"].shape[-1] == 100 and both["input_features"].shape[-1] == 200
+    assert both["feature_attention_mask"].sum(1).tolist() == [25, 175]
+    enc = model.audio_encoder
+    with torch.no_grad():
+        a = enc(alone["input_features"], alone["feature_attention_mask"])[0, :13]  # the clip's 13 tokens
+        b = enc(both["input_features"], both["feature_attention_mask"])[0, :13]
+        unmasked = enc(both["input_features"])[0, :13]
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(a, unmasked, atol=1e-3)  # without the mask the padding leaks in
+
+    ids = torch.tensor([encode_prompt(tokenizer, "")] * 2)
+    first = lambda batch, n: {k: v[:n] for k, v in batch.items()}  # noqa: E731
+    with torch.no_grad():
+        one = generate(model, ids[:1], **alone, max_new_tokens=6)[0]
+        two = generate(model, ids, **both, max_new_tokens=6)[0]
+        loss = lambda batch: model(input_ids=ids[:1], labels=ids[:1], **first(batch, 1)).logits  # noqa: E731
+        torch.testing.assert_close(loss(alone), loss(both), atol=1e-5, rtol=1e-5)
+    assert one.tolist() == two.tolist()
+
+
+def test_a_run_starts_from_the_whisper_encoder_and_its_model_reloads_without_it(whisper_dir, speech_manifest,
+                                                                                tmp_path):
+    """`mmt train` with model.media.audio.pretrained: the saved model's (frozen) encoder is the checkpoint's."""
+    from multimodaltransformer.train.config import load_run_config
+    from multimodaltransformer.train.pretrained import read_pretrained_audio
+    from multimodaltransformer.train.trainer import train
+
+    _, path = whisper_dir
+    m = str(speech_manifest)
+    audio = {**WHISPER_AUDIO, "pretrained": str(path), "frozen": True}
+    run = load_run_config("shapes-tiny", [
+        "model.image={image_size: 32, patch_size: 8, dim: 32, depth: 1, heads: 2}", f"model.media={{audio: {json.dumps(audio)}}}",
+        "model.fusion={type: cross}", "model.decoder={dim: 32, depth: 1, heads: 2, max_seq_len: 64}",
+        "data.tokenizer_vocab_size=300", "train.batch_size=3", "train.max_steps=2", "train.warmup_steps=1",
+        "train.save_every=100", "train.eval_every=100", f"data.train={m}", f"data.val={m}", "train.eval_examples=2"])
+    train(run, tmp_path / "run", progress=False)
+    model = MultimodalTransformerModel.from_pretrained(tmp_path / "run" / "model")
+    state = read_pretrained_audio(model.config.media["audio"])
+    ours = model.audio_encoder.state_dict()
+    assert set(ours) == set(state) and all(torch.equal(ours[k], state[k]) for k in ours)
+
+
+@pytest.fixture
+def transcribing(tokenizer):
+    torch.manual_seed(0)
+    cfg = speech_config(vocab_size=tokenizer.vocab_size)
+    cfg.media["audio"] = AudioConfig(**{**AUDIO, "prompts": "transcribe"})
+    m = MultimodalTransformerModel(cfg).eval()
+    m.tokenizer = tokenizer
+    return m
+
+
+def test_a_spoken_prompt_is_transcribed_then_answered_as_text(transcribing, speech_manifest):
+    """prompts: transcribe: a clip in place of the prompt is the model's own transcript of it, then the
+    answer to that text with the image; written prompts and transcriptions are answered as before."""
+    from dataclasses import replace
+
+    from multimodaltransformer.evaluate import heard, predict
+
+    spoken, written = read_manifest(speech_manifest)[1:]
+    transcript = predict(transcribing, [replace(spoken, task="asr", image=None)], max_new_tokens=48)[0]
+    assert transcript  # a random model still writes something
+    as_text = replace(spoken, prompt=transcript, audio=None)
+    assert predict(transcribing, [spoken], max_new_tokens=4) == predict(transcribing, [as_text], max_new_tokens=4)
+    (h,) = heard(transcribing, [spoken])
+    assert (h.prompt, h.audio, h.image, h.meta["heard"]) == (transcript, None, spoken.image, transcript)
+    assert heard(transcribing, [written]) == [written]
+    clip = read_manifest(speech_manifest)[0]
+    assert heard(transcribing, [clip]) == [clip]  # a transcription is not a spoken prompt
+    alone = replace(spoken, task="generate", image=None)
+    assert heard(transcribing, [alone]) == [alone]  # nor a clip alone (`mmt generate --audio`): it is transcribed
+
+
+def test_the_server_answers_a_spoken_prompt_through_its_transcript(transcribing, tmp_path, shapes_dir):
+    import base64
+
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from multimodaltransformer.data.manifest import Example
+    from multimodaltransformer.evaluate import predict
+    from multimodaltransformer.serve.app import ServerConfig, create_app
+
+    image = next(e.image for e in read_manifest(shapes_dir))
+    clip = _tone(tmp_path / "q.wav", 1.0)
+    parts = [{"type": "image_url", "image_url": {"url": "data:image/png;base64,"
+                                                 + base64.b64encode(image.read_bytes()).decode()}},
+             {"type": "input_audio", "input_audio": {"data": base64.b64encode(clip.read_bytes()).decode(),
+                                                     "format": "wav"}}]
+    with TestClient(create_app(transcribing, ServerConfig(model_name="m", max_batch=4, request_timeout_s=30))) as c:
+        r = c.post("/v1/chat/completions", json={"model": "m", "max_tokens": 4, "temperature": 0,
+                                                  "messages": [{"role": "user", "content": parts}]})
+    want = predict(transcribing, [Example("x", "vqa", "", None, image=image, audio=clip)], max_new_tokens=4)[0]
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == want

@@ -114,3 +114,42 @@ def test_weight_zero_streams_are_never_drawn():
     assert [draw_stream(step, 0, rr, "round_robin") for step in range(4)] == [1, 2, 1, 2]
     with pytest.raises(ValueError, match="weight 0"):
         sampling_weights([1, 1], "proportional", weights=[0.0, 0.0])
+
+
+def test_a_stream_with_a_share_gets_that_fraction_of_the_steps():
+    """`share`: a fixed fraction of the steps whatever the streams' sizes; the others split the rest."""
+    assert sampling_weights([9000, 240000], "proportional", shares=[0.3, None]) == pytest.approx([0.3, 0.7])
+    probs = sampling_weights([100, 300, 100], "proportional", shares=[0.5, None, None])
+    assert probs == pytest.approx([0.5, 0.375, 0.125])
+    assert sampling_weights([100, 300], "proportional", weights=[1.0, 0.0], shares=[0.4, None]) == [1.0, 0.0]
+    draws = [draw_stream(s, 0, sampling_weights([10, 10_000], "proportional", shares=[0.25, None]), "proportional")
+             for s in range(2000)]
+    assert 0.70 < sum(draws) / len(draws) < 0.80
+    for bad, why in [("{tasks: [{name: a, share: 1.5}, {name: b}]}", "share must be in"),
+                     ("{tasks: [{name: a, share: 0.7}, {name: b, share: 0.6}]}", "add up to at most 1"),
+                     ("{tasks: [{name: a, share: 0.5}, {name: b, share: 0.4}]}", "exactly 1"),
+                     ("{sampling: round_robin, tasks: [{name: a, share: 0.5}, {name: b}]}", "round_robin")]:
+        with pytest.raises(ConfigError, match=why):
+            load_run_config("shapes-tiny", [f"multitask={bad}"])
+
+
+
+def test_length_buckets_batch_clips_of_similar_length_in_a_seeded_order():
+    """Each batch of a bucketed epoch holds clips of similar lengths (less padding for the audio
+    encoder); the epoch is still a permutation of whole batches, the same for the same (seed, epoch)."""
+    from multimodaltransformer.train.tasks import TaskConfig, TaskStream
+
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(8_000, 128_000, (50,), generator=g).tolist()
+    plain = TaskStream(TaskConfig("s"), [], [], batch_size=4)
+    bucketed = TaskStream(TaskConfig("s", length_buckets=4), [], [], batch_size=4)
+    for s in (plain, bucketed):
+        s.dataset = list(range(50))
+    plain.lengths, bucketed.lengths = None, lengths
+    order = bucketed.order(3, 0)
+    assert len(order) == 48 and len(set(order)) == 48  # whole batches: the short tail waits for the next epoch
+    assert order == bucketed.order(3, 0) and order != bucketed.order(3, 1)
+    padded = lambda o: sum(max(lengths[i] for i in o[b:b + 4]) for b in range(0, 48, 4))  # noqa: E731
+    assert padded(order) < 0.8 * padded(plain.order(3, 0)[:48])
+    with pytest.raises(ConfigError, match="length_buckets must be"):
+        load_run_config("shapes-tiny", ["multitask={tasks: [{name: a, length_buckets: -1}]}"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -25,6 +26,7 @@ from .metrics import bleu, cider, classification_report, exact_match, normalize_
 RETRIEVAL_TASKS = ("retrieval",)
 CAPTION_TASKS = ("caption", "video_caption")  # scored as captions: {task}_exact_match, _bleu4 ...
 QA_TASKS = ("vqa", "video_qa")  # scored by the VQA accuracy: {task}_accuracy, {task}_accuracy_by_type
+SPOKEN_PROMPT_TOKENS = 48  # the longest transcript of a spoken prompt (model.media.audio.prompts: transcribe)
 MAX_REPORT_LABELS = 50  # tasks with more distinct targets than this get no per-label report
 
 
@@ -44,6 +46,8 @@ def predict(model: Any, examples: Sequence[Example], batch_size: int = 64, max_n
     if tok is None:
         raise ValueError("the model has no tokenizer attached (expected tokenizer.json in its directory)")
     heads = getattr(model, "head_labels", {})
+    if transcribes_prompts(model):
+        examples = heard(model, examples, batch_size)
     was_training = model.training
     model.eval()
     out: list[str | None] = [None] * len(examples)
@@ -68,6 +72,34 @@ def predict(model: Any, examples: Sequence[Example], batch_size: int = 64, max_n
         bar.close()
         model.train(was_training)
     return [o or "" for o in out]
+
+
+def transcribes_prompts(model: Any) -> bool:
+    """Whether the model answers a spoken prompt by transcribing it first (model.media.audio.prompts)."""
+    audio = (getattr(getattr(model, "config", None), "media", None) or {}).get("audio")
+    return getattr(audio, "prompts", "attend") == "transcribe"
+
+
+def is_spoken_prompt(e: Example) -> bool:
+    """A clip in place of the prompt about other media (a spoken question about an image): audio, no
+    text prompt, an image or video, a task other than transcribing. A clip alone is transcribed."""
+    return (e.audio is not None and not e.prompt and (e.image is not None or e.video is not None)
+            and e.task not in TRANSCRIPTION_TASKS)
+
+
+def heard(model: Any, examples: Sequence[Example], batch_size: int = 64) -> list[Example]:
+    """The examples with each spoken prompt replaced by its transcript (the clip dropped, the other
+    media kept): the model transcribes the clips greedily first, then answers them as text (chain of
+    modality). The transcript is kept in `meta["heard"]`."""
+    idx = [i for i, e in enumerate(examples) if is_spoken_prompt(e)]
+    if not idx:
+        return list(examples)
+    clips = [replace(examples[i], task=TRANSCRIPTION_TASKS[0], image=None, video=None, text=None) for i in idx]
+    texts = predict(model, clips, batch_size, SPOKEN_PROMPT_TOKENS)
+    out = list(examples)
+    for i, t in zip(idx, texts):
+        out[i] = replace(examples[i], prompt=t, audio=None, meta={**examples[i].meta, "heard": t})
+    return out
 
 
 def _processors(model: Any) -> Any:

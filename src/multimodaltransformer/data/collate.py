@@ -128,13 +128,18 @@ def readable_examples(examples: Sequence[Example], processors: Processors | Imag
 
 
 def collate_media(items: list[dict[str, Tensor]], processors: Mapping[str, Processor]) -> dict[str, Any]:
-    """Per-row prepared media -> {keyword: batch}, and `media_mask` for modalities only some rows have
-    (their other rows hold zeros, which the model masks out)."""
+    """Per-row prepared media -> {keyword: batch}, a modality's padding mask (`feature_attention_mask`)
+    where its processor pads items to the longest, and `media_mask` for modalities only some rows
+    have (their other rows hold zeros, which the model masks out)."""
     batch: dict[str, Any] = {}
     for name in sorted({n for it in items for n in it}, key=list(MODALITIES).index):
         present = [name in it for it in items]
         blank = torch.zeros_like(next(it[name] for it in items if name in it))
-        batch[MODALITIES[name].input_key] = processors[name].collate([it.get(name, blank) for it in items])
+        spec, rows = MODALITIES[name], [it.get(name, blank) for it in items]
+        batch[spec.input_key] = processors[name].collate(rows)
+        frame_mask = getattr(processors[name], "frame_mask", None) if spec.mask_key else None
+        if frame_mask is not None and (m := frame_mask(rows, batch[spec.input_key].shape[-1])) is not None:
+            batch[spec.mask_key] = m
         if not all(present):
             batch.setdefault("media_mask", {})[name] = torch.tensor(present)
     return batch
@@ -266,6 +271,10 @@ class ManifestDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.groups)
+
+    def audio_lengths(self) -> list[int]:
+        """Each item's clip length in samples (0: no clip), from the prepared waveforms."""
+        return [int(self._media(self.examples[g[0]]).get("audio", torch.empty(0)).shape[-1]) for g in self.groups]
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         ids, labels, segments = [], [], []

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from ..nn.cache import DecodeCache, KVCache, LayerCache
 from .fastpath import few_row_matmuls
+from .session import context_mask
 
 MIN_CAPACITY = 64  # slots of the smallest buffers
 
@@ -40,6 +41,7 @@ class ContinuousBatch:
         self.k: list[Tensor] = []  # per layer (R, G, capacity, D); rows 0..N-1 are the running ones
         self.v: list[Tensor] = []
         self.cross: list[KVCache | None] = []  # per layer the context's K/V (N, G, M, D), or None
+        self.cross_mask: Tensor | None = None  # (N, M) the context positions rows may attend; None: all
         self.slots = torch.zeros(0, 0, dtype=torch.bool, device=self.device)  # (N, capacity) real tokens
         self.next_pos = torch.zeros(0, 1, dtype=torch.long, device=self.device)  # (N, 1) next position
         self.slot = 0  # the next cache slot, shared by every row
@@ -61,7 +63,7 @@ class ContinuousBatch:
             return None
         n, lo, hi = len(self), self.lo, self.slot
         return DecodeCache([LayerCache(KVCache.of(k[:n, :, lo:hi], v[:n, :, lo:hi]), c)
-                            for k, v, c in zip(self.k, self.v, self.cross)], hi - lo)
+                            for k, v, c in zip(self.k, self.v, self.cross)], hi - lo, self.cross_mask)
 
     def add(self, prompts: list[Tensor], media: dict[str, Tensor], expand: list[int], pad_id: int) -> Tensor:
         """Prefill prompts in one piece and join them (see `prefill`); the new rows' logits (sum(expand), V)."""
@@ -83,9 +85,11 @@ class ContinuousBatch:
         for r, p in enumerate(prompts):
             ids[r, T - p.shape[1]:] = p[0].to(dev)
             mask[r, T - p.shape[1]:] = True
-        x, key_mask, context = self.model.embed(ids, mask, **{k: v.to(dev) for k, v in media.items()})[:3]
+        embedded = self.model.embed(ids, mask, **{k: v.to(dev) for k, v in media.items()})
+        x, key_mask, context = embedded[:3]
         B, S = key_mask.shape  # S: the prompt with the media's prefix tokens
         scratch = self.model.new_cache(B, S, None if context is None else context.shape[1])
+        scratch.context_mask = context_mask(embedded)
         positions = (key_mask.long().cumsum(-1) - 1).clamp(min=0)
         size = max(1, chunk // B) if chunk else S
         for i in range(0, S, size):  # later chunks attend to the earlier ones through the scratch cache
@@ -115,6 +119,7 @@ class ContinuousBatch:
         n = len(rows)
         if not n:
             self.k, self.v, self.cross, self.slot, self.lo = [], [], [], 0, 0  # the memory goes back
+            self.cross_mask = None
             self.slots, self.next_pos = self.slots[:0, :0], self.next_pos[:0]
             return
         idx = torch.tensor(rows, device=self.device)
@@ -124,6 +129,7 @@ class ContinuousBatch:
             for buf in self.k + self.v:
                 buf[first:n, :, lo:hi] = buf[moved, :, lo:hi]  # the right side is a copy: no overlap
         self.cross = [None if c is None else c.select(idx) for c in self.cross]
+        self.cross_mask = None if self.cross_mask is None else self.cross_mask[idx]
         self.slots, self.next_pos = self.slots[idx], self.next_pos[idx]
         used = self.slots[:, self.lo:self.slot].any(0).nonzero()
         self.lo += int(used[0]) if used.numel() else self.slot - self.lo
@@ -150,6 +156,13 @@ class ContinuousBatch:
                       c.cross_attn.select(rows) if old is None or not n else
                       KVCache.of(torch.cat([old.k, c.cross_attn.k[rows]]), torch.cat([old.v, c.cross_attn.v[rows]]))
                       for old, c in zip(self.cross, scratch.layers)]
+        new_mask = scratch.context_mask
+        if new_mask is not None or self.cross_mask is not None:  # rows without one attend to all their context
+            M = next(c.cross_attn.k.shape[2] for c in scratch.layers if c.cross_attn is not None)
+            old = self.cross_mask if self.cross_mask is not None or not n else \
+                torch.ones(n, M, dtype=torch.bool, device=self.device)
+            new = new_mask[rows] if new_mask is not None else torch.ones(b, M, dtype=torch.bool, device=self.device)
+            self.cross_mask = new if not n else torch.cat([old, new])
         slots = torch.zeros(b, self.capacity, dtype=torch.bool, device=self.device)
         slots[:, start:self.slot] = key_mask
         self.slots, self.next_pos = torch.cat([self.slots, slots]), torch.cat([self.next_pos, next_pos])

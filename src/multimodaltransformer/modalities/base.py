@@ -50,6 +50,9 @@ class Modality:
     build_encoder: Callable[[Any], nn.Module]  # -> module: batch -> (B, N, media_dim)
     media_dim: Callable[[Any], int]
     num_tokens: Callable[[Any], int]  # N
+    # the keyword of its padding mask (B, frames), True at real frames, where a batch pads its items
+    # to the longest (the processor's `frame_mask`); its encoder then takes it (audio)
+    mask_key: str | None = None
 
 
 MODALITIES: dict[str, Modality] = {}
@@ -58,6 +61,11 @@ MODALITIES: dict[str, Modality] = {}
 def register(modality: Modality) -> Modality:
     MODALITIES[modality.name] = modality
     return modality
+
+
+def mask_keys() -> dict[str, str]:
+    """Padding-mask keyword -> modality name, e.g. {"feature_attention_mask": "audio"} (Qwen2-Audio's name)."""
+    return {m.mask_key: m.name for m in MODALITIES.values() if m.mask_key}
 
 
 def input_keys() -> dict[str, str]:

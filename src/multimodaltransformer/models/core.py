@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..fusion import FusionConfig
-from ..modalities.base import MODALITIES, input_keys
+from ..modalities.base import MODALITIES, input_keys, mask_keys
 from ..modalities.text import TextTokenizer
 from ..nn.cache import DecodeCache
 from ..nn.sequence import Embedded, causal_mask, last_token, segment_mask, segment_positions
@@ -130,6 +130,7 @@ class MultimodalLM(nn.Module):
         """
         text = self.decoder.embed_tokens(input_ids)
         mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        padding = {name: media.pop(key) for key, name in mask_keys().items() if key in media}  # (B, frames)
         inputs = self._media_inputs(pixel_values, media)
         if not inputs:
             return Embedded(text, mask)
@@ -139,7 +140,8 @@ class MultimodalLM(nn.Module):
         prefixes, memories, memory_masks, encoded = [], [], [], {}
         for name, x in inputs.items():
             encoder, fusion = self.media_parts(name)
-            encoded[name] = encoder(x)
+            frames = padding.get(name)
+            encoded[name] = encoder(x) if frames is None else encoder(x, frames)
             out = fusion(encoded[name])
             rows = (media_mask or {}).get(name)
             if out.prefix is not None:
@@ -149,13 +151,16 @@ class MultimodalLM(nn.Module):
                 prefixes.append(out.prefix)
             if out.memory is not None:
                 memories.append(out.memory)
-                if media_mask:  # only a batch with missing modalities needs a memory mask
-                    memory_masks.append((rows if rows is not None else mask.new_ones(x.shape[0]))[:, None]
-                                        .to(mask.device).expand(-1, out.memory.shape[1]))
+                keep = None if rows is None else rows.to(mask.device)[:, None].expand(-1, out.memory.shape[1])
+                if frames is not None and out.memory.shape[1] == encoded[name].shape[1]:  # a clip's padding
+                    tokens = encoder.token_mask(frames).to(mask.device)
+                    keep = tokens if keep is None else keep & tokens
+                memory_masks.append(keep)
         context = torch.cat(memories, 1) if memories else None
         context_mask = None
-        if memory_masks:
-            context_mask = torch.cat(memory_masks, 1)
+        if any(m is not None for m in memory_masks):  # rows missing a modality, or clips with padding
+            context_mask = torch.cat([m if m is not None else mask.new_ones(mem.shape[:2])
+                                      for m, mem in zip(memory_masks, memories)], 1)
             context_mask = context_mask | ~context_mask.any(1, keepdim=True)  # a row with no media: nothing real
         if prefixes:
             prefix = torch.cat(prefixes, 1)
@@ -213,27 +218,31 @@ class MultimodalLM(nn.Module):
             return self.forward(**{k: v for k, v in batch.items() if isinstance(v, Tensor) or k == "media_mask"})
         if input_ids is None:
             raise ValueError("input_ids are required")
-        media = {k: v for k, v in rest.items() if k in input_keys()}
+        media = {k: v for k, v in rest.items() if k in input_keys() or k in mask_keys()}
         h, encoded = self.hidden_states(input_ids, attention_mask, pixel_values, segment_ids, media_mask=media_mask,
                                         return_encoded=True, **media)
         logits = self.decoder.head(h)
         loss = causal_lm_loss(logits, labels, self.label_smoothing, label_weights) if labels is not None else None
         if loss is not None and self.ctc_head is not None and ctc_lengths is not None and "audio" in encoded:
-            loss = loss + self.heads_config.ctc_weight * self.ctc_loss(encoded["audio"], ctc_targets, ctc_lengths)
+            frames = media.get(MODALITIES["audio"].mask_key)
+            tokens = None if frames is None else self.media_parts("audio")[0].token_mask(frames).sum(1)
+            loss = loss + self.heads_config.ctc_weight * self.ctc_loss(encoded["audio"], ctc_targets, ctc_lengths,
+                                                                        tokens)
         regions = self.region_heads
         if loss is not None and regions is not None and region_boxes is not None and regions.modality in encoded:
             loss = loss + self.heads_config.region_weight * regions.loss(encoded[regions.modality], region_boxes,
                                                                           region_labels)
         return ModelOutput(loss, logits)
 
-    def ctc_loss(self, audio_tokens: Tensor, targets: Tensor, lengths: Tensor) -> Tensor:
+    def ctc_loss(self, audio_tokens: Tensor, targets: Tensor, lengths: Tensor, frames: Tensor | None = None) -> Tensor:
         """CTC loss of the audio tokens (B, N, C_a) against `targets` (B, U) over the rows with
-        lengths > 0 (every token position an input frame: padding silence emits blanks)."""
+        lengths > 0; `frames` (B,): each clip's tokens (None: all N, the padding silence emitting blanks)."""
         rows = lengths > 0
         if not bool(rows.any()):
             return audio_tokens.sum() * 0.0  # keeps the graph (DDP) with no transcript in the batch
         log_probs = self.ctc_head(audio_tokens[rows]).float().log_softmax(-1).transpose(0, 1)  # (N, B', V + 1)
-        frames = torch.full((log_probs.shape[1],), log_probs.shape[0], dtype=torch.long, device=lengths.device)
+        frames = (torch.full((log_probs.shape[1],), log_probs.shape[0], dtype=torch.long, device=lengths.device)
+                  if frames is None else frames.to(lengths.device)[rows])
         return F.ctc_loss(log_probs, targets[rows], frames, lengths[rows], blank=log_probs.shape[-1] - 1,
                           zero_infinity=True)
 
@@ -329,12 +338,13 @@ class MultimodalLM(nn.Module):
         """Run embeddings x (B, T, C) at absolute slots start..start+T through the cached decoder.
 
         key_mask (B, L) marks the cache slots holding real tokens; `context` (B, M, C) is given
-        at the prefill only (its K/V are cached); returns logits (B, T, V).
+        at the prefill only (its K/V are cached, its padding in `cache.context_mask`); returns logits (B, T, V).
         """
         T, L = x.shape[1], key_mask.shape[1]
         input_pos = torch.arange(start, start + T, device=x.device)
+        extra = {} if cache.context_mask is None else {"context_mask": cache.context_mask[:, None, None, :]}
         h = self.decoder.hidden(x, positions, causal_mask(key_mask, start, T, L), input_pos=input_pos,
-                                context=context, cache=cache)
+                                context=context, cache=cache, **extra)
         return self.decoder.head(h)
 
     @torch.no_grad()

@@ -95,6 +95,8 @@ class MultimodalTransformerModel(MultimodalLM):
                                  "use early, cross, gated or resampler fusion")
             spec = MODALITIES[name]
             media[name] = (spec.build_encoder(cfg), build_fusion(config.fusion, spec.media_dim(cfg), C))
+            if getattr(cfg, "frozen", False):
+                media[name][0].requires_grad_(False)
         if config.fusion.type == "joint" and config.heads.contrastive_dim is None:
             raise ValueError("fusion.type joint (a dual encoder) needs heads.contrastive_dim")
         ctc_dim = None

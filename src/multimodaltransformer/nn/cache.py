@@ -50,8 +50,9 @@ class LayerCache:
 class DecodeCache:
     """Every block's caches for B rows of L slots (`length`)."""
 
-    def __init__(self, layers: list[LayerCache], length: int) -> None:
+    def __init__(self, layers: list[LayerCache], length: int, context_mask: Tensor | None = None) -> None:
         self.layers, self.length = layers, length
+        self.context_mask = context_mask  # (B, M) bool, the context positions that may be attended; None: all
 
     @property
     def batch(self) -> int:
@@ -60,15 +61,22 @@ class DecodeCache:
     def select(self, rows: Tensor) -> "DecodeCache":
         """A cache of these rows (N,), in this order (a row may repeat: a prompt's beams)."""
         return DecodeCache([LayerCache(c.self_attn.select(rows), None if c.cross_attn is None else
-                                       c.cross_attn.select(rows)) for c in self.layers], self.length)
+                                       c.cross_attn.select(rows)) for c in self.layers], self.length,
+                           None if self.context_mask is None else self.context_mask.index_select(0, rows))
 
     def concat(self, other: "DecodeCache") -> "DecodeCache":
         """This cache's rows, then `other`'s (same length, same context length)."""
         def cat(a: KVCache | None, b: KVCache | None) -> KVCache | None:
             return None if a is None or b is None else KVCache.of(torch.cat([a.k, b.k]), torch.cat([a.v, b.v]))
 
+        masks = [self.context_mask, other.context_mask]
+        if any(m is not None for m in masks):  # a cache without one attends to all its context
+            size = [(c.batch, c.layers[0].cross_attn.k.shape[2]) for c in (self, other)]
+            masks = [m if m is not None else torch.ones(s, dtype=torch.bool, device=self.layers[0].self_attn.k.device)
+                     for m, s in zip(masks, size)]
         return DecodeCache([LayerCache(cat(a.self_attn, b.self_attn), cat(a.cross_attn, b.cross_attn))
-                            for a, b in zip(self.layers, other.layers)], self.length)
+                            for a, b in zip(self.layers, other.layers)], self.length,
+                           torch.cat(masks) if masks[0] is not None else None)
 
     def self_buffers(self) -> list[Tensor]:
         """The self-attention K and V buffers (B, G, L, D), for in-place slot moves."""

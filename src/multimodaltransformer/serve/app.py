@@ -32,6 +32,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..evaluate import SPOKEN_PROMPT_TOKENS, transcribes_prompts
+from ..generation import generate
+from ..data.collate import collate_media
+from ..modalities.base import MODALITIES
 from ..modalities.text import encode_prompt
 from .common import APIError, check_model, error_status, json_error, next_event, submit_job
 from .embeddings import Embedder, embedder_for, embeddings_router
@@ -248,13 +252,15 @@ def _pixels(url: str, model: Any, policy: MediaPolicy) -> torch.Tensor:
 
 
 def _audio_features(part: Any, model: Any, policy: MediaPolicy) -> dict[str, torch.Tensor]:
-    """An `input_audio` part -> {"input_features": (1, M, frames)} for the model (runs in a thread)."""
+    """An `input_audio` part -> {"input_features": (1, M, frames)} and its padding mask for the model,
+    as a data batch has them (runs in a thread)."""
     proc = model.processors["audio"]
     try:
         wave = input_audio(part.data, part.format, policy, proc.config.sampling_rate, proc.config.chunk_length)
     except MediaRejected as e:
         raise APIError(400, str(e), param="messages") from None
-    return {"input_features": proc.collate([proc.prepare(wave, "input_audio")]).to(px_device(model))}
+    batch = collate_media([{"audio": proc.prepare(wave, "input_audio")}], {"audio": proc})
+    return {k: v.to(px_device(model)) for k, v in batch.items()}
 
 
 def _video_features(url: str, model: Any, policy: MediaPolicy) -> dict[str, torch.Tensor]:
@@ -317,10 +323,23 @@ async def _media_prompt(req: ChatCompletionRequest, model: Any,
     if not conv.prompt and not conv.has_audio:
         raise APIError(400, "the last user message has no text: ask something", param="messages")
     media = await asyncio.to_thread(_audio_features, conv.audio, model, cfg.media) if conv.has_audio else {}
+    prompt = conv.prompt
+    if media and not prompt and (conv.image_url or conv.video_url) and transcribes_prompts(model):
+        # a spoken question about the picture: the model's transcript of it is the prompt (evaluate.heard)
+        clip = {k: media.pop(k) for k in list(media) if k in ("input_features", MODALITIES["audio"].mask_key)}
+        prompt = await asyncio.to_thread(_transcribe, model, clip)
     if conv.video_url:
         media |= await asyncio.to_thread(_video_features, conv.video_url, model, cfg.media)
     pixel_values = await asyncio.to_thread(_pixels, conv.image_url, model, cfg.media) if conv.image_url else None
-    return encode_prompt(model.tokenizer, conv.prompt, conv.context), pixel_values, media, stops
+    return encode_prompt(model.tokenizer, prompt, conv.context), pixel_values, media, stops
+
+
+@torch.no_grad()
+def _transcribe(model: Any, clip: dict[str, torch.Tensor]) -> str:
+    """The model's own greedy transcript of a clip (runs in a thread, beside the worker's decoding)."""
+    ids = torch.tensor([encode_prompt(model.tokenizer, "")], device=clip["input_features"].device)
+    out = generate(model, ids, **clip, max_new_tokens=SPOKEN_PROMPT_TOKENS)
+    return model.tokenizer.decode(out[0, ids.shape[1]:].tolist()).strip()
 
 
 async def _make_speech_job(req: ChatCompletionRequest, transcriber: Transcriber, cfg: ServerConfig) -> tuple[Job, int]:

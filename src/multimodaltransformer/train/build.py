@@ -1,8 +1,8 @@
 """The model a run trains: a pretrained model fine-tuned as it is (`run.finetune`: Whisper, with
 LoRA), composed from pretrained parts (`run.compose`), or a fresh `MultimodalTransformerModel` with
 a tokenizer trained on the run's text (kept across resumes; rank 0's under torchrun) and heads for
-its streams' objectives and class labels; its CNN image encoder from pretrained weights when
-`model.image.pretrained` names them (train/pretrained.py)."""
+its streams' objectives and class labels; its CNN image encoder (`model.image.pretrained`) and its
+audio encoder (`model.media.audio.pretrained`, a Whisper's) from pretrained weights (train/pretrained.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from ..modalities.text import TextTokenizer
 from ..models.multimodal import MultimodalTransformerModel
 from . import distributed as dd
 from .config import FinetuneConfig, RunConfig
-from .pretrained import load_network, read_pretrained, resolve_source
+from .pretrained import load_network, read_pretrained, read_pretrained_audio, resolve_source
 from .tasks import TaskStream, class_labels
 
 
@@ -62,9 +62,13 @@ def build_model(run: RunConfig, streams: list[TaskStream], out: Path, resume: bo
     if mcfg.image is not None and mcfg.image.pretrained is not None:  # the weights' normalisation, recorded
         pretrained, image = read_pretrained(mcfg.image)
         mcfg = replace(mcfg, image=image)
+    audio = mcfg.media.get("audio")
+    audio_state = read_pretrained_audio(audio) if audio is not None and audio.pretrained is not None else None
     model = MultimodalTransformerModel(mcfg)
     if pretrained is not None:
         load_network(model.image_encoder.network, pretrained, str(mcfg.image.pretrained))
+    if audio_state is not None:
+        load_network(model.audio_encoder, audio_state, str(audio.pretrained), "model.media.audio.pretrained")
     model.tokenizer = tok
     return model, replace(run, model=mcfg)
 

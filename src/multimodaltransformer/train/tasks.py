@@ -40,6 +40,13 @@ class TaskConfig:
     val: str | None = None  # None: data.val
     tasks: list[str] | None = None  # the manifest tasks this stream reads; None: all of them
     weight: float = 1.0  # multiplies the stream's loss; 0: never drawn (a stream that only refits)
+    # the fraction of the steps drawn from this stream (proportional / temperature sampling); the
+    # streams without one share the rest by `multitask.sampling`. None: by sampling alone
+    share: float | None = None
+    # lm streams of audio clips: each window of this many batches is sorted by clip length, cut into
+    # batches, and those shuffled: a batch of short questions does not pad to a long caption's length
+    # (the padding is masked, but the audio encoder still computes it). 0: off
+    length_buckets: int = 0
     batch_size: int | None = None  # None: train.batch_size
     # contrastive: towers this loss does not train (they learn from the other streams only):
     # "image" (the image encoder, as LiT does), "text" (the decoder as text tower). With both,
@@ -71,6 +78,10 @@ class TaskConfig:
                              "(only then are the towers the projections read fixed by the other streams)")
         if self.weight < 0:
             raise ValueError(f"tasks.{self.name}: weight must be non-negative, got {self.weight}")
+        if self.length_buckets < 0:
+            raise ValueError(f"tasks.{self.name}: length_buckets must be >= 0, got {self.length_buckets}")
+        if self.share is not None and not 0 < self.share < 1:
+            raise ValueError(f"tasks.{self.name}: share must be in (0, 1), got {self.share}")
         if self.batch_size is not None and self.batch_size <= 0:
             raise ValueError(f"tasks.{self.name}: batch_size must be positive")
         if self.objective in ("contrastive", "itm") and self.batch_size is not None and self.batch_size < 2:
@@ -91,11 +102,20 @@ class MultiTaskConfig:
             raise ValueError(f"multitask.tasks: duplicate names in {names}")
         if self.temperature <= 0:
             raise ValueError(f"multitask.temperature must be positive, got {self.temperature}")
+        shared = [t for t in self.tasks if t.share is not None]
+        if shared and self.sampling == "round_robin":
+            raise ValueError("multitask: tasks' share needs random sampling (proportional or temperature), "
+                             "not round_robin")
+        if shared and (sum(t.share for t in shared) > 1 + 1e-9 or len(shared) == len(self.tasks)
+                       and abs(sum(t.share for t in shared) - 1) > 1e-6):
+            raise ValueError(f"multitask: the tasks' shares {[t.share for t in shared]} must add up to at most 1 "
+                             "(exactly 1 when every task has one)")
 
 
 def sampling_weights(sizes: list[int], sampling: Sampling, temperature: float = 2.0,
-                     weights: list[float] | None = None) -> list[float]:
-    """Probability of drawing each stream at a step, from the streams' sizes in examples.
+                     weights: list[float] | None = None, shares: list[float | None] | None = None) -> list[float]:
+    """Probability of drawing each stream at a step, from the streams' sizes in examples, or its
+    fixed `share` where it has one (the others split the rest).
 
     A stream of loss weight 0 is never drawn: its step would train nothing (a locked contrastive
     stream with `refit_steps` and weight 0 only refits its projections once training ends)."""
@@ -104,9 +124,12 @@ def sampling_weights(sizes: list[int], sampling: Sampling, temperature: float = 
         raise ValueError("multitask: every stream has weight 0, so no step would train anything")
     if sampling == "round_robin":
         return [a / sum(active) for a in active]
+    shares = shares or [None] * len(sizes)
     power = 1.0 if sampling == "proportional" else 1.0 / temperature
-    w = [n ** power * a for n, a in zip(sizes, active)]
-    return [x / sum(w) for x in w]
+    w = [n ** power * a * (s is None) for n, a, s in zip(sizes, active, shares)]
+    rest = max(0.0, 1.0 - sum(s for s in shares if s is not None))
+    p = [s * a if s is not None else rest * x / (sum(w) or 1.0) for x, a, s in zip(w, active, shares)]
+    return [x / sum(p) for x in p]  # a never-drawn stream's share goes to the others
 
 
 def draw_stream(step: int, seed: int, probs: list[float], sampling: Sampling) -> int:
@@ -163,11 +186,27 @@ class TaskStream:
             self.dataset: Any = None
         else:
             self.dataset = make(self.examples, skip_bad, pack)
+        self.lengths = None
+        if self.cfg.length_buckets:
+            if not hasattr(self.dataset, "audio_lengths"):
+                raise DataError(f"task {self.cfg.name}: length_buckets sorts the clips of an lm stream read "
+                                "whole, not streamed shards or other objectives' items")
+            self.lengths = self.dataset.audio_lengths()
 
     def order(self, seed: int, epoch: int) -> list[int]:
-        """The epoch's item order: a permutation seeded by (seed, epoch), whatever the process count."""
+        """The epoch's item order: a permutation seeded by (seed, epoch), whatever the process count;
+        with length buckets, whole batches of similar clip lengths, in a seeded order."""
         g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        return torch.randperm(len(self.dataset), generator=g).tolist()
+        perm = torch.randperm(len(self.dataset), generator=g).tolist()
+        if self.lengths is None:
+            return perm
+        B, W = self.batch_size, self.batch_size * self.cfg.length_buckets
+        whole = len(perm) - len(perm) % B  # the short tail waits for the next epoch, as without buckets
+        batches = []
+        for s in range(0, whole, W):
+            window = sorted(perm[s:min(s + W, whole)], key=self.lengths.__getitem__)
+            batches += [window[b:b + B] for b in range(0, len(window), B)]
+        return [i for k in torch.randperm(len(batches), generator=g).tolist() for i in batches[k]]
 
     def step_indices(self, seed: int, epoch: int, pos: int) -> tuple[list[int], int, int]:
         """The global batch at (epoch, pos) and the position after it (a short tail is dropped)."""

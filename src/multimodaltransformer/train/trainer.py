@@ -89,7 +89,8 @@ class Trainer:
         # sharded sources give each rank its own examples: weights from the global counts, so every
         # rank draws the same stream at each step
         counts = [sum(c) for c in zip(*dd.all_objects([len(s.examples) for s in self.streams], self.dist))]
-        self.probs = sampling_weights(counts, mt.sampling, mt.temperature, [s.cfg.weight for s in self.streams])
+        self.probs = sampling_weights(counts, mt.sampling, mt.temperature, [s.cfg.weight for s in self.streams],
+                                      [s.cfg.share for s in self.streams])
         self.sampling = mt.sampling
         self.model.to(self.dist.device)
         if t.activation_checkpointing:

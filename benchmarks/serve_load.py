@@ -52,10 +52,11 @@ def start_server(model: str, max_batch: int, port: int) -> subprocess.Popen:
     raise RuntimeError("server did not start")
 
 
-def ask_about_images(model: str, examples: list, question: Callable[[Any], str], max_tokens: int,
+def ask_about_images(model: str, examples: list, question: Callable[[Any], str | dict], max_tokens: int,
                      workers: int) -> list[str]:
     """Serve `model` on a free port and ask, through the official `openai` client at temperature 0, the
-    question `question(e)` about each example's image (sent as a data URL); the replies, in order."""
+    question `question(e)` about each example's image (sent as a data URL); the replies, in order.
+    A question may be a content part of its own (a spoken one: `input_audio`) instead of text."""
     from openai import OpenAI
 
     port = free_port()
@@ -66,7 +67,7 @@ def ask_about_images(model: str, examples: list, question: Callable[[Any], str],
         url = "data:image/png;base64," + base64.b64encode(Path(e.image).read_bytes()).decode()
         reply = client.chat.completions.create(model="model", temperature=0, max_tokens=max_tokens, messages=[
             {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
-                                         {"type": "text", "text": question(e)}]}])
+                                         q if isinstance(q := question(e), dict) else {"type": "text", "text": q}]}])
         return reply.choices[0].message.content or ""
 
     try:

@@ -498,3 +498,58 @@ def test_the_server_answers_a_spoken_prompt_through_its_transcript(transcribing,
                                                   "messages": [{"role": "user", "content": parts}]})
     want = predict(transcribing, [Example("x", "vqa", "", None, image=image, audio=clip)], max_new_tokens=4)[0]
     assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == want
+
+
+def test_the_servers_running_batch_keeps_each_clips_padding_mask(model, tokenizer):
+    """Clips of one padded length but different real lengths join the server's running batch
+    (generation/batching.py) at different steps and one leaves early: each row's greedy tokens equal
+    `generate` on its clip alone, so the rows' cross-attention masks stay with their rows."""
+    from multimodaltransformer.data.collate import collate_media
+    from multimodaltransformer.generation import generate
+    from multimodaltransformer.generation.batching import ContinuousBatch
+    from multimodaltransformer.modalities.text import encode_prompt
+
+    with torch.no_grad():  # sharper attention over the clip's tokens: padding read by mistake shows
+        for p in model.audio_fusion.parameters():
+            p.mul_(8)
+    proc = model.processors["audio"]
+    g = torch.Generator().manual_seed(3)
+    clips = [collate_media([{"audio": proc.prepare(torch.randn(n, generator=g) * 0.1)}], {"audio": proc})
+             for n in (1600, 4000, 15000)]  # 0.1, 0.25, 0.94 s: all padded to 1 s
+    assert {c["input_features"].shape for c in clips} == {(1, 80, 100)}
+    ids = torch.tensor([encode_prompt(tokenizer, "")])
+    alone = [generate(model, ids, **c, max_new_tokens=6, eos_token_id=[])[0, ids.shape[1]:].tolist() for c in clips]
+    assert len({tuple(a) for a in alone}) > 1  # the masks make a difference to compare
+    def solo(clip: dict, n: int) -> list[torch.Tensor]:  # one row's logits, decoding alone
+        b = ContinuousBatch(model)
+        out = [b.add([ids], clip, [1], tokenizer.pad_id)[0]]
+        for _ in range(n - 1):
+            out.append(b.step(out[-1].argmax(-1, keepdim=True))[0])
+        return out
+
+    batch, got = ContinuousBatch(model), [[] for _ in clips]
+    with torch.inference_mode():
+        last = batch.add([ids], clips[0], [1], tokenizer.pad_id)
+        got[0].append(last[0])
+        live = [0]
+        for step in range(8):
+            if step == 1:  # two more clips join mid-decode, prefilled together
+                both = {k: torch.cat([clips[1][k], clips[2][k]]) for k in clips[1]}
+                joined = batch.add([ids, ids], both, [1, 1], tokenizer.pad_id)
+                last, live = torch.cat([last, joined]), live + [1, 2]
+                for r, row in zip((1, 2), joined):
+                    got[r].append(row)
+                continue
+            keep = [i for i, r in enumerate(live) if len(got[r]) < (3 if r == 0 else 6)]  # row 0 leaves early
+            if len(keep) < len(live):
+                batch.keep(keep)
+                last, live = last[keep], [live[i] for i in keep]
+            if not live:
+                break
+            last = batch.step(last.argmax(-1)).float()
+            for r, row in zip(live, last):
+                got[r].append(row)
+        for r, clip in enumerate(clips):
+            assert len(got[r]) >= 3
+            assert [int(x.argmax()) for x in got[r]] == alone[r][:len(got[r])]
+            torch.testing.assert_close(torch.stack(got[r]), torch.stack(solo(clip, len(got[r]))), atol=1e-4, rtol=1e-4)

@@ -156,13 +156,12 @@ class ContinuousBatch:
                       c.cross_attn.select(rows) if old is None or not n else
                       KVCache.of(torch.cat([old.k, c.cross_attn.k[rows]]), torch.cat([old.v, c.cross_attn.v[rows]]))
                       for old, c in zip(self.cross, scratch.layers)]
-        new_mask = scratch.context_mask
-        if new_mask is not None or self.cross_mask is not None:  # rows without one attend to all their context
+        if scratch.context_mask is not None or self.cross_mask is not None:  # rows without one attend to all
             M = next(c.cross_attn.k.shape[2] for c in scratch.layers if c.cross_attn is not None)
-            old = self.cross_mask if self.cross_mask is not None or not n else \
-                torch.ones(n, M, dtype=torch.bool, device=self.device)
-            new = new_mask[rows] if new_mask is not None else torch.ones(b, M, dtype=torch.bool, device=self.device)
-            self.cross_mask = new if not n else torch.cat([old, new])
+            ones = lambda k: torch.ones(k, M, dtype=torch.bool, device=self.device)  # noqa: E731
+            old = self.cross_mask if self.cross_mask is not None else ones(n)
+            new = scratch.context_mask[rows] if scratch.context_mask is not None else ones(b)
+            self.cross_mask = torch.cat([old[:n], new])
         slots = torch.zeros(b, self.capacity, dtype=torch.bool, device=self.device)
         slots[:, start:self.slot] = key_mask
         self.slots, self.next_pos = torch.cat([self.slots, slots]), torch.cat([self.next_pos, next_pos])

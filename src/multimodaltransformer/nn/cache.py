@@ -69,14 +69,11 @@ class DecodeCache:
         def cat(a: KVCache | None, b: KVCache | None) -> KVCache | None:
             return None if a is None or b is None else KVCache.of(torch.cat([a.k, b.k]), torch.cat([a.v, b.v]))
 
-        masks = [self.context_mask, other.context_mask]
-        if any(m is not None for m in masks):  # a cache without one attends to all its context
-            size = [(c.batch, c.layers[0].cross_attn.k.shape[2]) for c in (self, other)]
-            masks = [m if m is not None else torch.ones(s, dtype=torch.bool, device=self.layers[0].self_attn.k.device)
-                     for m, s in zip(masks, size)]
+        if (self.context_mask is None) != (other.context_mask is None):
+            raise ValueError("cannot concat a cache whose context has a padding mask with one without")
         return DecodeCache([LayerCache(cat(a.self_attn, b.self_attn), cat(a.cross_attn, b.cross_attn))
                             for a, b in zip(self.layers, other.layers)], self.length,
-                           torch.cat(masks) if masks[0] is not None else None)
+                           None if self.context_mask is None else torch.cat([self.context_mask, other.context_mask]))
 
     def self_buffers(self) -> list[Tensor]:
         """The self-attention K and V buffers (B, G, L, D), for in-place slot moves."""

@@ -32,10 +32,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..data.collate import collate_media
 from ..evaluate import SPOKEN_PROMPT_TOKENS, transcribes_prompts
 from ..generation import generate
-from ..data.collate import collate_media
-from ..modalities.base import MODALITIES
 from ..modalities.text import encode_prompt
 from .common import APIError, check_model, error_status, json_error, next_event, submit_job
 from .embeddings import Embedder, embedder_for, embeddings_router
@@ -326,7 +325,7 @@ async def _media_prompt(req: ChatCompletionRequest, model: Any,
     prompt = conv.prompt
     if media and not prompt and (conv.image_url or conv.video_url) and transcribes_prompts(model):
         # a spoken question about the picture: the model's transcript of it is the prompt (evaluate.heard)
-        clip = {k: media.pop(k) for k in list(media) if k in ("input_features", MODALITIES["audio"].mask_key)}
+        clip, media = media, {}  # the clip's features and padding mask; the answer reads the picture only
         prompt = await asyncio.to_thread(_transcribe, model, clip)
     if conv.video_url:
         media |= await asyncio.to_thread(_video_features, conv.video_url, model, cfg.media)

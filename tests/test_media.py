@@ -376,6 +376,11 @@ def test_a_whisper_checkpoint_initialises_the_audio_encoder_and_frozen_keeps_it(
     deep = AudioConfig(**{**WHISPER_AUDIO, "depth": 3}, pretrained=str(path))
     with pytest.raises(ConfigError, match="has 2 encoder blocks"):
         read_pretrained_audio(deep)
+    from multimodaltransformer.modalities.audio import AudioEncoder
+
+    two = AudioEncoder(AudioConfig(**{**WHISPER_AUDIO, "depth": 2}).encoder_config())
+    with pytest.raises(ConfigError, match=r"differs from the audio encoder's \(missing \['transformer.blocks.1"):
+        load_network(two, read_pretrained_audio(cfg.media["audio"]), str(path), "model.media.audio.pretrained")
     with pytest.raises(ValueError, match="stride must be 2"):
         AudioConfig(**{**WHISPER_AUDIO, "stride": 4}, pretrained=str(path))
     with pytest.raises(ValueError, match="'attend' or 'transcribe'"):

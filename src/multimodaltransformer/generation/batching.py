@@ -89,7 +89,8 @@ class ContinuousBatch:
         x, key_mask, context = embedded[:3]
         B, S = key_mask.shape  # S: the prompt with the media's prefix tokens
         scratch = self.model.new_cache(B, S, None if context is None else context.shape[1])
-        scratch.context_mask = context_mask(embedded)
+        if (padding := context_mask(embedded)) is not None:
+            scratch.context_mask = padding
         positions = (key_mask.long().cumsum(-1) - 1).clamp(min=0)
         size = max(1, chunk // B) if chunk else S
         for i in range(0, S, size):  # later chunks attend to the earlier ones through the scratch cache

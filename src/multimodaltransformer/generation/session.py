@@ -45,7 +45,8 @@ def prefill(model: Any, input_ids: Tensor, mask: Tensor, media: dict[str, Tensor
     x, key_mask, context = embedded[:3]  # (B, S, C), (B, S), (B, M, C) | None
     B, S = key_mask.shape
     cache = model.new_cache(B, S + extra, None if context is None else context.shape[1])
-    cache.context_mask = context_mask(embedded)
+    if (padding := context_mask(embedded)) is not None:  # clips of several lengths: keep it for every step
+        cache.context_mask = padding
     slots = torch.zeros(B, S + extra, dtype=torch.bool, device=x.device)
     slots[:, :S] = key_mask
     positions = (key_mask.long().cumsum(-1) - 1).clamp(min=0)

@@ -80,7 +80,7 @@ def load_network(network: nn.Module, state: dict[str, Tensor], source: str,
     extra = sorted(set(state) - set(ours))
     wrong = sorted(k for k in set(ours) & set(state) if ours[k].shape != state[k].shape)
     if missing or extra or wrong:
-        raise ConfigError(f"{field} {source}: its network differs from the encoder's "
+        raise ConfigError(f"{field} {source}: its network differs from the {field.split('.')[-2]} encoder's "
                           f"(missing {missing[:4]}, unexpected {extra[:4]}, other shapes {wrong[:4]}); "
                           "give the encoder the layout of the checkpoint")
     network.load_state_dict(state, strict=True)

@@ -103,11 +103,11 @@ class MultiTaskConfig:
         if self.temperature <= 0:
             raise ValueError(f"multitask.temperature must be positive, got {self.temperature}")
         shared = [t for t in self.tasks if t.share is not None]
+        total = sum(t.share for t in shared)
         if shared and self.sampling == "round_robin":
             raise ValueError("multitask: tasks' share needs random sampling (proportional or temperature), "
                              "not round_robin")
-        if shared and (sum(t.share for t in shared) > 1 + 1e-9 or len(shared) == len(self.tasks)
-                       and abs(sum(t.share for t in shared) - 1) > 1e-6):
+        if total > 1 + 1e-9 or (shared and len(shared) == len(self.tasks) and abs(total - 1) > 1e-6):
             raise ValueError(f"multitask: the tasks' shares {[t.share for t in shared]} must add up to at most 1 "
                              "(exactly 1 when every task has one)")
 
@@ -168,6 +168,8 @@ class TaskStream:
         # streamed from shards (data/streaming.py): `examples` is then only a scanned sample, and
         # `pos` counts the steps consumed
         self.stream_urls = stream_urls
+        self.lengths: list[int] | None = None  # each item's clip length, with length buckets (build)
+        self._order: tuple[tuple[int, int] | None, list[int]] = (None, [])  # (seed, epoch) -> its order
 
     def build(self, model: Any, max_text_len: int, skip_bad: bool, pack: bool) -> None:
         tok, proc = model.tokenizer, model.processors
@@ -186,7 +188,7 @@ class TaskStream:
             self.dataset: Any = None
         else:
             self.dataset = make(self.examples, skip_bad, pack)
-        self.lengths = None
+        self._order = (None, [])
         if self.cfg.length_buckets:
             if not hasattr(self.dataset, "audio_lengths"):
                 raise DataError(f"task {self.cfg.name}: length_buckets sorts the clips of an lm stream read "
@@ -195,7 +197,13 @@ class TaskStream:
 
     def order(self, seed: int, epoch: int) -> list[int]:
         """The epoch's item order: a permutation seeded by (seed, epoch), whatever the process count;
-        with length buckets, whole batches of similar clip lengths, in a seeded order."""
+        with length buckets, whole batches of similar clip lengths, in a seeded order. Asked for at
+        every step, it is made once per epoch."""
+        if self._order[0] != (seed, epoch):
+            self._order = ((seed, epoch), self._make_order(seed, epoch))
+        return self._order[1]
+
+    def _make_order(self, seed: int, epoch: int) -> list[int]:
         g = torch.Generator().manual_seed(seed * 100_003 + epoch)
         perm = torch.randperm(len(self.dataset), generator=g).tolist()
         if self.lengths is None:

@@ -4,9 +4,11 @@
     python benchmarks/whisper_wer.py --model runs/whisper-lora/model   # after `mmt train whisper-lora`
 
 SpokenShapes clips are drawn afresh (`--split test --seed 4242`: images, sentences, voices, rates and
-noise the training run never saw); LibriVox is the five read clips with transcripts of the Debian
-package pocketsphinx-testdata (its five "cards" clips, spoken card names, are a second natural-speech
-set, for choosing settings without looking at LibriVox). Decoding is the server's (serve/speech.py `Transcriber`: greedy, KV
+noise the training run never saw), and so are SpokenProse's (data/prose.py: test-split sentences of
+open-ended English in eSpeak NG voices: does the model still write words outside ShapesWorld?).
+LibriVox is the five read clips with transcripts of the Debian package pocketsphinx-testdata (its
+five "cards" clips, spoken card names, are a second natural-speech set, for choosing settings
+without looking at LibriVox). Decoding is the server's (serve/speech.py `Transcriber`: greedy, KV
 cache, special tokens suppressed). WER after lower-casing and stripping punctuation (metrics.wer,
 equal to jiwer); clips of silence are scored apart (an empty transcript is right).
 """
@@ -21,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from multimodaltransformer.data import spoken
+from multimodaltransformer.data import prose, spoken
 from multimodaltransformer.data.manifest import read_manifest
 from multimodaltransformer.hub import load_pretrained
 from multimodaltransformer.metrics import normalize_answer, wer
@@ -55,6 +57,15 @@ def spokenshapes(transcribe: Transcriber, split: str, n: int, seed: int) -> dict
             "examples": [[r, h] for r, h in zip(refs[:5], hyps[:5])]}
 
 
+def spokenprose(transcribe: Transcriber, n: int, seed: int) -> dict[str, float]:
+    """Held-out sentences of open-ended English (SpokenProse's test split) in eSpeak NG voices."""
+    with tempfile.TemporaryDirectory() as tmp:
+        clips = read_manifest(prose.generate(tmp, split="test", n=n, seed=seed, progress=False))
+        hyps = [normalize_answer(transcribe(load_audio(e.audio), 120)[0]) for e in clips]
+    refs = [normalize_answer(e.target) for e in clips]
+    return {"clips": len(refs), "wer": wer(hyps, refs), "examples": [[r, h] for r, h in zip(refs[:3], hyps[:3])]}
+
+
 def read_speech(transcribe: Transcriber, directory: Path, transcripts: str) -> dict[str, float]:
     """Clips of natural speech with sphinx-style transcripts: `<s> words </s> (clip id)` per line."""
     lines = (directory / transcripts).read_text().splitlines()
@@ -74,12 +85,15 @@ def main() -> None:
     ap.add_argument("--split", default="test", choices=["val", "test", "novel"])
     ap.add_argument("--n", type=int, default=60, help="SpokenShapes images (about 3 clips each)")
     ap.add_argument("--seed", type=int, default=4242)
+    ap.add_argument("--prose", type=int, default=60, help="SpokenProse test clips (open-ended English; 0: none)")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     a = ap.parse_args()
     model = load_pretrained(resolve_source(a.model)).eval()
     transcribe = Transcriber(model)
     t0 = time.perf_counter()
     result = {"model": a.model, f"spokenshapes_{a.split}": spokenshapes(transcribe, a.split, a.n, a.seed)}
+    if a.prose:
+        result["spokenprose_test"] = spokenprose(transcribe, a.prose, a.seed)
     if LIBRIVOX.is_dir():
         result["librivox"] = read_speech(transcribe, LIBRIVOX, "transcription")  # read English (the test)
         result["cards"] = read_speech(transcribe, CARDS, "cards.transcription")  # spoken card names (a check)

@@ -8,6 +8,9 @@ def test_packaged_configs_load():
     for name in ("shapes-tiny", "demo"):
         run = load_run_config(name)
         assert isinstance(run, RunConfig) and run.model.image is not None
+    whisper = load_run_config("whisper-lora")  # the fine-tune recipe: adapters on the audio path, rehearsal
+    assert whisper.finetune.sentence_case and whisper.finetune.lora.rank == 8
+    assert [t.data for t in whisper.multitask.tasks] == [None, "prose:split=train,n=1200,seed=0"]
 
 
 def test_overrides_apply_typed_values():

@@ -46,6 +46,11 @@ def test_the_prompt_layout_is_whispers(whisper_dir):
     raw = model.tokenizer
     assert (tok.bos_id, tok.sep_id, tok.eos_id) == (raw.token_to_id("<|startoftranscript|>"),
                                                    raw.token_to_id("<|notimestamps|>"), model.config.eos_token_id)
+    # transcripts are trained as Whisper writes them, after a space: " the fox", not "the fox"
+    assert tok.encode("the fox") == tok.encode(" the fox") == raw.encode(" the fox").ids != raw.encode("the fox").ids
+    assert tok.encode("") == tok.encode("  ") == []
+    cased = model.text_tokenizer(sentence_case=True)  # finetune.sentence_case: as Whisper writes a sentence
+    assert cased.encode("the fox") == raw.encode(" The fox").ids and cased.encode("") == []
 
 
 def test_lora_finetune_trains_the_adapters_and_saves_a_plain_whisper(whisper_dir, tmp_path):

@@ -57,6 +57,14 @@ def _cmd_data_spoken(a: argparse.Namespace) -> None:
     print(f"wrote {path}")
 
 
+def _cmd_data_prose(a: argparse.Namespace) -> None:
+    from . import prose
+
+    if a.n <= 0:
+        raise ConfigError(f"--n must be positive, got {a.n}")
+    print(f"wrote {prose.generate(a.out, split=a.split, n=a.n, seed=a.seed)}")
+
+
 def _cmd_data_motion(a: argparse.Namespace) -> None:
     from . import motion
 
@@ -107,6 +115,13 @@ def add_data_commands(sub: Any) -> None:
                          "questions spoken by eSpeak NG (16 kHz WAV), ASR and spoken-VQA manifest records")
     _split_args(sp, "images", questions=2, what="spoken questions per image")
     sp.set_defaults(func=_cmd_data_spoken)
+    pr = data.add_parser("prose", help="write a SpokenProse split: English sentences of Python's documentation "
+                         "read by eSpeak NG voices (16 kHz WAV), ASR manifest records")
+    pr.add_argument("--split", choices=["train", "val", "test"], default="train")
+    pr.add_argument("--n", type=int, default=1000, help="number of clips")
+    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--out", required=True)
+    pr.set_defaults(func=_cmd_data_prose)
     mo = data.add_parser("motion", help="write a MovingShapes split: 16-frame MP4 clips of shapes that move, "
                          "appear or disappear, with video caption and video QA manifest records")
     _split_args(mo, "clips", questions=3, what="questions per clip")

@@ -6,6 +6,7 @@ A source is one of
     shapes:split=train,n=2000,seed=0[,questions=3][,tasks=caption+vqa+retrieval][,counts=0][,matches=1][,opposite=0]
     reviews:split=train,n=2000,seed=0
     spoken:split=train,n=1000,seed=0[,questions=2]  (SpokenShapes: ShapesWorld spoken by eSpeak NG)
+    prose:split=train,n=1000,seed=0                  (SpokenProse: English sentences read by eSpeak NG)
     motion:split=train,n=1000,seed=0[,questions=3]  (MovingShapes: 16-frame MP4 clips of moving shapes)
     fashion:split=train,n=60000,seed=0[,idx=DIR][,chat=K]  (Fashion-MNIST from its IDX files; n=0: the
                                                      whole split; idx: default the Debian package's
@@ -120,6 +121,20 @@ def _spoken(spec: str, a: Spec, root: Path, progress: bool) -> Path:
     return _generated(spec, a, root, progress, "spokenshapes", spoken, "questions_per_image")
 
 
+def _prose(spec: str, a: Spec, root: Path, progress: bool) -> Path:
+    from . import prose
+
+    _check_split(spec, a["split"], prose.SPLITS)
+    out = root / "spokenprose" / f"{a['split']}-n{a['n']}-seed{a['seed']}"
+    if not _is_current(out, prose.VERSION):
+        try:
+            prose.generate(out, split=a["split"], n=int(a["n"]), seed=int(a["seed"]),  # type: ignore[arg-type]
+                           progress=progress)
+        except ValueError as e:
+            raise DataError(f"data source {spec!r}: {e}") from e
+    return out / "manifest.jsonl"
+
+
 def _motion(spec: str, a: Spec, root: Path, progress: bool) -> Path:
     from . import motion
 
@@ -147,6 +162,7 @@ BUILTINS: dict[str, tuple[Spec, Callable[[str, Spec, Path, bool], Path]]] = {
                _shapes),
     "reviews": ({"split": "train", "n": 2000, "seed": 0}, _reviews),
     "spoken": ({"split": "train", "n": 1000, "seed": 0, "questions": 2}, _spoken),
+    "prose": ({"split": "train", "n": 1000, "seed": 0}, _prose),
     "motion": ({"split": "train", "n": 1000, "seed": 0, "questions": 3}, _motion),
     "fashion": ({"split": "train", "n": 0, "seed": 0, "idx": "", "chat": 0}, _fashion),
 }

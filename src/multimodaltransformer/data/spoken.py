@@ -81,7 +81,8 @@ def write_wav(path: str | Path, samples: np.ndarray, rate: int = SAMPLING_RATE) 
 Job = tuple[str, dict, int, float, float, str]  # text, voice, noise seed, SNR, gain, output path
 
 
-def _speak_all(jobs: list[Job]) -> int:
+def speak_all(jobs: list[Job]) -> int:
+    """Speak each job into its WAV file (one worker's chunk: data/parallel.py)."""
     for text, voice, noise_seed, snr, gain, path in jobs:
         write_wav(path, speak(text, Voice(**voice), noise_seed, snr, gain))
     return len(jobs)
@@ -116,7 +117,7 @@ def generate(out: str | Path, split: Literal["train", "val", "test", "novel"] = 
                 f.write(json.dumps({"id": f"{row['id']}-spoken", "image": f"text/{row['image']}", "task": "vqa",
                                     "prompt": "", "target": row["target"], "question": row["prompt"],
                                     "question_type": row["question_type"], **common}) + "\n")
-    run_chunks(_speak_all, jobs, f"spoken {split}", "clip", progress, chunk=50)
+    run_chunks(speak_all, jobs, f"spoken {split}", "clip", progress, chunk=50)
     tmp.replace(out / "manifest.jsonl")
     (out / "info.json").write_text(json.dumps({"dataset": "spokenshapes", "version": VERSION, "split": split, "n": n,
                                                 "seed": seed, "questions_per_image": questions_per_image,

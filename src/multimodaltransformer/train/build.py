@@ -96,7 +96,7 @@ def finetune_model(cfg: FinetuneConfig) -> Any:
     if text_tokenizer is None or not hasattr(model, "processors"):
         raise ConfigError(f"finetune.source {cfg.source}: a {type(model).__name__} cannot be fine-tuned as it is "
                           "(supported: Whisper; compose an image encoder and an LM with `compose` instead)")
-    model.tokenizer = text_tokenizer()
+    model.tokenizer = text_tokenizer(sentence_case=cfg.sentence_case)
     model.label_smoothing = cfg.label_smoothing
     if cfg.lora is not None:
         model.requires_grad_(False)

@@ -97,6 +97,9 @@ class FinetuneConfig:
     source: str
     lora: LoRAConfig | None = None
     label_smoothing: float = 0.0
+    # write each training transcript's first letter as a capital, as Whisper writes a sentence
+    # (SpokenShapes' are lower case): the model learns the voices, not a new way of writing
+    sentence_case: bool = False
 
 
 @dataclass

@@ -20,13 +20,12 @@ import json
 import random
 import re
 import sysconfig
-from dataclasses import asdict
 from functools import cache
 from pathlib import Path
 from typing import Literal
 
 from .parallel import run_chunks
-from .spoken import SNR_DB, Job, random_voice, speak_all
+from .spoken import Job, clip_job, speak_all
 
 VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -51,17 +50,18 @@ def _documentation() -> list[str]:
 
 
 @cache
+def _plain_sentences() -> frozenset[str]:
+    """The documentation's sentences of plain words, those that read aloud as written."""
+    return frozenset(s for text in _documentation() for s in re.split(r"(?<=[.!?])\s+", " ".join(text.split()))
+                     if _SENTENCE.fullmatch(s) and 5 <= len(s.split()) <= 24 and not _ACRONYM_OR_CODE.search(s))
+
+
 def sentences(split: str) -> tuple[str, ...]:
-    """The split's sentences, sorted: those of plain words that read aloud as written."""
+    """The split's sentences, sorted."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r} (use {', '.join(SPLITS)})")
-    found = set()
-    for text in _documentation():
-        for s in re.split(r"(?<=[.!?])\s+", " ".join(text.split())):
-            if _SENTENCE.fullmatch(s) and 5 <= len(s.split()) <= 24 and not _ACRONYM_OR_CODE.search(s):
-                found.add(s)
     bucket = {"train": range(8), "val": (8,), "test": (9,)}[split]
-    return tuple(sorted(s for s in found if int(hashlib.sha1(s.encode()).hexdigest(), 16) % 10 in bucket))
+    return tuple(sorted(s for s in _plain_sentences() if int(hashlib.sha1(s.encode()).hexdigest(), 16) % 10 in bucket))
 
 
 def generate(out: str | Path, split: Literal["train", "val", "test"] = "train", n: int = 1000, seed: int = 0,
@@ -83,13 +83,10 @@ def generate(out: str | Path, split: Literal["train", "val", "test"] = "train", 
     with tmp.open("w") as f:
         for i, text in enumerate(order[:n]):
             uid = f"prose-{split}-{seed}-{i:06d}"
-            clip_rng = random.Random(f"spokenprose/{uid}")
-            voice = random_voice(clip_rng)
             clip = f"audio/{uid}.wav"
-            jobs.append((text, asdict(voice), clip_rng.getrandbits(32), clip_rng.uniform(*SNR_DB),
-                         clip_rng.uniform(0.5, 0.95), str(out / clip)))
+            jobs.append(clip_job(text, random.Random(f"spokenprose/{uid}"), out / clip))
             f.write(json.dumps({"id": uid, "audio": clip, "task": "asr", "target": text, "split": split,
-                                "voice": asdict(voice)}) + "\n")
+                                "voice": jobs[-1][1]}) + "\n")
     run_chunks(speak_all, jobs, f"prose {split}", "clip", progress, chunk=50)
     tmp.replace(out / "manifest.jsonl")
     (out / "info.json").write_text(json.dumps({"dataset": "spokenprose", "version": VERSION, "split": split,

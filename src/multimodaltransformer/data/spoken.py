@@ -81,6 +81,12 @@ def write_wav(path: str | Path, samples: np.ndarray, rate: int = SAMPLING_RATE) 
 Job = tuple[str, dict, int, float, float, str]  # text, voice, noise seed, SNR, gain, output path
 
 
+def clip_job(text: str, rng: random.Random, path: str | Path) -> Job:
+    """One clip's draws from its own seeded `rng`: a voice, a noise seed, an SNR and a gain."""
+    voice = asdict(random_voice(rng))
+    return text, voice, rng.getrandbits(32), rng.uniform(*SNR_DB), rng.uniform(0.5, 0.95), str(path)
+
+
 def speak_all(jobs: list[Job]) -> int:
     """Speak each job into its WAV file (one worker's chunk: data/parallel.py)."""
     for text, voice, noise_seed, snr, gain, path in jobs:
@@ -102,15 +108,14 @@ def generate(out: str | Path, split: Literal["train", "val", "test", "novel"] = 
             row = json.loads(line)
             text = row["target"] if row["task"] == "caption" else row["prompt"]
             rng = random.Random(f"spokenshapes/{row['id']}")
-            voice = random_voice(rng)
             clip = f"audio/{row['id']}.wav"
-            jobs.append((text, asdict(voice), rng.getrandbits(32), rng.uniform(*SNR_DB), rng.uniform(0.5, 0.95),
-                         str(out / clip)))
-            common = {"audio": clip, "split": split, "voice": asdict(voice)}
+            jobs.append(clip_job(text, rng, out / clip))
+            voice = jobs[-1][1]
+            common = {"audio": clip, "split": split, "voice": voice}
             f.write(json.dumps({"id": f"{row['id']}-asr", "task": "asr", "target": text, **common}) + "\n")
             if row["task"] == "caption" and rng.random() < SILENT:  # this image's clip of silence
                 silent = f"audio/{row['id']}-silence.wav"
-                jobs.append(("", asdict(voice), rng.getrandbits(32), 0.0, rng.uniform(0.5, 0.95), str(out / silent)))
+                jobs.append(("", voice, rng.getrandbits(32), 0.0, rng.uniform(0.5, 0.95), str(out / silent)))
                 f.write(json.dumps({"id": f"{row['id']}-silence-asr", "task": "asr", "target": "", "audio": silent,
                                     "split": split}) + "\n")
             if row["task"] == "vqa":

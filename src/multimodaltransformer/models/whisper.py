@@ -145,8 +145,9 @@ class Whisper(PretrainedModel):
     def text_tokenizer(self, sentence_case: bool = False) -> WhisperText:
         """The library's prompt layout over Whisper's tokens: <bos> prompt <sep> target <eos> is
         <|startoftranscript|> <|notimestamps|> transcript <|endoftext|> for an (empty) ASR prompt,
-        the prompt of an English-only model; texts as Whisper writes them (`WhisperText`). Multilingual models put a language and a task token
-        between the first two, which this layout has no place for."""
+        the prompt of an English-only model; texts as Whisper writes them (`WhisperText`).
+        Multilingual models put a language and a task token between the first two, which this
+        layout has no place for."""
         raw = getattr(self.tokenizer, "tokenizer", self.tokenizer)
         if raw is None:
             raise ValueError("this Whisper has no tokenizer (tokenizer.json, or vocab.json + merges.txt)")

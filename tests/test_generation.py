@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers as hf
+from batch_utils import decode_joining
 from hub_utils import perturb, save
 
 from multimodaltransformer import load_pretrained
@@ -250,27 +251,11 @@ def test_continuous_batch_rows_joining_late_decode_as_alone(pair):
     g = torch.Generator().manual_seed(7)
     prompts = [torch.randint(1, 97, (1, n), generator=g) for n in (3, 9, 5)]
     alone = [generate(ours, p, max_new_tokens=8, eos_token_id=[])[0, p.shape[1]:].tolist() for p in prompts]
-    batch, got = ContinuousBatch(ours), [[] for _ in prompts]
-    with torch.inference_mode():
-        last = batch.add(prompts[:1], {}, [1], PAD).argmax(-1)
-        got[0].append(int(last[0]))
-        live = [0]
-        for step in range(10):
-            if step == 2:  # the two longer prompts join, together, mid-decode (the batch shifts right)
-                joined = batch.add(prompts[1:], {}, [1, 1], PAD).argmax(-1)
-                last, live = torch.cat([last, joined]), live + [1, 2]
-                for r, t in zip((1, 2), joined.tolist()):
-                    got[r].append(t)
-                continue
-            keep = [i for i, r in enumerate(live) if len(got[r]) < (5 if r == 0 else 8)]  # row 0 leaves early
-            if len(keep) < len(live):
-                batch.keep(keep)
-                last, live = last[keep], [live[i] for i in keep]
-            if not live:
-                break
-            last = batch.step(last).argmax(-1)
-            for r, t in zip(live, last.tolist()):
-                got[r].append(t)
+    batch = ContinuousBatch(ours)
+    with torch.inference_mode():  # row 0 leaves early, the two longer prompts join at step 2
+        rows = decode_joining(batch, lambda: batch.add(prompts[:1], {}, [1], PAD),
+                              lambda: batch.add(prompts[1:], {}, [1, 1], PAD), join_at=2, limits=[5, 8, 8], steps=10)
+    got = [[int(x.argmax()) for x in r] for r in rows]
     assert got[0] == alone[0][:5]
     assert got[1] == alone[1][:len(got[1])] and got[2] == alone[2][:len(got[2])]
     assert len(got[1]) >= 6

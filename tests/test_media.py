@@ -8,6 +8,7 @@ import wave
 import numpy as np
 import pytest
 import torch
+from batch_utils import decode_joining
 
 from multimodaltransformer import MultimodalTransformer, MultimodalTransformerModel
 from multimodaltransformer.config import ConfigError, from_dict
@@ -532,28 +533,12 @@ def test_the_servers_running_batch_keeps_each_clips_padding_mask(model, tokenize
             out.append(b.step(out[-1].argmax(-1, keepdim=True))[0])
         return out
 
-    batch, got = ContinuousBatch(model), [[] for _ in clips]
-    with torch.inference_mode():
-        last = batch.add([ids], clips[0], [1], tokenizer.pad_id)
-        got[0].append(last[0])
-        live = [0]
-        for step in range(8):
-            if step == 1:  # two more clips join mid-decode, prefilled together
-                both = {k: torch.cat([clips[1][k], clips[2][k]]) for k in clips[1]}
-                joined = batch.add([ids, ids], both, [1, 1], tokenizer.pad_id)
-                last, live = torch.cat([last, joined]), live + [1, 2]
-                for r, row in zip((1, 2), joined):
-                    got[r].append(row)
-                continue
-            keep = [i for i, r in enumerate(live) if len(got[r]) < (3 if r == 0 else 6)]  # row 0 leaves early
-            if len(keep) < len(live):
-                batch.keep(keep)
-                last, live = last[keep], [live[i] for i in keep]
-            if not live:
-                break
-            last = batch.step(last.argmax(-1)).float()
-            for r, row in zip(live, last):
-                got[r].append(row)
+    batch = ContinuousBatch(model)
+    both = {k: torch.cat([clips[1][k], clips[2][k]]) for k in clips[1]}
+    with torch.inference_mode():  # row 0 leaves early, the two other clips join at step 1
+        got = decode_joining(batch, lambda: batch.add([ids], clips[0], [1], tokenizer.pad_id),
+                             lambda: batch.add([ids, ids], both, [1, 1], tokenizer.pad_id), join_at=1,
+                             limits=[3, 6, 6], steps=8)
         for r, clip in enumerate(clips):
             assert len(got[r]) >= 3
             assert [int(x.argmax()) for x in got[r]] == alone[r][:len(got[r])]

@@ -9,7 +9,7 @@ punctuation only. Each sentence belongs to one split by a hash of its text (80% 
 10% test), so no split shares a sentence with another. Voices, rates, pitch, noise and gain are
 drawn as for SpokenShapes (data/spoken.py), seeded per clip. The manifest holds
   ASR  {"id", "audio", "task": "asr", "target": sentence, "split", "voice"}
-The pool depends on the Python version's documentation (about 2,900 sentences on 3.12).
+The pool depends on the Python version's documentation (about 3,100 sentences on 3.11).
 """
 
 from __future__ import annotations

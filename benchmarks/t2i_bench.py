@@ -7,7 +7,7 @@ with benchmarks/t2i_eval.py's independent classifier (trained on real renders on
 column is `mmt imagine`'s own figure (sampling + decoding + re-ranking, model load excluded).
 
     python benchmarks/t2i_bench.py runs/demo-t2i/model --out runs/t2i-bench \\
-        [--variants "1,1;3,1;3,4"] [--splits test,novel] [--n-prompts 60]
+        [--variants "1,1;3,1;3,8,1,16"] [--splits test,novel] [--n-prompts 60]
 
 Writes OUT/results.json and OUT/results.md (the table benchmarks/README.md quotes).
 
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("model")
     p.add_argument("--out", required=True)
-    p.add_argument("--variants", default="1,1;3,1;3,4",
+    p.add_argument("--variants", default="1,1;3,1;3,8,1,16",
                    help="';'-separated guidance,rerank[,temperature[,top_k]] (default temperature 1, top-k off)")
     p.add_argument("--splits", default="test,novel")
     p.add_argument("--n-prompts", type=int, default=60)
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             images = out / f"{split}-g{guidance}-r{rerank}-t{temperature}-k{top_k}"
             cmd = [sys.executable, "-m", "multimodaltransformer", "imagine", a.model, "--prompts", str(prompts),
                    "--n", str(a.n), "--seed", str(a.seed), "--guidance", guidance, "--rerank", rerank,
-                   "--temperature", temperature, *(["--top-k", top_k] if int(top_k) else []),
+                   "--temperature", temperature, "--top-k", top_k,  # 0: off (not the model's default)
                    "--out", str(images)]
             subprocess.run(cmd, check=True)
             result = ev.score(ev.read_prompts(prompts), images, a.n, net,

@@ -182,3 +182,39 @@ def test_rerank_keeps_the_best_candidates_by_model_dir_reranker(model, model_dir
     reranker = Reranker.load(served / "reranker")
     want = imagine(model, ["a red circle"], ImagineOptions(n=2, rerank=3, seed=1), reranker)[0]
     assert [np.asarray(g).tolist() for g in pngs(r.json())] == [np.asarray(w.convert("RGB")).tolist() for w in want]
+
+
+def test_left_out_extras_take_the_models_sampling_defaults(model_dir, tokenizer, tmp_path):
+    """A model whose config asks for guidance 1.5, temperature 0.8, top-k 5 and the best of 3: a request
+    (and `mmt imagine`) that leaves them out gets exactly those samples."""
+    import json
+    import shutil
+    from dataclasses import replace
+
+    from multimodaltransformer import MultimodalTransformerModel
+    from multimodaltransformer.imagine import Reranker, run_imagine
+    from multimodaltransformer.models.multimodal import HeadsConfig
+
+    from conftest import tiny_config
+
+    served = shutil.copytree(model_dir, tmp_path / "t2i")
+    cfg = json.loads((served / "config.json").read_text())
+    cfg["sampling"] = {"guidance": 1.5, "temperature": 0.8, "top_k": 5, "top_p": 1.0, "rerank": 3}
+    (served / "config.json").write_text(json.dumps(cfg))
+    torch.manual_seed(0)
+    clip = MultimodalTransformerModel(replace(tiny_config(tokenizer.vocab_size), heads=HeadsConfig(contrastive_dim=8)))
+    clip.tokenizer = tokenizer
+    clip.eval().save_pretrained(served / "reranker")
+    m = load_pretrained(served)
+    want = imagine(m, ["a red circle"], ImagineOptions(n=2, seed=1, guidance=1.5, temperature=0.8, top_k=5, rerank=3),
+                   Reranker.load(served / "reranker"))[0]
+    with TestClient(create_app(m, ServerConfig(model_name="t2i", model_dir=served))) as c:
+        r = c.post("/v1/images/generations", json={"prompt": "a red circle", "n": 2, "seed": 1})
+    assert r.status_code == 200, r.text
+    assert [np.asarray(g).tolist() for g in pngs(r.json())] == [np.asarray(w.convert("RGB")).tolist() for w in want]
+    paths = run_imagine(served, tmp_path / "out", prompt="a red circle", options=ImagineOptions(n=2, seed=1),
+                        progress=False)
+    assert [np.asarray(Image.open(p).convert("RGB")).tolist() for p in paths] == \
+        [np.asarray(w.convert("RGB")).tolist() for w in want]
+    info = json.loads((tmp_path / "out" / "imagine.json").read_text())
+    assert (info["guidance"], info["temperature"], info["top_k"], info["rerank"]) == (1.5, 0.8, 5, 3)

@@ -15,7 +15,8 @@ from multimodaltransformer.cli import main
 from multimodaltransformer.generation.guidance import ClassifierFreeGuidance
 from multimodaltransformer.hub import load_pretrained
 from multimodaltransformer.imagine import ImagineOptions, imagine, parse_size, read_prompts, run_imagine
-from multimodaltransformer.models.t2i import BOI, BOS, PAD, TextToImage, TextToImageConfig, caption_words
+from multimodaltransformer.models.t2i import (BOI, BOS, PAD, SamplingDefaults, TextToImage, TextToImageConfig,
+                                              caption_words)
 from multimodaltransformer.models.vqvae import VQVAE, VQVAEConfig
 from multimodaltransformer.nn import TransformerConfig
 from multimodaltransformer.nn.quantize import QuantizerConfig, VectorQuantizer, codebook_usage
@@ -24,9 +25,9 @@ from multimodaltransformer.objectives import IGNORE_INDEX
 WORDS = caption_words(["a small red circle left of a large blue square", "a green triangle"])
 
 
-def tiny(seed: int = 0, dropout: float = 0.15) -> TextToImage:
+def tiny(seed: int = 0, dropout: float = 0.15, block: int = 1, order: str = "raster") -> TextToImage:
     torch.manual_seed(seed)
-    cfg = TextToImageConfig(words=WORDS, text_len=12, caption_dropout=dropout,
+    cfg = TextToImageConfig(words=WORDS, text_len=12, caption_dropout=dropout, block=block, order=order,
                             vqvae=VQVAEConfig(channels=[8, 8, 8], quantizer=QuantizerConfig(codebook_size=32, code_dim=8)),
                             prior=TransformerConfig(dim=32, depth=2, heads=2, position="learned"))
     return TextToImage(cfg).eval()
@@ -205,6 +206,32 @@ def test_rerank_keeps_the_best_scored_candidates() -> None:
     assert means == pool_means[:2]  # the same 8 candidates (same seed), the 2 brightest kept, best first
 
 
+def test_left_out_options_take_the_models_defaults_and_its_rerank_only_with_a_reranker() -> None:
+    d = SamplingDefaults(guidance=2.0, temperature=0.9, top_k=7, top_p=0.8, rerank=4)
+    o = ImagineOptions(n=2).resolve(d, has_reranker=True)
+    assert (o.guidance, o.temperature, o.top_k, o.top_p, o.rerank) == (2.0, 0.9, 7, 0.8, 4)
+    assert ImagineOptions(n=2).resolve(d, has_reranker=False).rerank == 1  # no re-ranker: no default re-ranking
+    o = ImagineOptions(n=2, guidance=1.0, top_k=0, rerank=1).resolve(d, has_reranker=True)  # the caller's win
+    assert (o.guidance, o.top_k, o.rerank) == (1.0, 0, 1)
+    m = tiny()
+    m.config.sampling = SamplingDefaults(guidance=1.0, temperature=0.5)
+    got = imagine(m, ["a red circle"], ImagineOptions(n=2, seed=3))[0]
+    want = imagine(m, ["a red circle"], ImagineOptions(n=2, seed=3, guidance=1.0, temperature=0.5))[0]
+    assert [np.asarray(a).tolist() for a in got] == [np.asarray(b).tolist() for b in want]
+
+
+def test_the_edge_loss_adds_the_l1_of_pixel_differences() -> None:
+    vq = tiny().vqvae.train()
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    torch.manual_seed(1)
+    plain = vq(x, quantize=False)
+    vq.config.edge_weight = 0.5
+    edged = vq(x, quantize=False)
+    r = plain.reconstruction
+    edge = sum(F.l1_loss(r.diff(dim=d), x.diff(dim=d)) for d in (2, 3))
+    assert torch.allclose(edged.recon_loss, plain.recon_loss + 0.5 * edge, atol=1e-6)
+
+
 def test_bad_options_sizes_and_prompt_files_are_clear_errors(tmp_path) -> None:
     with pytest.raises(ValueError, match="n must be"):
         ImagineOptions(n=0)
@@ -244,6 +271,61 @@ def test_the_prior_order_round_trips_and_column_order_reads_columns_first() -> N
         TextToImageConfig(order="diagonal")
 
 
+def test_blocks_round_trip_in_the_prior_order() -> None:
+    codes = torch.arange(2 * 64).view(2, 8, 8)
+    col, ras = tiny(block=2, order="column"), tiny(block=2, order="raster")
+    for m in (col, ras):
+        assert m.config.image_positions == 16 and m.config.seq_len == 12 + 2 + 16
+        assert torch.equal(m.from_blocks(m.to_blocks(codes)), codes)
+    # column order: the top-left 2x2 block, its codes column by column, then the block below it
+    assert col.to_blocks(codes)[0, :2].tolist() == [[0, 8, 1, 9], [16, 24, 17, 25]]
+    assert ras.to_blocks(codes)[0, :2].tolist() == [[0, 1, 8, 9], [2, 3, 10, 11]]
+    with pytest.raises(ValueError, match="block"):
+        TextToImageConfig(block=3)  # 8x8 codes do not split into 3x3 blocks
+
+
+def test_block_sampling_follows_the_training_forward_code_by_code() -> None:
+    """Greedy block sampling (top-k 1, no guidance) must pick, at every code, the argmax of the
+    teacher-forced logits of the training forward over the sampled grid: the cached backbone steps,
+    the block inputs and the depth head agree with the training path."""
+    m = tiny(block=2, order="column", dropout=0.0)
+    with torch.no_grad():
+        for p in m.prior.parameters():
+            p.add_(torch.randn_like(p) * 0.3)  # a random net with peaked logits (no near ties)
+    text = m.tokenize(["a red circle", "a small blue square left of a green triangle"])
+    codes = m.generate_codes(["a red circle", "a small blue square left of a green triangle"], n=1, guidance=1.0,
+                             top_k=1, seed=0)
+    blocks = m.to_blocks(codes)
+    with torch.no_grad():  # the training forward's logits, as _block_loss computes them
+        E = m.prior.embed_tokens(m._block_ids(blocks))
+        x = torch.cat([m.prior.embed_tokens(text), m._block_input(E.sum(2))], 1)
+        L = x.shape[1]
+        h = m.prior.hidden(x, torch.arange(L), torch.ones(L, L).tril().bool())
+        logits = m.depth(h[:, text.shape[1] - 1:-1, None] + (E.cumsum(2) - E), m._block_weight())
+        own = float(m.loss(text, codes))
+    assert torch.equal(logits.argmax(-1), blocks)
+    assert own < math.log(32)  # its own greedy samples are likelier than uniform
+
+
+def test_block_sampling_is_seeded_guided_and_trains() -> None:
+    m = tiny(block=2, order="column")
+    a = m.generate_codes(["a red circle", "a blue square"], n=3, seed=4, guidance=2.0)
+    assert a.shape == (6, 8, 8) and torch.equal(a, m.generate_codes(["a red circle", "a blue square"], n=3, seed=4,
+                                                                     guidance=2.0))
+    assert int(a.min()) >= 0 and int(a.max()) < 32 and not torch.equal(a[0], a[1])
+    codes = torch.randint(0, 32, (4, 8, 8))
+    text = m.tokenize(["a red circle"] * 4)
+    m.train()
+    opt = torch.optim.AdamW(m.prior.parameters(), lr=3e-3)
+    first = float(m.loss(text, codes))
+    for _ in range(30):
+        loss = m.loss(text, codes)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(loss) < 0.5 * first  # the depth head and the block inputs learn
+
+
 @pytest.mark.slow
 def test_mmt_train_runs_every_t2i_stage_and_the_demo_model_imagines(tmp_path) -> None:
     """A tiny `kind: t2i` run through the CLI: tokenizer, prior, re-ranker, each saved; then imagine re-ranks."""
@@ -279,6 +361,7 @@ multitask:
     assert metrics["prior"]["steps"] >= 1 and math.isfinite(metrics["prior"]["val_loss"])
     assert isinstance(load_pretrained(run / "tokenizer"), VQVAE)
     assert (run / "reranker" / "model" / "config.json").is_file()
+    assert (run / "model" / "reranker" / "config.json").is_file()  # the model directory carries its re-ranker
     out = tmp_path / "imagined"
     assert main(["imagine", str(run / "model"), "--prompt", "a red circle", "--n", "2", "--rerank", "3",
                  "--rerank-model", str(run / "reranker" / "model"), "--out", str(out)]) == 0

@@ -123,3 +123,25 @@ def test_nearest_train_finds_the_closest_image(t2i):
     mad = t2i.nearest_train(gen, train, k=4, chunk=16)
     exact = [np.abs(train.astype(np.int16) - g.astype(np.int16)).mean(axis=(1, 2, 3)).min() for g in gen]
     assert np.allclose(mad, exact) and mad[1] == 0
+
+
+def test_reranker_probe_scores_every_kind_of_near_miss(tokenizer, tmp_path, capsys):
+    """benchmarks/reranker_probe.py on a tiny random contrastive model: a share per edit kind, in [0, 1]."""
+    from dataclasses import replace
+
+    from multimodaltransformer import MultimodalTransformerModel
+    from multimodaltransformer.models.multimodal import HeadsConfig
+
+    from conftest import tiny_config
+
+    torch.manual_seed(0)
+    clip = MultimodalTransformerModel(replace(tiny_config(tokenizer.vocab_size), heads=HeadsConfig(contrastive_dim=8)))
+    clip.tokenizer = tokenizer
+    clip.eval().save_pretrained(tmp_path / "rr")
+    spec = importlib.util.spec_from_file_location("reranker_probe", ROOT / "benchmarks" / "reranker_probe.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    assert probe.main([str(tmp_path / "rr"), "--n", "4"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(out) >= {"color", "shape", "size", "pairs"} and out["pairs"] > 4
+    assert all(0.0 <= out[k] <= 1.0 for k in ("color", "shape", "size"))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from .models.t2i import TextToImage
+from .models.t2i import SamplingDefaults, TextToImage
 
 MAX_N = 16  # images per prompt
 SIZES = (64, 128, 256, 512, 1024)  # output sides: the model's 64 pixels, upscaled by whole factors
@@ -30,30 +30,39 @@ SIZES = (64, 128, 256, 512, 1024)  # output sides: the model's 64 pixels, upscal
 
 @dataclass
 class ImagineOptions:
+    """Sampling options; a None takes the model's default (`TextToImageConfig.sampling`, `resolve`)."""
+
     n: int = 4
-    guidance: float = 3.0  # classifier-free guidance scale; 1 = none
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float = 1.0
+    guidance: float | None = None  # classifier-free guidance scale; 1 = none
+    temperature: float | None = None
+    top_k: int | None = None  # 0: off
+    top_p: float | None = None
     seed: int | None = None
-    rerank: int = 1  # candidates drawn per kept image (1: no re-ranking)
+    rerank: int | None = None  # candidates drawn per kept image (1: no re-ranking)
     batch_size: int = 64  # images sampled together
 
     def __post_init__(self) -> None:
         if not isinstance(self.n, int) or not 1 <= self.n <= MAX_N:
             raise ValueError(f"n must be an integer in 1..{MAX_N}, got {self.n!r}")
-        if not isinstance(self.rerank, int) or not 1 <= self.rerank <= 64:
+        if self.rerank is not None and (not isinstance(self.rerank, int) or not 1 <= self.rerank <= 64):
             raise ValueError(f"rerank must be an integer in 1..64, got {self.rerank!r}")
-        if not 0 <= self.guidance <= 30:
+        if self.guidance is not None and not 0 <= self.guidance <= 30:
             raise ValueError(f"guidance must be in [0, 30], got {self.guidance}")
-        if not self.temperature > 0:
+        if self.temperature is not None and not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.top_k is not None and self.top_k < 0:
             raise ValueError(f"top_k must be >= 0, got {self.top_k}")
-        if not 0 < self.top_p <= 1:
+        if self.top_p is not None and not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {self.batch_size}")
+
+    def resolve(self, defaults: SamplingDefaults, has_reranker: bool) -> "ImagineOptions":
+        """Every None filled from the model's defaults; its default re-ranking only with a re-ranker."""
+        pick = {k: getattr(defaults, k) for k in ("guidance", "temperature", "top_k", "top_p")
+                if getattr(self, k) is None}
+        rerank = self.rerank if self.rerank is not None else defaults.rerank if has_reranker else 1
+        return replace(self, **pick, rerank=rerank)
 
 
 def to_pil(pixels: torch.Tensor, size: int = 64) -> list[Image.Image]:
@@ -99,7 +108,8 @@ class Reranker:
     def scores(self, images: Sequence[Image.Image], text: str) -> torch.Tensor:
         tok, proc = self.model.tokenizer, self.model.image_processor
         pixels = torch.stack([proc(im) for im in images])
-        ids = torch.tensor([[tok.bos_id, *tok.encode(text), tok.sep_id]])
+        # as training truncates (data/collate.py): at most max_seq_len tokens, the closing one kept
+        ids = torch.tensor([[tok.bos_id, *tok.encode(text)][:self.model.max_seq_len - 1] + [tok.sep_id]])
         img = F.normalize(self.model.encode_image(pixels), dim=-1)
         txt = F.normalize(self.model.encode_text(ids), dim=-1)
         return (img @ txt.t()).squeeze(1)  # (N,)
@@ -108,7 +118,7 @@ class Reranker:
 def imagine(model: TextToImage, prompts: Sequence[str], options: ImagineOptions | None = None,
             reranker: Reranker | None = None, size: int | None = None, progress: bool = False) -> list[list[Image.Image]]:
     """n images per prompt (prompt-major), best first when re-ranked. Every prompt is checked first."""
-    o = options or ImagineOptions()
+    o = (options or ImagineOptions()).resolve(model.config.sampling, reranker is not None)
     if not prompts:
         raise ValueError("no prompts given")
     model.tokenize(prompts)  # errors for empty, over-long or unknown-word prompts before any work
@@ -164,8 +174,11 @@ def run_imagine(model_dir: str | Path, out: str | Path, prompt: str | None = Non
         raise ValueError(f"{model_dir} is a {type(model).__name__}, not a text-to-image model (mmt demo t2i makes one)")
     side = parse_size(size, model.config.vqvae.image_size)
     reranker = None
-    if o.rerank > 1:
-        reranker = Reranker.load(rerank_model or Path(model_dir) / "reranker")
+    rerank_dir = Path(rerank_model) if rerank_model else Path(model_dir) / "reranker"
+    by_default = o.rerank is None and model.config.sampling.rerank > 1 and (rerank_dir / "config.json").is_file()
+    if (o.rerank or 1) > 1 or by_default:  # asked for, or the model's default and its re-ranker is there
+        reranker = Reranker.load(rerank_dir)
+    o = o.resolve(model.config.sampling, reranker is not None)
     start = time.perf_counter()
     images = imagine(model, prompts, o, reranker, side, progress)
     seconds = time.perf_counter() - start
@@ -194,13 +207,13 @@ def add_imagine_command(sub: Any) -> None:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--n", type=int, default=4, help=f"images per prompt (1..{MAX_N}, default 4)")
     p.add_argument("--seed", type=int, help="sampling seed (same seed, same images)")
-    p.add_argument("--guidance", type=float, default=ImagineOptions.guidance,
-                   help="classifier-free guidance scale (1 = none; default %(default)s)")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, help="sample among the k likeliest codes (default: all)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (default 1: off)")
-    p.add_argument("--rerank", type=int, default=1, help="draw K candidates per image and keep the best by the "
-                   "re-ranker's image-text similarity (default 1: off)")
+    # sampling options left out take the model's defaults (its config.json "sampling", set by its training config)
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (1 = none; default: the model's)")
+    p.add_argument("--temperature", type=float, help="default: the model's")
+    p.add_argument("--top-k", type=int, help="sample among the k likeliest codes (0: all; default: the model's)")
+    p.add_argument("--top-p", type=float, help="nucleus sampling (1: off; default: the model's)")
+    p.add_argument("--rerank", type=int, help="draw K candidates per image and keep the best by the re-ranker's "
+                   "image-text similarity (1: off; default: the model's, when MODEL/reranker exists)")
     p.add_argument("--rerank-model", help="the contrastive re-ranker (default MODEL/reranker)")
     p.add_argument("--size", help="output size WxW: 64x64 (native), 128x128, 256x256 ... (nearest upscaling)")
     p.add_argument("--batch-size", type=int, default=64, help="images sampled together")

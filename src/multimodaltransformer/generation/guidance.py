@@ -20,6 +20,12 @@ from torch import Tensor
 from .session import CachedSession
 
 
+def guide(cond: Tensor, uncond: Tensor, scale: float) -> Tensor:
+    """log p(x) + scale * (log p(x | c) - log p(x)) from the two rows' logits (N, V), in float."""
+    cond, uncond = cond.float().log_softmax(-1), uncond.float().log_softmax(-1)
+    return uncond + scale * (cond - uncond)
+
+
 class ClassifierFreeGuidance:
     def __init__(self, model: Any, uncond_ids: Tensor, scale: float, max_new_tokens: int, expand: int = 1) -> None:
         """`uncond_ids` (B, T): the unconditional prompts, one per conditional prompt, of the same
@@ -38,9 +44,7 @@ class ClassifierFreeGuidance:
             uncond = self.session.step(ids[:, -1])
         else:
             uncond = self.session.logits
-        cond = scores.log_softmax(-1)
-        uncond = uncond.float().log_softmax(-1)
-        return uncond + self.scale * (cond - uncond)
+        return guide(scores, uncond, self.scale)
 
     def close(self) -> None:
         if self.session is not None:

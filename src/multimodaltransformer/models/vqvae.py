@@ -5,7 +5,8 @@ stages), residual blocks at the grid, a 1x1 projection to the code space; quanti
 (nn/quantize.py) snaps each grid vector to one of K codes; decoder: the mirror image, transposed
 convolutions back to pixels in [-1, 1]. `encode` / `decode` are the tokenizer's public face: a
 64x64 image becomes an 8x8 (or 16x16 with two stages) grid of integers, and any such grid becomes
-an image. Training loss: reconstruction (MSE + L1) + the quantizer's commitment loss.
+an image. Training loss: reconstruction (MSE + L1, optionally + L1 of pixel differences: edges) +
+the quantizer's commitment loss.
 Legend: B batch, C channels, H x W grid, K codes, D code dim.
 """
 
@@ -30,6 +31,9 @@ class VQVAEConfig:
     res_blocks: int = 2  # residual blocks at the grid resolution, in the encoder and in the decoder
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
     l1_weight: float = 0.5  # reconstruction = MSE + l1_weight * L1 (L1 keeps edges sharper)
+    # + edge_weight * L1 of the horizontal and vertical pixel differences: weighs outlines, which
+    # thin parts of small objects (a cross's arms) hardly move in MSE
+    edge_weight: float = 0.0
     model_type: Literal["mmt-vqvae"] = "mmt-vqvae"
 
     def __post_init__(self) -> None:
@@ -120,6 +124,8 @@ class VQVAE(PretrainedModel):
             codes, commit = torch.full_like(z[:, 0], -1, dtype=torch.long), z.new_zeros(())
         recon = self.decoder(q)
         rec = F.mse_loss(recon, pixel_values) + self.config.l1_weight * F.l1_loss(recon, pixel_values)
+        if self.config.edge_weight:
+            rec = rec + self.config.edge_weight * sum(F.l1_loss(recon.diff(dim=d), pixel_values.diff(dim=d)) for d in (2, 3))
         return VQVAEOutput(rec + commit, recon, codes, rec, commit)
 
     @torch.no_grad()

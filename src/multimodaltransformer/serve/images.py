@@ -6,6 +6,7 @@ A JSON body: `prompt` (in the model's word vocabulary, at most `text_len` words)
 `style`, `user`, accepted and not used. Extras: `seed`, `guidance_scale` (classifier-free guidance,
 1 = none), `temperature`, `top_k`, `top_p`, and `rerank` K: draw K candidates per image and keep the
 best by the re-ranker's image-text similarity, when MODEL_DIR/reranker holds one (imagine.py).
+Extras left out take the model's own defaults (its config's `sampling`), as `mmt imagine` does.
 The answer is `{"created", "data": [{"b64_json": PNG, "revised_prompt": null}]}`. Sampling runs on
 the worker thread (`run_exclusive`), so a busy worker answers 429 as the embeddings route does.
 A text-to-image model does not chat: chat completions, embeddings and transcriptions answer 400.
@@ -93,13 +94,12 @@ def _check(req: ImageRequest, model: TextToImage, native: int,
         model.tokenize([req.prompt])
     except ValueError as e:
         raise APIError(400, f"prompt: {str(e).removeprefix('prompt 0: ')}", param="prompt") from None
-    if req.rerank > 1 and reranker is None:
+    if (req.rerank or 1) > 1 and reranker is None:
         raise APIError(400, "rerank > 1 needs a re-ranker, and this server has none (MODEL_DIR/reranker)",
                        param="rerank")
     try:
-        options = ImagineOptions(n=req.n, seed=req.seed, temperature=req.temperature, top_k=req.top_k or None,
-                                 top_p=req.top_p, rerank=req.rerank,
-                                 **({} if req.guidance_scale is None else {"guidance": req.guidance_scale}))
+        options = ImagineOptions(n=req.n, seed=req.seed, guidance=req.guidance_scale, temperature=req.temperature,
+                                 top_k=req.top_k, top_p=req.top_p, rerank=req.rerank)
     except ValueError as e:  # ranges are checked by the schema first; a backstop
         raise APIError(400, str(e)) from None
     return options, side

@@ -181,10 +181,11 @@ class ImageRequest(_Request):
     response_format: str | None = None  # only "b64_json" is served
     seed: int | None = None
     guidance_scale: float | None = Field(None, ge=0.0, le=30.0)  # classifier-free guidance; 1 = none
-    temperature: float = Field(1.0, gt=0.0, le=2.0)
+    # left out (None): the model's own default (TextToImageConfig.sampling)
+    temperature: float | None = Field(None, gt=0.0, le=2.0)
     top_k: int | None = Field(None, ge=0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    rerank: int = Field(1, ge=1, le=16)  # candidates drawn per image, best kept (MODEL_DIR/reranker)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    rerank: int | None = Field(None, ge=1, le=16)  # candidates drawn per image, best kept (MODEL_DIR/reranker)
 
 
 class ImageData(BaseModel):

@@ -4,7 +4,8 @@ then (optionally) a contrastive re-ranker, each within its share of one wall-tim
 Stages run in order and each saves what it made before the next starts, so a failure later keeps
 the earlier parts: OUT/tokenizer (a VQ-VAE: `mmt-vqvae`), OUT/model (the text-to-image model:
 tokenizer + prior, `mmt-t2i`), OUT/reranker/model (the library's own multimodal model trained on
-the contrastive retrieval objective by the ordinary trainer), OUT/metrics.json (tokenizer PSNR and
+the contrastive retrieval objective by the ordinary trainer; copied to OUT/model/reranker, where
+`mmt imagine` and `mmt serve` look for it), OUT/metrics.json (tokenizer PSNR and
 codebook usage on held-out images, the prior's held-out loss). `mmt train CONFIG --out OUT` runs
 the config's `stages`; `mmt demo t2i` runs all three.
 Legend: N images, G grid side, S image side.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -138,7 +140,7 @@ def fit(params: Any, loss_fn: Any, cfg: StageConfig, seconds: float, desc: str, 
             torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], cfg.grad_clip)
         opt.step()
         step += 1
-        value = float(loss)
+        value = float(loss.detach())
         if not math.isfinite(value):
             raise FloatingPointError(f"{desc}: loss is {value} at step {step}")
         loss_avg = value if step == 1 else 0.95 * loss_avg + 0.05 * value
@@ -159,13 +161,15 @@ def fit(params: Any, loss_fn: Any, cfg: StageConfig, seconds: float, desc: str, 
 # ---- stages ----------------------------------------------------------------------------------------
 def train_tokenizer(run: T2IRunConfig, images: torch.Tensor, seconds: float, out: Path, progress: bool) -> VQVAE:
     torch.manual_seed(run.seed)
-    vq = VQVAE(run.model.vqvae)
+    # channels-last: oneDNN's faster convolution layout on CPU (1.1-2x per layer at these sizes)
+    vq = VQVAE(run.model.vqvae).to(memory_format=torch.channels_last)
     gen = torch.Generator().manual_seed(run.seed)
     B = run.tokenizer.batch_size
 
     def loss_fn(step: int) -> torch.Tensor:
         idx = torch.randint(0, len(images), (B,), generator=gen)
-        return vq(to_pixels(images[idx]), quantize=step >= run.tokenizer.ae_warmup_steps).loss
+        x = to_pixels(images[idx]).contiguous(memory_format=torch.channels_last)
+        return vq(x, quantize=step >= run.tokenizer.ae_warmup_steps).loss
 
     vq.train()
     stats = fit(param_groups(vq, run.tokenizer.weight_decay), loss_fn, run.tokenizer, seconds, "tokenizer",
@@ -284,6 +288,8 @@ def train_t2i(run: T2IRunConfig, out: str | Path, progress: bool = True) -> dict
     if "reranker" in run.stages:
         left = budget - (time.perf_counter() - t0)
         metrics["reranker"] = str(train_reranker(run, max(30.0, left), out))
+        if (out / "model").is_dir():  # the model directory carries its re-ranker (`mmt imagine MODEL` finds it)
+            shutil.copytree(out / "reranker" / "model", out / "model" / "reranker", dirs_exist_ok=True)
     metrics["train_seconds"] = round(time.perf_counter() - t0, 1)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics

@@ -153,8 +153,8 @@ def run_t2i_demo(out: str | Path = "runs/demo-t2i", budget_minutes: float = 10.0
         reranker = Reranker.load(out / "model" / "reranker")
     rng = random.Random(f"t2i-demo/{seed}")
     prompts = [shapes.caption(shapes.sample_scene(rng, "test")) for _ in range(samples)]
-    options = ImagineOptions(n=4, seed=seed)  # the model's own sampling defaults (t2i.yaml's model.sampling)
-    rows = imagine(model, prompts, options, reranker, progress=True)
+    # the model's own sampling defaults (t2i.yaml's model.sampling)
+    rows = imagine(model, prompts, ImagineOptions(n=4, seed=seed), reranker, progress=True)
     S = model.config.vqvae.image_size
     sheet = Image.new("RGB", (4 * (S + 2), samples * (S + 2)), (255, 255, 255))
     for r, images in enumerate(rows):
@@ -168,8 +168,9 @@ def run_t2i_demo(out: str | Path = "runs/demo-t2i", budget_minutes: float = 10.0
     if "prior" in metrics:
         tqdm.write(f"prior: {metrics['prior']['steps']} steps, held-out loss {metrics['prior']['val_loss']:.3f} "
                    f"nats/code")
+    best = model.config.sampling.rerank if reranker else 1
     tqdm.write(f"trained in {metrics['train_seconds']:.0f}s; samples: {out / 'samples.png'} (prompts in "
-               f"{out / 'samples.txt'}" + (f", best of {options.resolve(model.config.sampling, True).rerank} by the re-ranker)" if reranker else ")"))
+               f"{out / 'samples.txt'}" + (f", best of {best} by the re-ranker)" if best > 1 else ")"))
     tqdm.write(f"try:   mmt imagine {out / 'model'} --prompt \"{prompts[0]}\" --n 4 --out {out / 'imagined'}")
     if serve:
         _serve(out / "model", model, port, "imagine with it: open {url}/ (imagine tab), or any OpenAI client's "

@@ -194,10 +194,11 @@ class TextToImage(PretrainedModel):
         logits = self.depth(u, self._block_weight())
         return F.cross_entropy(logits.flatten(0, 2).float(), blocks.flatten())
 
-    def _block_ids(self, blocks: Tensor) -> Tensor:
-        """Codes (..., J) -> vocabulary ids: code c at slot j is code_offset + j*K + c."""
+    def _block_ids(self, blocks: Tensor, first_slot: int = 0) -> Tensor:
+        """Codes (..., J') of slots first_slot.. -> vocabulary ids: code c at slot j is code_offset + j*K + c."""
         K = self.config.vqvae.quantizer.codebook_size
-        return blocks + self.config.code_offset + K * torch.arange(blocks.shape[-1], device=blocks.device)
+        slots = torch.arange(first_slot, first_slot + blocks.shape[-1], device=blocks.device)
+        return blocks + self.config.code_offset + K * slots
 
     def _block_input(self, x: Tensor, start: int = 0) -> Tensor:
         """Summed block embeddings (B, P', C) at image positions start.. plus their (row, column)."""
@@ -276,7 +277,7 @@ class TextToImage(PretrainedModel):
                 scores = guide(logits[:N], logits[N:], guidance) if guided else logits
                 code = torch.multinomial(apply(processors, blocks[:, :p], scores).softmax(-1), 1, generator=generator)
                 blocks[:, p, j] = code[:, 0]
-                e = lm.embed_tokens(code[:, 0] + self.config.code_offset + j * weight.shape[1])  # (N, C)
+                e = lm.embed_tokens(self._block_ids(code, j)[:, 0])  # (N, C)
                 acc += e.repeat(2, 1) if guided else e  # the unconditional rows follow the same codes
             if p + 1 < P:
                 slots[..., T + p] = True

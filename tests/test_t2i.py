@@ -296,15 +296,68 @@ def test_block_sampling_follows_the_training_forward_code_by_code() -> None:
     codes = m.generate_codes(["a red circle", "a small blue square left of a green triangle"], n=1, guidance=1.0,
                              top_k=1, seed=0)
     blocks = m.to_blocks(codes)
-    with torch.no_grad():  # the training forward's logits, as _block_loss computes them
+    with torch.no_grad():  # the training forward's logits, written out as _block_logits computes them
         E = m.prior.embed_tokens(m._block_ids(blocks))
         x = torch.cat([m.prior.embed_tokens(text), m._block_input(E.sum(2))], 1)
         L = x.shape[1]
         h = m.prior.hidden(x, torch.arange(L), torch.ones(L, L).tril().bool())
         logits = m.depth(h[:, text.shape[1] - 1:-1, None] + (E.cumsum(2) - E), m._block_weight())
         own = float(m.loss(text, codes))
+        torch.testing.assert_close(m._block_logits(text, codes), logits)
     assert torch.equal(logits.argmax(-1), blocks)
     assert own < math.log(32)  # its own greedy samples are likelier than uniform
+
+
+@pytest.mark.parametrize("block", [1, 2])
+def test_code_weights_make_a_weighted_mean_of_the_codes_losses(block) -> None:
+    """`loss(..., weights)`: all ones is the plain loss; zeros leave codes out; weights w make the
+    sum of w * CE over the sum of w (each code's CE from the unweighted loss of that code alone)."""
+    m = tiny(block=block, order="column", dropout=0.0)
+    text = m.tokenize(["a red circle", "a blue square"])
+    codes = torch.randint(0, 32, (2, 8, 8))
+    with torch.no_grad():
+        plain = m.loss(text, codes)
+        torch.testing.assert_close(m.loss(text, codes, weights=torch.ones(2, 8, 8)), plain)
+        w = torch.rand(2, 8, 8) * (torch.rand(2, 8, 8) < 0.5)
+        if block > 1:
+            ce = F.cross_entropy(m._block_logits(text, codes).flatten(0, 2), m.to_blocks(codes).flatten(),
+                                 reduction="none")
+            per_code = m.from_blocks(ce.view(2, -1, 4))
+        else:
+            ids = torch.cat([text, m.to_sequence(codes) + m.config.code_offset], 1)
+            logits = m.prior(ids).logits[:, text.shape[1] - 1:-1]
+            per_code = m.to_grid(F.cross_entropy(logits.transpose(1, 2), ids[:, text.shape[1]:], reduction="none"))
+        torch.testing.assert_close(per_code.mean(), plain)
+        torch.testing.assert_close(m.loss(text, codes, weights=w), (per_code * w).sum() / w.sum())
+
+
+def test_object_weight_needs_boxes_and_must_be_positive(tmp_path) -> None:
+    from multimodaltransformer.config import ConfigError
+    from multimodaltransformer.train.t2i import StageConfig, T2IRunConfig, train_prior
+
+    base = tiny(block=2, order="column")
+    prior = StageConfig(batch_size=2, max_steps=2, warmup_steps=1, object_weight=4.0)
+    run = T2IRunConfig(model=base.config, prior=prior)
+    captions, codes = ["a red circle", "a blue square"], torch.randint(0, 32, (2, 8, 8))
+    with pytest.raises(ConfigError, match="object_weight=1"):
+        train_prior(run, base.vqvae, captions, codes, 60.0, tmp_path, progress=False)
+    objects = torch.zeros(2, 8, 8, dtype=torch.bool)
+    objects[:, 2:5, 2:5] = True
+    model = train_prior(run, base.vqvae, captions, codes, 60.0, tmp_path, progress=False, objects=objects)
+    assert json.loads((tmp_path / "model" / "train_summary.json").read_text())["steps"] == 2
+    assert isinstance(model, TextToImage)
+    with pytest.raises(ValueError, match="object_weight"):
+        T2IRunConfig(prior=StageConfig(object_weight=0.0))
+
+
+def test_object_masks_cover_the_code_cells_under_each_box() -> None:
+    from multimodaltransformer.train.t2i import object_mask
+
+    mask = object_mask([[[0.0, 0.0, 0.25, 0.5]], [], [[0.5, 0.5, 0.55, 0.52], [0.9, 0.0, 1.0, 0.1]]], grid=8)
+    assert mask.shape == (3, 8, 8)
+    assert mask[0, :4, :2].all() and mask[0].sum() == 8  # rows 0-3, columns 0-1
+    assert not mask[1].any()
+    assert mask[2, 4, 4] and mask[2, 0, 7] and mask[2].sum() == 2  # a box smaller than a cell still marks it
 
 
 def test_block_sampling_is_seeded_guided_and_trains() -> None:
@@ -316,14 +369,36 @@ def test_block_sampling_is_seeded_guided_and_trains() -> None:
     codes = torch.randint(0, 32, (4, 8, 8))
     text = m.tokenize(["a red circle"] * 4)
     m.train()
-    opt = torch.optim.AdamW(m.prior.parameters(), lr=3e-3)
+    opt = torch.optim.AdamW([p for name, p in m.named_parameters() if not name.startswith("vqvae.")], lr=3e-3)
     first = float(m.loss(text, codes))
     for _ in range(30):
         loss = m.loss(text, codes)
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert float(loss) < 0.5 * first  # the depth head and the block inputs learn
+    assert float(loss) < 0.5 * first
+
+
+def test_the_prior_stage_trains_the_depth_head_and_block_embeddings_too(tmp_path) -> None:
+    """`train_prior` optimises every parameter outside the frozen tokenizer: the backbone, and in
+    block mode the depth head and the block grid's row / column embeddings (once, only the backbone's)."""
+    from dataclasses import replace
+
+    from multimodaltransformer.train.t2i import StageConfig, T2IRunConfig, train_prior
+
+    base = tiny(block=2, order="column")
+    run = T2IRunConfig(model=base.config, prior=StageConfig(batch_size=4, lr=1e-2, max_steps=5, warmup_steps=1))
+    captions = ["a red circle", "a blue square", "a green triangle", "a small red circle"]
+    codes = torch.randint(0, 32, (4, 8, 8))
+    model = train_prior(run, base.vqvae, captions, codes, 60.0, tmp_path, progress=False)
+    torch.manual_seed(run.seed)
+    fresh = TextToImage(replace(base.config, words=caption_words(captions), vqvae=base.vqvae.config))
+    fresh.vqvae.load_state_dict(base.vqvae.state_dict())  # as train_prior starts
+    trained = dict(model.named_parameters())
+    for name, p in fresh.named_parameters():
+        moved = not torch.equal(p, trained[name])
+        assert moved == (not name.startswith("vqvae.")), name
+    assert any(name.startswith("depth.") for name, _ in fresh.named_parameters())
 
 
 @pytest.mark.slow

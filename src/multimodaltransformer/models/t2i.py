@@ -5,7 +5,8 @@ One sequence per (caption, image), every row the same length so that the conditi
 unconditional prompt of classifier-free guidance line up:
     <bos> w_1 .. w_n <pad> .. <pad> <image> c_1 .. c_G*G      (text padded to `text_len` words)
 Vocabulary: 3 specials, then the prompt words (a word-level vocabulary: an unknown word is an error,
-not a guess), then the K image codes. The loss is on the image codes only; a fraction
+not a guess), then the K image codes. The loss is on the image codes only (per-code weights optional:
+`loss(..., weights)`, e.g. the objects' codes weighted up by `mmt train t2i`); a fraction
 `caption_dropout` of the captions is replaced by padding while training, so the same network also
 predicts p(image) and sampling can use guidance (generation/guidance.py). Sampling runs the
 generation engine (KV cache, temperature, top-k / top-p, seed) with every non-image id suppressed.
@@ -170,29 +171,37 @@ class TextToImage(PretrainedModel):
         return rows
 
     # ---- training --------------------------------------------------------------------------------
-    def loss(self, text_ids: Tensor, codes: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def loss(self, text_ids: Tensor, codes: Tensor, generator: torch.Generator | None = None,
+             weights: Tensor | None = None) -> Tensor:
         """Next-code cross-entropy of prompts (B, T) followed by code grids (B, G, G), with
-        `caption_dropout` of the captions dropped."""
+        `caption_dropout` of the captions dropped; `weights` (B, G, G): each code's weight in the mean."""
         if self.config.caption_dropout > 0:
             drop = torch.rand(text_ids.shape[0], generator=generator) < self.config.caption_dropout
             text_ids = torch.where(drop[:, None].to(text_ids.device), self.unconditional(len(drop)).to(text_ids.device),
                                    text_ids)
         if self.config.block > 1:
-            return self._block_loss(text_ids, codes)
-        image = self.to_sequence(codes) + self.config.code_offset  # (B, G*G)
-        ids = torch.cat([text_ids, image], 1)
-        labels = torch.cat([torch.full_like(text_ids, IGNORE_INDEX), image], 1)
-        return self.prior(ids, labels=labels).loss
+            logits, targets = self._block_logits(text_ids, codes), self.to_blocks(codes)
+            w = None if weights is None else self.to_blocks(weights)
+        else:
+            image = self.to_sequence(codes) + self.config.code_offset  # (B, G*G)
+            ids = torch.cat([text_ids, image], 1)
+            if weights is None:
+                labels = torch.cat([torch.full_like(text_ids, IGNORE_INDEX), image], 1)
+                return self.prior(ids, labels=labels).loss
+            T = text_ids.shape[1]
+            logits, targets, w = self.prior(ids).logits[:, T - 1:-1], image, self.to_sequence(weights)
+        ce = F.cross_entropy(logits.flatten(0, -2).float(), targets.flatten(), reduction="none" if w is not None else "mean")
+        return ce if w is None else (ce * w.flatten()).sum() / w.sum()
 
-    def _block_loss(self, text_ids: Tensor, codes: Tensor) -> Tensor:
+    def _block_logits(self, text_ids: Tensor, codes: Tensor) -> Tensor:
+        """Teacher-forced logits (B, P, J, K) of every block's codes."""
         blocks = self.to_blocks(codes)  # (B, P, J)
         E = self.prior.embed_tokens(self._block_ids(blocks))  # (B, P, J, C)
         x = torch.cat([self.prior.embed_tokens(text_ids), self._block_input(E.sum(2))], 1)
         T, L = text_ids.shape[1], x.shape[1]
         h = self.prior.hidden(x, torch.arange(L, device=x.device), causal_mask(L, device=x.device))
         u = h[:, T - 1:-1, None] + (E.cumsum(2) - E)  # (B, P, J, C): h and the block's earlier codes
-        logits = self.depth(u, self._block_weight())
-        return F.cross_entropy(logits.flatten(0, 2).float(), blocks.flatten())
+        return self.depth(u, self._block_weight())
 
     def _block_ids(self, blocks: Tensor, first_slot: int = 0) -> Tensor:
         """Codes (..., J') of slots first_slot.. -> vocabulary ids: code c at slot j is code_offset + j*K + c."""

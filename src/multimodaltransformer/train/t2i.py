@@ -51,6 +51,11 @@ class StageConfig:
     # tokenizer only: steps as a plain autoencoder before quantizing (the codebook then starts from
     # encoder outputs that already mean something, instead of from a random encoder's)
     ae_warmup_steps: int = 0
+    # prior only: the loss weight of the codes under an object's box (the records' `objects`, as
+    # ShapesWorld writes them) against the background's 1. ShapesWorld's noisy backgrounds are ~80% of
+    # the codes and ~75% of the loss, entropy that says nothing of the caption; weighting the objects
+    # up spends the steps on what the caption describes. 1: every code alike
+    object_weight: float = 1.0
     budget_share: float = 0.5  # of time_budget_minutes
 
 
@@ -86,6 +91,8 @@ class T2IRunConfig:
             raise ValueError(f"stages must be a non-empty list of tokenizer / prior / reranker, got {self.stages}")
         if self.time_budget_minutes <= 0:
             raise ValueError(f"time_budget_minutes must be positive, got {self.time_budget_minutes}")
+        if self.prior.object_weight <= 0:
+            raise ValueError(f"prior.object_weight must be positive, got {self.prior.object_weight}")
 
 
 def is_t2i_config(path: str | Path) -> bool:
@@ -101,15 +108,29 @@ def load_t2i_config(path: str | Path, overrides: list[str] | None = None) -> T2I
 
 
 # ---- data ------------------------------------------------------------------------------------------
-def load_captioned(spec: str, cache_dir: str, size: int, progress: bool = True) -> tuple[torch.Tensor, list[str]]:
-    """(uint8 images (N, 3, S, S), captions) of a source's caption rows (one per image)."""
+def load_captioned(spec: str, cache_dir: str, size: int, progress: bool = True
+                   ) -> tuple[torch.Tensor, list[str], list[list[list[float]]]]:
+    """(uint8 images (N, 3, S, S), captions, each image's object boxes) of a source's caption rows
+    (one per image); a box is [x0, y0, x1, y1] in fractions of the image, from the row's `objects`."""
     rows = [e for e in read_manifest(resolve_source(spec, cache_dir, progress)) if e.task == "caption"]
     if not rows:
         raise DataError(f"data source {spec!r} has no caption rows (text-to-image trains on image captions)")
     processor = ImageProcessor(image_size=size)  # decodes any mode, upright, resized: (3, S, S) uint8
     images = torch.stack([processor.to_uint8(e.image) for e in tqdm(rows, desc="load images", unit="img",
                                                                     disable=not progress, leave=False)])
-    return images, [str(e.target) for e in rows]
+    boxes = [[list(map(float, o["box"])) for o in e.meta.get("objects") or () if isinstance(o, dict) and o.get("box")]
+             for e in rows]
+    return images, [str(e.target) for e in rows], boxes
+
+
+def object_mask(boxes: list[list[list[float]]], grid: int) -> torch.Tensor:
+    """(N, G, G) bool: the code cells that overlap one of each image's boxes."""
+    mask = torch.zeros(len(boxes), grid, grid, dtype=torch.bool)
+    for i, image_boxes in enumerate(boxes):
+        for x0, y0, x1, y1 in image_boxes:
+            c0, r0 = int(x0 * grid), int(y0 * grid)
+            mask[i, r0:max(r0 + 1, math.ceil(y1 * grid)), c0:max(c0 + 1, math.ceil(x1 * grid))] = True
+    return mask
 
 
 def to_pixels(images: torch.Tensor) -> torch.Tensor:
@@ -201,8 +222,22 @@ def encode_all(vq: VQVAE, images: torch.Tensor, progress: bool, batch: int = 256
                                     leave=False)])
 
 
+def check_boxes(run: T2IRunConfig, objects: torch.Tensor | None) -> None:
+    """prior.object_weight needs the objects' boxes: an error before any training when there are none."""
+    if run.prior.object_weight != 1.0 and (objects is None or not objects.any()):
+        raise ConfigError(f"prior.object_weight {run.prior.object_weight} needs caption rows whose `objects` carry a "
+                          "box ([x0, y0, x1, y1] fractions, as ShapesWorld writes them); this data has none: "
+                          "set prior.object_weight=1")
+
+
 def train_prior(run: T2IRunConfig, vq: VQVAE, captions: list[str], codes: torch.Tensor, seconds: float,
-                out: Path, progress: bool) -> TextToImage:
+                out: Path, progress: bool, objects: torch.Tensor | None = None) -> TextToImage:
+    """The prior on (caption, code grid) pairs; `objects` (N, G, G) marks the codes under an object's
+    box, weighted `prior.object_weight` in the loss."""
+    weights = None
+    if run.prior.object_weight != 1.0:
+        check_boxes(run, objects)
+        weights = 1.0 + (run.prior.object_weight - 1.0) * objects.float()
     torch.manual_seed(run.seed)
     cfg = replace(run.model, words=caption_words(captions), vqvae=vq.config)
     model = TextToImage(cfg)
@@ -214,10 +249,13 @@ def train_prior(run: T2IRunConfig, vq: VQVAE, captions: list[str], codes: torch.
 
     def loss_fn(step: int) -> torch.Tensor:
         idx = torch.randint(0, len(text), (B,), generator=gen)
-        return model.loss(text[idx], codes[idx], generator=gen)
+        return model.loss(text[idx], codes[idx], generator=gen, weights=None if weights is None else weights[idx])
 
-    model.prior.train()
-    stats = fit(param_groups(model.prior, run.prior.weight_decay), loss_fn, run.prior, seconds, "prior", progress,
+    model.train()
+    model.vqvae.eval()
+    # every parameter but the frozen tokenizer's: the backbone, and in block mode the depth head and
+    # the block grid's row / column embeddings
+    stats = fit(param_groups(model, run.prior.weight_decay), loss_fn, run.prior, seconds, "prior", progress,
                 out / "log.jsonl")
     model.eval().save_pretrained(out / "model")
     (out / "model" / "train_summary.json").write_text(json.dumps(stats) + "\n")
@@ -256,8 +294,11 @@ def train_t2i(run: T2IRunConfig, out: str | Path, progress: bool = True) -> dict
     t0 = time.perf_counter()
     budget = run.time_budget_minutes * 60
     size = run.model.vqvae.image_size
-    images, captions = load_captioned(run.data.train, run.data.cache_dir, size, progress)
-    val_images, val_captions = load_captioned(run.data.val, run.data.cache_dir, size, progress)
+    images, captions, boxes = load_captioned(run.data.train, run.data.cache_dir, size, progress)
+    val_images, val_captions, _ = load_captioned(run.data.val, run.data.cache_dir, size, progress)
+    objects = object_mask(boxes, run.model.vqvae.grid)
+    if "prior" in run.stages:
+        check_boxes(run, objects)
     # the data's time comes out of the budget, shared by the stages in proportion
     shares = {s: getattr(run, s).budget_share for s in run.stages}
     left = budget - (time.perf_counter() - t0)
@@ -280,7 +321,7 @@ def train_t2i(run: T2IRunConfig, out: str | Path, progress: bool = True) -> dict
         later = sum(shares[s] for s in run.stages if s == "reranker")
         left = budget - (time.perf_counter() - t0)
         prior_s = left * shares["prior"] / (shares["prior"] + later)
-        model = train_prior(run, vq, captions, codes, prior_s, out, progress)
+        model = train_prior(run, vq, captions, codes, prior_s, out, progress, objects)
         metrics["prior"] = {"val_loss": prior_loss(model, val_captions, encode_all(vq, val_images, False)),
                             **json.loads((out / "model" / "train_summary.json").read_text())}
         tqdm.write(f"prior: held-out loss {metrics['prior']['val_loss']:.3f} nats/code after "

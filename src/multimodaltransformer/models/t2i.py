@@ -190,8 +190,8 @@ class TextToImage(PretrainedModel):
                 return self.prior(ids, labels=labels).loss
             T = text_ids.shape[1]
             logits, targets, w = self.prior(ids).logits[:, T - 1:-1], image, self.to_sequence(weights)
-        ce = F.cross_entropy(logits.flatten(0, -2).float(), targets.flatten(), reduction="none" if w is not None else "mean")
-        return ce if w is None else (ce * w.flatten()).sum() / w.sum()
+        ce = F.cross_entropy(logits.flatten(0, -2).float(), targets.flatten(), reduction="none")
+        return ce.mean() if w is None else (ce * w.flatten()).sum() / w.sum()
 
     def _block_logits(self, text_ids: Tensor, codes: Tensor) -> Tensor:
         """Teacher-forced logits (B, P, J, K) of every block's codes."""

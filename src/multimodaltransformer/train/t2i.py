@@ -296,7 +296,7 @@ def train_t2i(run: T2IRunConfig, out: str | Path, progress: bool = True) -> dict
     size = run.model.vqvae.image_size
     images, captions, boxes = load_captioned(run.data.train, run.data.cache_dir, size, progress)
     val_images, val_captions, _ = load_captioned(run.data.val, run.data.cache_dir, size, progress)
-    objects = object_mask(boxes, run.model.vqvae.grid)
+    objects = object_mask(boxes, run.model.vqvae.grid) if run.prior.object_weight != 1.0 else None
     if "prior" in run.stages:
         check_boxes(run, objects)
     # the data's time comes out of the budget, shared by the stages in proportion
